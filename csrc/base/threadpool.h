@@ -1,0 +1,49 @@
+// A fixed pool of worker threads with a blocking parallel_for. The calling thread
+// takes part, so a pool of n threads has n - 1 workers.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace dsq {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(size_t threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  size_t threads() const { return workers_.size() + 1; }
+
+  // Calls fn(task) for task in [0, tasks), spread over the threads; returns when all
+  // are done. Calls from several threads at once are serialized. An exception thrown
+  // by fn is rethrown here (the first one).
+  void parallel_for(size_t tasks, const std::function<void(size_t)>& fn);
+
+ private:
+  void worker_loop();
+  void drain();
+
+  std::vector<std::thread> workers_;
+  std::mutex call_mutex_;  // one parallel_for at a time
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(size_t)>* fn_ = nullptr;
+  size_t tasks_ = 0;
+  std::atomic<size_t> next_{0};
+  size_t active_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+// Number of hardware threads (at least 1).
+size_t hardware_threads();
+
+}  // namespace dsq

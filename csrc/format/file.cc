@@ -1,0 +1,126 @@
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "base/error.h"
+#include "format/file.h"
+
+namespace dsq::format {
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kConv2d: return "conv2d";
+    case Op::kLinear: return "linear";
+    case Op::kRelu: return "relu";
+    case Op::kRelu6: return "relu6";
+    case Op::kHardswish: return "hardswish";
+    case Op::kSigmoid: return "sigmoid";
+    case Op::kMaxPool2d: return "max_pool2d";
+    case Op::kAvgPool2d: return "avg_pool2d";
+    case Op::kGlobalAvgPool2d: return "global_avg_pool2d";
+    case Op::kAdd: return "add";
+    case Op::kMul: return "mul";
+    case Op::kConcat: return "concat";
+    case Op::kFlatten: return "flatten";
+    case Op::kReshape: return "reshape";
+    case Op::kSoftmax: return "softmax";
+    case Op::kBatchNorm: return "batch_norm";
+  }
+  return "unknown";
+}
+
+const char* attr_name(Attr a) {
+  static const char* names[] = {"?", "stride", "padding", "dilation", "groups", "kernel",
+                                "activation", "ceil_mode", "count_include_pad", "axis",
+                                "start_dim", "end_dim", "shape", "eps", "input_quant"};
+  const auto i = static_cast<uint16_t>(a);
+  return i <= kMaxAttr ? names[i] : "?";
+}
+
+bool attr_is_float(Attr a) { return a == Attr::kEps || a == Attr::kInputQuant; }
+
+const char* layout_name(Layout l) { return l == Layout::kDense ? "dense" : "?"; }
+const char* values_name(Values v) {
+  switch (v) {
+    case Values::kF32: return "f32";
+    case Values::kF16: return "f16";
+    case Values::kInt8Channel: return "int8_channel";
+    case Values::kInt4Group: return "int4_group";
+  }
+  return "?";
+}
+const char* entropy_name(Entropy e) { return e == Entropy::kNone ? "none" : "?"; }
+
+uint64_t elem_bytes(ElemType t, uint64_t count) {
+  switch (t) {
+    case ElemType::kF32: case ElemType::kU32: case ElemType::kI32: return count * 4;
+    case ElemType::kF16: case ElemType::kU16: return count * 2;
+    case ElemType::kI8: case ElemType::kU8: return count;
+    case ElemType::kI4: return (count + 1) / 2;
+  }
+  return 0;
+}
+
+const AttrValue* Node::find(Attr key) const {
+  for (const auto& a : attrs)
+    if (a.key == key) return &a;
+  return nullptr;
+}
+
+uint64_t Tensor::numel() const {
+  uint64_t n = 1;
+  for (uint64_t d : dims) n *= d;
+  return n;
+}
+
+const Stream* Tensor::stream(Role role) const {
+  for (const auto& s : streams)
+    if (s.role == role) return &s;
+  return nullptr;
+}
+
+uint64_t Tensor::payload_bytes() const {
+  uint64_t n = 0;
+  for (const auto& s : streams) n += s.nbytes;
+  return n;
+}
+
+MappedFile::MappedFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open '" + path + "': " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw std::runtime_error("'" + path + "' is not a regular file");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p != MAP_FAILED) {
+      data_ = static_cast<const uint8_t*>(p);
+      mapped_ = true;
+    } else {
+      fallback_.resize(size_);
+      size_t got = 0;
+      while (got < size_) {
+        const ssize_t r = ::pread(fd, fallback_.data() + got, size_ - got, static_cast<off_t>(got));
+        if (r <= 0) break;
+        got += static_cast<size_t>(r);
+      }
+      size_ = got;
+      data_ = fallback_.data();
+    }
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (mapped_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+}  // namespace dsq::format

@@ -1,0 +1,108 @@
+// Ops: one Layer per graph node, prepared at load (weights decoded and packed for the
+// chosen kernel family), then run many times without allocation.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/threadpool.h"
+#include "format/file.h"
+
+namespace dsq::rt {
+
+// Logical shape in PyTorch's order. Rank-4 tensors are stored NHWC in memory (see
+// storage_dims); every other rank is stored row-major as is.
+struct Shape {
+  std::vector<int64_t> dims;
+  int rank() const { return static_cast<int>(dims.size()); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : dims) n *= d;
+    return n;
+  }
+  bool operator==(const Shape& o) const { return dims == o.dims; }
+  bool operator!=(const Shape& o) const { return dims != o.dims; }
+  std::string str() const;
+};
+// The dims in memory order: (N, H, W, C) for rank 4, unchanged otherwise.
+std::vector<int64_t> storage_dims(const Shape& s);
+// Maps a logical axis of a rank-r tensor to its memory axis.
+int storage_axis(int axis, int rank);
+
+// Work counted per layer and per run: feeds Model.counters and the energy model.
+struct Cost {
+  uint64_t macs_f32 = 0, macs_int8 = 0, macs_int4 = 0;
+  uint64_t weight_bytes = 0;      // weight bytes the kernel reads per run
+  uint64_t activation_bytes = 0;  // activation bytes read + written
+  void add(const Cost& o) {
+    macs_f32 += o.macs_f32;
+    macs_int8 += o.macs_int8;
+    macs_int4 += o.macs_int4;
+    weight_bytes += o.weight_bytes;
+    activation_bytes += o.activation_bytes;
+  }
+};
+
+struct RunEnv {
+  ThreadPool* pool;
+  uint8_t* scratch;  // 64-byte aligned, scratch_bytes() long
+};
+
+struct WeightInfo {
+  std::string name;
+  std::vector<uint64_t> dims;
+  std::string values, layout, entropy;
+  uint64_t payload_bytes = 0;
+  uint64_t f32_bytes = 0;
+};
+
+struct LoadOptions {
+  size_t threads = 0;  // 0 = hardware threads
+  // Force every conv/linear of a weight encoding onto this kernel (by name); for tests.
+  std::string force_kernel;
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  // Output shapes from input shapes; throws InputError naming the node.
+  virtual std::vector<Shape> infer(const std::vector<Shape>& in) const = 0;
+  virtual size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out) const {
+    return 0;
+  }
+  virtual void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
+                   const std::vector<float*>& out, const std::vector<Shape>& out_shapes,
+                   const RunEnv& env) const = 0;
+  virtual Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const;
+  // The kernel this layer runs (shown by summary/inspect).
+  virtual std::string kernel() const { return "ref"; }
+
+  std::string name;
+  format::Op op;
+  std::vector<WeightInfo> weights;
+  uint64_t packed_bytes = 0;  // memory the packed weights take at run time
+
+ protected:
+  [[noreturn]] void fail(const std::string& what) const;
+};
+
+std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& file,
+                                  const LoadOptions& options);
+
+// Weight decoding (load time): any value encoding to f32, row-major in file order.
+std::vector<float> decode_to_f32(const format::Tensor& t);
+float half_to_float(uint16_t h);
+
+// Per-op constructors (ops/conv.cc, ops/simple_ops.cc).
+std::unique_ptr<Layer> make_conv_or_linear(const format::Node& node, const format::File& file,
+                                           const LoadOptions& options);
+std::unique_ptr<Layer> make_simple_layer(const format::Node& node, const format::File& file);
+
+// Shared helpers.
+int64_t attr_int(const format::Node& n, format::Attr key, size_t i, int64_t dflt);
+float attr_float(const format::Node& n, format::Attr key, size_t i, float dflt);
+// Fused activation as a clamp range.
+void activation_range(int64_t activation, float* lo, float* hi);
+
+}  // namespace dsq::rt
