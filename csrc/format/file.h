@@ -17,6 +17,7 @@ constexpr size_t kAlignment = 64;
 constexpr size_t kHeaderSize = 64;
 constexpr size_t kDirectoryEntrySize = 32;
 constexpr size_t kMaxString = 4096;
+constexpr size_t kMaxMetaString = size_t(1) << 20;
 constexpr int kMaxRank = 8;
 
 enum class SectionKind : uint32_t { kMeta = 1, kGraph = 2, kTensors = 3, kPayload = 4 };
@@ -105,7 +106,8 @@ struct Tensor {
   uint32_t group_size = 0, codebook_bits = 0, block_rows = 0, block_cols = 0;
   std::vector<Stream> streams;
   uint64_t numel() const;
-  uint64_t rows() const { return dims.empty() ? 1 : dims[0]; }
+  // A rank-1 tensor is one row (docs/FORMAT.md).
+  uint64_t rows() const { return dims.size() < 2 ? 1 : dims[0]; }
   uint64_t cols() const { return rows() ? numel() / rows() : 0; }
   const Stream* stream(Role role) const;
   uint64_t payload_bytes() const;

@@ -39,16 +39,35 @@ class Cursor {
     pos_ += sizeof(T);
     return v;
   }
-  std::string string(const char* what) {
+  std::string string(const char* what, size_t limit = kMaxString) {
     const uint64_t at = pos_;
     const uint32_t n = read<uint32_t>(what);
-    if (n > kMaxString)
-      fail_at(at, std::string(what) + " length " + std::to_string(n) + " exceeds " +
-                      std::to_string(kMaxString));
+    if (n > limit)
+      fail_at(at, std::string(what) + " length " + std::to_string(n) + " exceeds " + std::to_string(limit));
     need(n, what);
     std::string s(reinterpret_cast<const char*>(file_ + pos_), n);
+    if (!valid_utf8(s)) fail(std::string(what) + " is not valid UTF-8");
     pos_ += n;
     return s;
+  }
+  static bool valid_utf8(const std::string& s) {
+    size_t i = 0;
+    while (i < s.size()) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+      if (!len || i + len > s.size()) return false;
+      uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+      for (size_t k = 1; k < len; ++k) {
+        const unsigned char cc = static_cast<unsigned char>(s[i + k]);
+        if ((cc & 0xC0) != 0x80) return false;
+        cp = (cp << 6) | (cc & 0x3F);
+      }
+      if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+          (cp >= 0xD800 && cp <= 0xDFFF))
+        return false;
+      i += len;
+    }
+    return true;
   }
   // A count of items that each take at least min_item_bytes: rejects counts the
   // remaining bytes cannot hold, before anything is allocated.
@@ -94,7 +113,7 @@ void parse_meta(Cursor& c, File& f) {
     const uint64_t type_at = c.pos();
     const uint8_t type = c.read<uint8_t>("metadata type");
     switch (type) {
-      case 1: e.type = MetaType::kString; e.s = c.string("metadata string value"); break;
+      case 1: e.type = MetaType::kString; e.s = c.string("metadata string value", kMaxMetaString); break;
       case 2: e.type = MetaType::kInt; e.i = c.read<int64_t>("metadata int value"); break;
       case 3: e.type = MetaType::kFloat; e.f = c.read<double>("metadata float value"); break;
       default:
@@ -246,6 +265,18 @@ void parse_graph(Cursor& c, File& f) {
         c.fail_at(aat, where + ": attribute " + attr_name(akey) + " has wrong type " + std::to_string(type));
       if ((rule->count && cnt != uint32_t(rule->count)) || cnt == 0 || cnt > 64)
         c.fail_at(cnt_at, where + ": attribute " + attr_name(akey) + " has " + std::to_string(cnt) + " values");
+      if (akey == Attr::kActivation) {
+        int64_t act;
+        c.need(8, "attribute value");
+        const uint64_t vat = c.pos();
+        act = c.read<int64_t>("attribute value");
+        if (act < 0 || act > 2) c.fail_at(vat, where + ": unknown activation " + std::to_string(act));
+        AttrValue a;
+        a.key = akey;
+        a.ints.push_back(act);
+        node.attrs.push_back(std::move(a));
+        continue;
+      }
       AttrValue a;
       a.key = akey;
       a.is_float = is_float;
@@ -313,21 +344,25 @@ void parse_tensors(Cursor& c, File& f) {
     const uint32_t ns = c.count("stream count", 32);
     // The streams each encoding needs, in order.
     struct Want { Role role; ElemType type; uint64_t count; };
-    std::vector<Want> want;
+    Want want[2];
+    size_t wanted = 1;
     const uint64_t rows = t.rows(), cols = numel / rows;
     switch (t.values) {
-      case Values::kF32: want = {{Role::kValues, ElemType::kF32, numel}}; break;
-      case Values::kF16: want = {{Role::kValues, ElemType::kF16, numel}}; break;
+      case Values::kF32: want[0] = {Role::kValues, ElemType::kF32, numel}; break;
+      case Values::kF16: want[0] = {Role::kValues, ElemType::kF16, numel}; break;
       case Values::kInt8Channel:
-        want = {{Role::kValues, ElemType::kI8, numel}, {Role::kScales, ElemType::kF32, rows}};
+        want[0] = {Role::kValues, ElemType::kI8, numel};
+        want[1] = {Role::kScales, ElemType::kF32, rows};
+        wanted = 2;
         break;
       case Values::kInt4Group:
-        want = {{Role::kValues, ElemType::kI4, numel},
-                {Role::kScales, ElemType::kF32, rows * ((cols + t.group_size - 1) / t.group_size)}};
+        want[0] = {Role::kValues, ElemType::kI4, numel};
+        want[1] = {Role::kScales, ElemType::kF32, rows * ((cols + t.group_size - 1) / t.group_size)};
+        wanted = 2;
         break;
     }
-    if (ns != want.size())
-      c.fail_at(c.pos() - 4, where + ": " + values_name(t.values) + " needs " + std::to_string(want.size()) +
+    if (ns != wanted)
+      c.fail_at(c.pos() - 4, where + ": " + values_name(t.values) + " needs " + std::to_string(wanted) +
                                  " streams, found " + std::to_string(ns));
     for (uint32_t s = 0; s < ns; ++s) {
       const uint64_t sat = c.pos();

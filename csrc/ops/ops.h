@@ -68,7 +68,9 @@ class Layer {
   virtual ~Layer() = default;
   // Output shapes from input shapes; throws InputError naming the node.
   virtual std::vector<Shape> infer(const std::vector<Shape>& in) const = 0;
-  virtual size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out) const {
+  // Scratch for one run with up to `threads` threads working on this layer.
+  virtual size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out,
+                               size_t threads) const {
     return 0;
   }
   virtual void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,

@@ -358,7 +358,7 @@ class ReshapeLayer : public Layer {
     }
     return {out};
   }
-  size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
+  size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out, size_t) const override {
     return (in[0].rank() == 4 && out[0].rank() == 4) ? static_cast<size_t>(in[0].numel()) * 4 : 0;
   }
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .errors import UnsupportedModelError  # noqa: E402
 from .format import FormatError  # noqa: E402
 
 try:  # the compiled engine; absent only in a source tree that was never built
@@ -13,3 +14,21 @@ try:  # the compiled engine; absent only in a source tree that was never built
 except ImportError as _error:  # pragma: no cover - exercised only in broken installs
     _core = None
     _core_import_error = _error
+
+
+def load(path, threads=None, force_kernel=""):
+    """Loads a .dsq file; see deepsqueeze.engine.load."""
+    if _core is None:
+        raise ImportError(f"deepsqueeze's compiled engine is missing ({_core_import_error}); "
+                          "reinstall with `pip install .`")
+    from .engine import load as _load
+
+    return _load(path, threads=threads, force_kernel=force_kernel)
+
+
+def kernels():
+    """Every built kernel variant: family, name, isa, tile, and whether this CPU runs it."""
+    return _core.kernels()
+
+
+__all__ = ["load", "kernels", "FormatError", "UnsupportedModelError", "__version__"]

@@ -1,0 +1,329 @@
+// pybind11 module _core: a thin layer over the C++ engine. The GIL is released while a
+// model runs; errors become deepsqueeze.FormatError / ValueError / UnsupportedModelError.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "base/crc32c.h"
+#include "base/cpu.h"
+#include "base/error.h"
+#include "format/file.h"
+#include "kernels/gemm_f32/gemm_f32.h"
+#include "kernels/gemm_q4/gemm_q4.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
+#include "runtime/model.h"
+
+namespace py = pybind11;
+using namespace dsq;
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+py::dict cost_dict(const rt::Cost& c) {
+  py::dict d;
+  d["macs_f32"] = c.macs_f32;
+  d["macs_int8"] = c.macs_int8;
+  d["macs_int4"] = c.macs_int4;
+  d["weight_bytes"] = c.weight_bytes;
+  d["activation_bytes"] = c.activation_bytes;
+  return d;
+}
+
+std::vector<int64_t> dims_of(const py::array& a) {
+  std::vector<int64_t> d;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) d.push_back(a.shape(i));
+  return d;
+}
+
+// The engine's Model as seen from Python.
+class PyModel {
+ public:
+  explicit PyModel(std::shared_ptr<rt::Model> m) : model_(std::move(m)) {}
+
+  static PyModel from_file(const std::string& path, size_t threads, const std::string& force_kernel) {
+    rt::LoadOptions o;
+    o.threads = threads;
+    o.force_kernel = force_kernel;
+    std::shared_ptr<rt::Model> m;
+    {
+      py::gil_scoped_release release;
+      m = rt::Model::load_file(path, o);
+    }
+    return PyModel(std::move(m));
+  }
+  static PyModel from_bytes(const py::buffer& buf, size_t threads, const std::string& force_kernel) {
+    const py::buffer_info info = buf.request();
+    rt::LoadOptions o;
+    o.threads = threads;
+    o.force_kernel = force_kernel;
+    return PyModel(rt::Model::load_bytes(static_cast<const uint8_t*>(info.ptr),
+                                         static_cast<size_t>(info.size * info.itemsize), o));
+  }
+
+  py::list run(const py::sequence& inputs) {
+    const auto& want = model_->inputs();
+    const size_t n = static_cast<size_t>(py::len(inputs));
+    if (n != want.size())
+      throw InputError("the model takes " + std::to_string(want.size()) + " input(s), got " + std::to_string(n));
+    std::vector<py::array> keep;
+    std::vector<rt::Shape> shapes;
+    std::vector<const float*> ptrs;
+    keep.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      py::handle h = inputs[i];
+      if (!py::isinstance<py::array>(h))
+        throw InputError("input '" + want[i].name + "': expected a numpy array of float32, got " +
+                         std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+      py::array a = py::reinterpret_borrow<py::array>(h);
+      if (!a.dtype().is(py::dtype::of<float>()))
+        throw InputError("input '" + want[i].name + "': expected dtype float32, got " + std::string(py::str(a.dtype())));
+      if (!(a.flags() & py::array::c_style)) a = F32Array::ensure(a);  // one copy for strided input
+      shapes.push_back(rt::Shape{dims_of(a)});
+      ptrs.push_back(static_cast<const float*>(a.data()));
+      keep.push_back(std::move(a));
+    }
+    std::unique_ptr<rt::Context> ctx = model_->acquire_context();
+    struct Release {
+      const rt::Model& m;
+      std::unique_ptr<rt::Context>& c;
+      ~Release() { m.release_context(std::move(c)); }
+    } release_guard{*model_, ctx};
+    const rt::Plan& plan = ctx->prepare(shapes);
+    py::list result;
+    std::vector<float*> outs;
+    std::vector<py::array_t<float>> out_arrays;
+    for (size_t i = 0; i < model_->outputs().size(); ++i) {
+      // output value index -> shape
+      const auto& s = plan.value_shapes[model_->output_values()[i]];
+      py::array_t<float> arr(s.dims);
+      outs.push_back(arr.mutable_data());
+      out_arrays.push_back(arr);
+    }
+    {
+      py::gil_scoped_release release;
+      ctx->run(ptrs, outs);
+    }
+    for (auto& a : out_arrays) result.append(a);
+    return result;
+  }
+
+  py::list io(bool inputs) const {
+    py::list out;
+    for (const auto& io : inputs ? model_->inputs() : model_->outputs()) {
+      py::dict d;
+      d["name"] = io.name;
+      py::list dims;
+      for (int64_t v : io.dims) {
+        if (v < 0) dims.append(py::none());
+        else dims.append(v);
+      }
+      d["shape"] = py::tuple(dims);
+      d["dtype"] = "float32";
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::list layers(py::object input_shapes) const {
+    std::vector<rt::Shape> shapes = model_->default_input_shapes();
+    if (!input_shapes.is_none()) {
+      shapes.clear();
+      for (auto s : input_shapes) shapes.push_back(rt::Shape{s.cast<std::vector<int64_t>>()});
+    }
+    py::list out;
+    for (const auto& l : model_->layers(shapes)) {
+      py::dict d;
+      d["name"] = l.name;
+      d["op"] = l.op;
+      d["kernel"] = l.kernel;
+      py::list ins, outs, ws;
+      for (const auto& s : l.input_shapes) ins.append(py::tuple(py::cast(s.dims)));
+      for (const auto& s : l.output_shapes) outs.append(py::tuple(py::cast(s.dims)));
+      for (const auto& w : l.weights) {
+        py::dict wd;
+        wd["name"] = w.name;
+        wd["shape"] = py::tuple(py::cast(w.dims));
+        wd["values"] = w.values;
+        wd["layout"] = w.layout;
+        wd["entropy"] = w.entropy;
+        wd["payload_bytes"] = w.payload_bytes;
+        wd["f32_bytes"] = w.f32_bytes;
+        ws.append(wd);
+      }
+      d["input_shapes"] = ins;
+      d["output_shapes"] = outs;
+      d["weights"] = ws;
+      d["packed_bytes"] = l.packed_bytes;
+      d["cost"] = cost_dict(l.cost);
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::dict counters() const {
+    const rt::Counters c = model_->counters();
+    py::dict d = cost_dict(c.total);
+    d["runs"] = c.runs;
+    return d;
+  }
+  void reset_counters() { model_->reset_counters(); }
+
+  py::dict metadata() const {
+    py::dict d;
+    for (const auto& e : model_->metadata()) {
+      if (e.type == format::MetaType::kString) d[py::str(e.key)] = py::str(e.s);
+      else if (e.type == format::MetaType::kInt) d[py::str(e.key)] = e.i;
+      else d[py::str(e.key)] = e.f;
+    }
+    return d;
+  }
+  size_t threads() const { return model_->threads(); }
+  void set_threads(size_t n) { model_->set_threads(n); }
+
+ private:
+  std::shared_ptr<rt::Model> model_;
+};
+
+template <typename T>
+const T* check_2d(const py::array_t<T, py::array::c_style | py::array::forcecast>& a, const char* name, size_t rows,
+                  size_t cols) {
+  if (a.ndim() != 2 || static_cast<size_t>(a.shape(0)) != rows || static_cast<size_t>(a.shape(1)) != cols)
+    throw InputError(std::string(name) + ": expected shape (" + std::to_string(rows) + ", " + std::to_string(cols) + ")");
+  return a.data();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "deepsqueeze C++ engine (internal; use the deepsqueeze package)";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const FormatError& e) {
+      py::object cls = py::module_::import("deepsqueeze.format").attr("FormatError");
+      PyErr_SetObject(cls.ptr(), cls(e.what(), e.section(), e.offset()).ptr());
+    } catch (const InputError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const UnsupportedError& e) {
+      py::object cls = py::module_::import("deepsqueeze.errors").attr("UnsupportedModelError");
+      PyErr_SetObject(cls.ptr(), cls(e.what()).ptr());
+    }
+  });
+
+  m.def("crc32c", [](const py::buffer& b) {
+    const py::buffer_info info = b.request();
+    return crc32c(info.ptr, static_cast<size_t>(info.size * info.itemsize));
+  });
+
+  m.def("format_roundtrip", [](const py::bytes& data) {
+    const std::string s = data;
+    const format::File f = format::parse(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+    const std::vector<uint8_t> out = format::serialize(f);
+    return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+  }, "Parse bytes with the C++ reader and serialize them again with the C++ writer.");
+
+  m.def("kernels", []() {
+    py::list out;
+    auto add = [&](const char* family, const char* name, Isa isa, size_t mr, size_t nr) {
+      py::dict d;
+      d["family"] = family;
+      d["name"] = name;
+      d["isa"] = isa_name(isa);
+      d["mr"] = mr;
+      d["nr"] = nr;
+      d["supported"] = isa_supported(isa);
+      out.append(d);
+    };
+    for (const auto& k : gemm_f32::all_ukernels()) add("gemm_f32", k.name, k.isa, k.mr, k.nr);
+    for (const auto& k : gemm_qu8::all_ukernels()) add("gemm_qu8", k.name, k.isa, k.mr, k.nr);
+    for (const auto& k : gemm_q4::all_ukernels()) add("gemm_q4", k.name, k.isa, k.mr, k.nr);
+    return out;
+  });
+
+  m.def("gemm_f32", [](const std::string& kernel, F32Array a, F32Array w, py::object bias, float lo, float hi) {
+    const auto* uk = gemm_f32::find_ukernel(kernel.c_str());
+    if (!uk) throw InputError("kernel '" + kernel + "' is not available");
+    if (a.ndim() != 2 || w.ndim() != 2 || a.shape(1) != w.shape(1)) throw InputError("gemm_f32: a (M, K), w (N, K)");
+    const size_t M = a.shape(0), K = a.shape(1), N = w.shape(0);
+    std::vector<float> b(N, 0.f);
+    if (!bias.is_none()) {
+      F32Array ba = bias.cast<F32Array>();
+      if (static_cast<size_t>(ba.size()) != N) throw InputError("gemm_f32: bias must have N values");
+      std::memcpy(b.data(), ba.data(), N * 4);
+    }
+    const auto packed = gemm_f32::pack(w.data(), b.data(), N, K, uk->nr);
+    py::array_t<float> c({M, N});
+    gemm_f32::run(*uk, packed, a.data(), K * 4, c.mutable_data(), N * 4, 0, M, 0, packed.panel_count(), lo, hi);
+    return c;
+  });
+
+  m.def("gemm_qu8", [](const std::string& kernel, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> qa,
+                       py::array_t<int8_t, py::array::c_style | py::array::forcecast> qw, F32Array w_scale,
+                       py::object bias, int32_t a_zero, float a_scale, float lo, float hi) {
+    const auto* uk = gemm_qu8::find_ukernel(kernel.c_str());
+    if (!uk) throw InputError("kernel '" + kernel + "' is not available");
+    if (qa.ndim() != 2 || qw.ndim() != 2 || qa.shape(1) != qw.shape(1)) throw InputError("gemm_qu8: qa (M, K), qw (N, K)");
+    const size_t M = qa.shape(0), K = qa.shape(1), N = qw.shape(0), kp = gemm_qu8::padded_k(K);
+    if (static_cast<size_t>(w_scale.size()) != N) throw InputError("gemm_qu8: w_scale must have N values");
+    std::vector<float> b(N, 0.f);
+    if (!bias.is_none()) std::memcpy(b.data(), bias.cast<F32Array>().data(), N * 4);
+    const auto packed = gemm_qu8::pack(qw.data(), w_scale.data(), b.data(), N, K, uk->nr);
+    std::vector<uint8_t> a(M * kp, 0);
+    for (size_t i = 0; i < M; ++i) std::memcpy(a.data() + i * kp, qa.data() + i * K, K);
+    py::array_t<float> c({M, N});
+    gemm_qu8::run(*uk, packed, a.data(), kp, c.mutable_data(), N * 4, 0, M, 0, packed.panel_count(),
+                  gemm_qu8::Epilogue{a_zero, a_scale, lo, hi});
+    return c;
+  });
+
+  m.def("gemm_q4", [](const std::string& kernel, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> qa,
+                      py::array_t<uint8_t, py::array::c_style | py::array::forcecast> nibbles, size_t n, size_t k,
+                      size_t group, F32Array w_scale, py::object bias, int32_t a_zero, float a_scale, float lo, float hi) {
+    const auto* uk = gemm_q4::find_ukernel(kernel.c_str());
+    if (!uk) throw InputError("kernel '" + kernel + "' is not available");
+    if (qa.ndim() != 2 || static_cast<size_t>(qa.shape(1)) != k) throw InputError("gemm_q4: qa must be (M, k)");
+    if (static_cast<size_t>(nibbles.size()) != (n * k + 1) / 2) throw InputError("gemm_q4: nibbles must hold n*k values");
+    const size_t groups = (k + group - 1) / group;
+    if (static_cast<size_t>(w_scale.size()) != n * groups) throw InputError("gemm_q4: w_scale must be (n, groups)");
+    const size_t M = qa.shape(0), kp = gemm_qu8::padded_k(k);
+    std::vector<float> b(n, 0.f);
+    if (!bias.is_none()) std::memcpy(b.data(), bias.cast<F32Array>().data(), n * 4);
+    const auto packed = gemm_q4::pack(nibbles.data(), w_scale.data(), b.data(), n, k, group, uk->nr);
+    std::vector<uint8_t> a(M * kp, 0);
+    for (size_t i = 0; i < M; ++i) std::memcpy(a.data() + i * kp, qa.data() + i * k, k);
+    py::array_t<float> c({M, n});
+    gemm_q4::run(*uk, packed, a.data(), kp, c.mutable_data(), n * 4, 0, M, 0, packed.panel_count(),
+                 gemm_qu8::Epilogue{a_zero, a_scale, lo, hi});
+    return c;
+  });
+
+  m.def("quantize_u8", [](F32Array x, float scale, int32_t zero) {
+    if (x.ndim() != 2) throw InputError("quantize_u8: x must be 2-D");
+    const size_t M = x.shape(0), K = x.shape(1), kp = gemm_qu8::padded_k(K);
+    py::array_t<uint8_t> q({M, kp});
+    gemm_qu8::quantize(x.data(), M, K, K * 4, q.mutable_data(), kp, {scale, zero});
+    return q;
+  });
+  m.def("choose_quant_params", [](float lo, float hi) {
+    const auto p = gemm_qu8::choose_params(lo, hi);
+    return py::make_tuple(p.scale, p.zero);
+  });
+
+  py::class_<PyModel>(m, "Model")
+      .def_static("from_file", &PyModel::from_file, py::arg("path"), py::arg("threads") = 0,
+                  py::arg("force_kernel") = "")
+      .def_static("from_bytes", &PyModel::from_bytes, py::arg("data"), py::arg("threads") = 0,
+                  py::arg("force_kernel") = "")
+      .def("run", &PyModel::run)
+      .def("inputs", [](const PyModel& p) { return p.io(true); })
+      .def("outputs", [](const PyModel& p) { return p.io(false); })
+      .def("layers", &PyModel::layers, py::arg("input_shapes") = py::none())
+      .def("counters", &PyModel::counters)
+      .def("reset_counters", &PyModel::reset_counters)
+      .def("metadata", &PyModel::metadata)
+      .def_property("threads", &PyModel::threads, &PyModel::set_threads);
+}

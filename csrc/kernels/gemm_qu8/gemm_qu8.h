@@ -1,0 +1,78 @@
+// Dense int8 GEMM family: u8 activations (per-tensor scale a_scale, zero point a_zero)
+// times s8 weights (per-output-channel symmetric scale w_scale[n]), int32 accumulation:
+//   acc[m, n]  = sum_k qa[m, k] * qw[n, k]                        (exact int32)
+//   C[m, n]    = clamp(fma(float(acc - a_zero * colsum[n]), a_scale * w_scale[n], bias[n]), lo, hi)
+// with the epilogue computed in exactly this order (std::fma / vfmadd), so every variant
+// is bit-identical to the reference.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "base/aligned.h"
+#include "base/cpu.h"
+
+namespace dsq::gemm_qu8 {
+
+// K is padded to a multiple of kKr; activation rows must hold k_padded bytes, padding 0.
+constexpr size_t kKr = 4;
+inline size_t padded_k(size_t k) { return (k + kKr - 1) / kKr * kKr; }
+
+struct PackedWeights {
+  size_t n = 0, k = 0, k_padded = 0, nr = 0;
+  // ceil(n / nr) panels; panel p holds k_padded / 4 blocks of nr x 4 bytes:
+  // panel[(kb * nr + j) * 4 + i] = qw[p * nr + j][kb * 4 + i] (zero padded).
+  AlignedBuffer panels;
+  AlignedBuffer colsum;   // int32 per column, padded to a panel multiple
+  AlignedBuffer w_scale;  // float per column, padded
+  AlignedBuffer bias;     // float per column, padded
+  const int8_t* panel(size_t p) const { return panels.as<int8_t>() + p * k_padded * nr; }
+  size_t panel_count() const { return (n + nr - 1) / nr; }
+};
+
+struct Epilogue {
+  int32_t a_zero;
+  float a_scale;
+  float lo, hi;
+};
+
+// m x n_valid tile (m <= mr, n_valid <= nr). a: u8 rows of k_padded bytes, a_stride in
+// bytes; c: f32 output, c_stride in bytes. p: panel index into w.
+using UkernelFn = void (*)(size_t m, const uint8_t* a, size_t a_stride,
+                           const PackedWeights& w, size_t p, float* c, size_t c_stride,
+                           size_t n_valid, const Epilogue& ep);
+
+struct Ukernel {
+  const char* name;  // e.g. "gemm_qu8_4x64__avx512vnni"
+  Isa isa;
+  size_t mr;
+  size_t nr;
+  UkernelFn fn;
+};
+
+const std::vector<Ukernel>& all_ukernels();
+const Ukernel& best_ukernel();
+const Ukernel* find_ukernel(const char* name);
+
+// qw: [n][k] int8 row-major, w_scale: n floats, bias may be null.
+PackedWeights pack(const int8_t* qw, const float* w_scale, const float* bias, size_t n,
+                   size_t k, size_t nr);
+
+void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride,
+         float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
+         size_t p_end, const Epilogue& ep);
+
+// Dynamic per-tensor quantization of activations.
+struct QuantParams {
+  float scale;
+  int32_t zero;
+};
+// Range of an m x k float block (row stride in bytes); includes 0 in the range.
+void minmax(const float* x, size_t m, size_t k, size_t x_stride, float* lo, float* hi);
+QuantParams choose_params(float lo, float hi);  // asymmetric u8 over [lo, hi]
+// q = clamp(nearbyint(x / scale) + zero, 0, 255); writes k_padded bytes per row
+// (padding zeros). Rounds half to even, the same in every variant.
+void quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+              size_t q_stride, QuantParams p);
+
+}  // namespace dsq::gemm_qu8

@@ -1,0 +1,76 @@
+// gemm_qu8 AVX-512 (F/BW) minmax and quantize. Compiled into dsq_isa_avx512. Same
+// operations as quantize_scalar: IEEE division, round in the current mode, + zero in
+// float, max(.,0) then min(.,255) (NaN -> 0), truncating conversion of an integer value.
+#include <immintrin.h>
+
+// GCC 12 reports its own _mm512_undefined_* idiom inside the intrinsics headers
+// (`__m512 __Y = __Y;`) as maybe-uninitialized when they are inlined here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include "kernels/gemm_qu8/gemm_qu8.h"
+#include "kernels/gemm_qu8/ukernels.h"
+
+namespace dsq::gemm_qu8 {
+namespace {
+inline const float* row(const float* x, size_t i, size_t stride) {
+  return reinterpret_cast<const float*>(reinterpret_cast<const char*>(x) + i * stride);
+}
+}  // namespace
+
+void minmax_avx512(const float* x, size_t m, size_t k, size_t x_stride, float* lo,
+                   float* hi) {
+  __m512 vl = _mm512_setzero_ps(), vh = _mm512_setzero_ps();
+  for (size_t i = 0; i < m; ++i) {
+    const float* xr = row(x, i, x_stride);
+    size_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+      const __m512 v = _mm512_loadu_ps(xr + j);
+      vl = _mm512_min_ps(v, vl);
+      vh = _mm512_max_ps(v, vh);
+    }
+    if (j < k) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (k - j)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(mk, xr + j);  // masked-off lanes read as 0
+      vl = _mm512_min_ps(v, vl);
+      vh = _mm512_max_ps(v, vh);
+    }
+  }
+  alignas(64) float tl[16], th[16];
+  _mm512_store_ps(tl, vl);
+  _mm512_store_ps(th, vh);
+  float l = 0.0f, h = 0.0f;
+  for (int t = 0; t < 16; ++t) {
+    l = tl[t] < l ? tl[t] : l;
+    h = th[t] > h ? th[t] : h;
+  }
+  *lo = l;
+  *hi = h;
+}
+
+void quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+                     size_t q_stride, QuantParams p) {
+  const size_t kp = padded_k(k);
+  const __m512 scale = _mm512_set1_ps(p.scale);
+  const __m512 zero = _mm512_set1_ps(static_cast<float>(p.zero));
+  const __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_set1_ps(255.0f);
+  for (size_t i = 0; i < m; ++i) {
+    const float* xr = row(x, i, x_stride);
+    uint8_t* qr = q + i * q_stride;
+    for (size_t j = 0; j < kp; j += 16) {
+      const size_t cnt = k > j ? (k - j < 16 ? k - j : 16) : 0;
+      const size_t out = kp - j < 16 ? kp - j : 16;
+      const __mmask16 mk = static_cast<__mmask16>((1u << cnt) - 1);
+      const __mmask16 mo = static_cast<__mmask16>((1u << out) - 1);
+      __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mk, xr + j), scale);
+      v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION), zero);
+      v = _mm512_min_ps(_mm512_max_ps(v, vmin), vmax);
+      __m128i u8 = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
+      u8 = _mm_maskz_mov_epi8(mk, u8);  // padding bytes are 0, not the zero point
+      _mm_mask_storeu_epi8(qr + j, mo, u8);
+    }
+  }
+}
+
+}  // namespace dsq::gemm_qu8

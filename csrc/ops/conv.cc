@@ -1,0 +1,497 @@
+// conv2d and linear: the layers that own weights. Each picks a kernel family from the
+// weight encoding at load (f32/f16 -> gemm_f32, int8_channel -> gemm_qu8, int4_group ->
+// gemm_q4; depthwise -> a direct NHWC kernel) and packs the weights for it once.
+// Activations are NHWC, so a convolution is a GEMM over output pixels: rows are
+// im2col patches ordered (kh, kw, cin), columns are output channels.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "base/error.h"
+#include "kernels/gemm_f32/gemm_f32.h"
+#include "kernels/gemm_q4/gemm_q4.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
+#include "ops/ops.h"
+
+namespace dsq::rt {
+namespace {
+
+using format::Attr;
+using format::Op;
+using format::Values;
+
+enum class Family { kF32, kQu8, kQ4, kDepthwiseF32 };
+
+constexpr size_t kRowsPerTask = 256;  // im2col rows per task: keeps the patch block in L2
+constexpr size_t kMaxSlots = 64;      // most scratch slots a layer uses at once
+
+struct ConvGeometry {
+  int64_t cout = 0, cin = 0, kh = 1, kw = 1;
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+  bool is_linear = false;
+  bool pointwise() const {  // the input rows are the GEMM rows: no im2col
+    return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0);
+  }
+  int64_t k_group() const { return (cin / groups) * kh * kw; }
+  int64_t cout_group() const { return cout / groups; }
+};
+
+class ConvLayer : public Layer {
+ public:
+  ConvGeometry g;
+  Family family = Family::kF32;
+  float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
+  bool static_quant = false;
+  gemm_qu8::QuantParams quant{1.f, 0};
+  // One packed weight set per group.
+  const gemm_f32::Ukernel* f32_uk = nullptr;
+  const gemm_qu8::Ukernel* qu8_uk = nullptr;
+  const gemm_q4::Ukernel* q4_uk = nullptr;
+  std::vector<gemm_f32::PackedWeights> f32_w;
+  std::vector<gemm_qu8::PackedWeights> qu8_w;
+  std::vector<gemm_q4::PackedWeights> q4_w;
+  // Depthwise: weights [kh][kw][cout], bias [cout].
+  std::vector<float> dw_weights, dw_bias;
+  std::string decoded_from;  // depthwise with quantized weights: which encoding
+  uint64_t weight_read_bytes = 0;
+
+  std::vector<Shape> infer(const std::vector<Shape>& in) const override {
+    const Shape& x = in[0];
+    if (g.is_linear) {
+      if (x.rank() < 2 || x.rank() == 4)
+        fail("expects an (N, " + std::to_string(g.cin) + ") input, got " + x.str());
+      if (x.dims.back() != g.cin)
+        fail("input has " + std::to_string(x.dims.back()) + " features, the layer expects " + std::to_string(g.cin));
+      Shape out = x;
+      out.dims.back() = g.cout;
+      return {out};
+    }
+    if (x.rank() != 4) fail("expects a 4-D (N, C, H, W) input, got " + x.str());
+    if (x.dims[1] != g.cin)
+      fail("input has " + std::to_string(x.dims[1]) + " channels, the layer expects " + std::to_string(g.cin));
+    const int64_t oh = (x.dims[2] + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+    const int64_t ow = (x.dims[3] + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+    if (x.dims[2] + 2 * g.ph < g.dh * (g.kh - 1) + 1 || x.dims[3] + 2 * g.pw < g.dw * (g.kw - 1) + 1)
+      fail("input " + x.str() + " is smaller than the (dilated) kernel");
+    return {Shape{{x.dims[0], g.cout, oh, ow}}};
+  }
+
+  int64_t gemm_rows(const Shape& out) const {
+    return g.is_linear ? out.numel() / g.cout : out.dims[0] * out.dims[2] * out.dims[3];
+  }
+
+  size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out,
+                       size_t threads) const override {
+    if (family == Family::kDepthwiseF32) return 0;
+    threads = std::min<size_t>(threads, kMaxSlots);  // task slots, see run_tasks
+    const size_t kg = static_cast<size_t>(g.k_group());
+    size_t bytes = 0;
+    if (family == Family::kF32) {
+      if (!g.pointwise() || g.groups > 1) bytes += threads * kRowsPerTask * kg * 4;
+    } else {
+      const size_t kp = gemm_qu8::padded_k(kg);
+      // whole input quantized once (u8), then per-task u8 patches
+      bytes += (static_cast<size_t>(in[0].numel()) + 63) / 64 * 64;
+      if (g.pointwise() && g.groups == 1)
+        bytes += static_cast<size_t>(gemm_rows(out[0])) * kp;
+      else
+        bytes += threads * kRowsPerTask * kp;
+    }
+    return bytes;
+  }
+
+  Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
+    Cost c = Layer::cost(in, out);
+    const uint64_t macs = static_cast<uint64_t>(gemm_rows(out[0])) * g.cout * g.k_group();
+    if (family == Family::kQu8) c.macs_int8 += macs;
+    else if (family == Family::kQ4) c.macs_int4 += macs;
+    else c.macs_f32 += macs;
+    c.weight_bytes = weight_read_bytes;
+    return c;
+  }
+
+  std::string kernel() const override {
+    std::string k;
+    switch (family) {
+      case Family::kF32: k = f32_uk->name; break;
+      case Family::kQu8: k = qu8_uk->name; break;
+      case Family::kQ4: k = q4_uk->name; break;
+      case Family::kDepthwiseF32:
+        return "dwconv_f32_nhwc" + (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
+    }
+    if (!g.is_linear && !g.pointwise()) k += " + im2col";
+    if (g.groups > 1) k += " x" + std::to_string(g.groups) + " groups";
+    if ((family == Family::kQu8 || family == Family::kQ4))
+      k += static_quant ? " (static act quant)" : " (dynamic act quant)";
+    return k;
+  }
+
+  void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
+           const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
+    if (family == Family::kDepthwiseF32) return run_depthwise(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    if (family == Family::kF32) return run_f32(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    return run_quantized(in[0], in_shapes[0], out[0], out_shapes[0], env);
+  }
+
+ private:
+  // Splits `chunks` work items over at most 64 task slots; slot s owns scratch slot s.
+  template <typename F>
+  void run_tasks(const RunEnv& env, size_t chunks, F&& fn) const {
+    const size_t slots = std::min<size_t>({chunks, env.pool->threads(), kMaxSlots});
+    if (slots <= 1) {
+      for (size_t c = 0; c < chunks; ++c) fn(c, 0);
+      return;
+    }
+    env.pool->parallel_for(slots, [&](size_t s) {
+      for (size_t c = s; c < chunks; c += slots) fn(c, s);
+    });
+  }
+
+  // Input patch rows [m0, m0 + rows) for group `grp`, as a (rows x kg) block of T with
+  // `pad` outside the image and `kpad_to` columns per row (padding columns zero).
+  template <typename T>
+  void im2col(const T* x, const Shape& xs, const Shape& ys, int64_t grp, int64_t m0, int64_t rows,
+              T* dst, size_t row_len, T pad, bool channel_major = false) const {
+    const int64_t H = xs.dims[2], W = xs.dims[3], C = g.cin, cg = g.cin / g.groups;
+    const int64_t OH = ys.dims[2], OW = ys.dims[3];
+    const int64_t kg = g.k_group();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t m = m0 + r;
+      const int64_t n = m / (OH * OW), rem = m % (OH * OW), oh = rem / OW, ow = rem % OW;
+      T* d = dst + r * row_len;
+      if (channel_major) {  // (cin, kh, kw): the file order, used by int4 groups
+        for (int64_t c = 0; c < cg; ++c)
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t iw = ow * g.sw - g.pw + j * g.dw;
+              *d++ = (ih < 0 || ih >= H || iw < 0 || iw >= W) ? pad : x[((n * H + ih) * W + iw) * C + grp * cg + c];
+            }
+          }
+        std::fill(d, dst + r * row_len + row_len, T(0));
+        continue;
+      }
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.sw - g.pw + j * g.dw;
+          T* dd = d + (i * g.kw + j) * cg;
+          if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+            std::fill(dd, dd + cg, pad);
+          } else {
+            std::memcpy(dd, x + ((n * H + ih) * W + iw) * C + grp * cg, cg * sizeof(T));
+          }
+        }
+      }
+      std::fill(d + kg, d + row_len, T(0));
+    }
+  }
+
+  void run_f32(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
+    const int64_t M = gemm_rows(ys);
+    const size_t kg = static_cast<size_t>(g.k_group());
+    const size_t c_stride = static_cast<size_t>(g.cout) * 4;
+    const size_t cog = static_cast<size_t>(g.cout_group());
+    if (g.pointwise() && g.groups == 1) {
+      // Rows straight from the input; split rows and panels over threads.
+      const auto& w = f32_w[0];
+      const size_t panels = w.panel_count();
+      const size_t mr = f32_uk->mr;
+      const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
+      const size_t threads = env.pool->threads();
+      // Few rows (batch-1 linear): split panels; many rows: split rows.
+      const size_t m_tasks = std::min(m_blocks, std::max<size_t>(1, threads * 4 / std::max<size_t>(1, std::min(panels, threads * 4))));
+      const size_t p_tasks = std::min(panels, threads * 4);
+      const size_t tasks = (threads <= 1) ? 1 : m_tasks * p_tasks;
+      auto body = [&](size_t t) {
+        const size_t mt = t % m_tasks, pt = t / m_tasks;
+        const size_t mb = m_blocks * mt / m_tasks * mr, me = std::min<size_t>(M, m_blocks * (mt + 1) / m_tasks * mr);
+        const size_t pb = panels * pt / p_tasks, pe = panels * (pt + 1) / p_tasks;
+        gemm_f32::run(*f32_uk, w, x, kg * 4, y, c_stride, mb, me, pb, pe, lo, hi);
+      };
+      if (tasks <= 1) gemm_f32::run(*f32_uk, w, x, kg * 4, y, c_stride, 0, M, 0, panels, lo, hi);
+      else env.pool->parallel_for(tasks, body);
+      return;
+    }
+    const size_t chunks = (static_cast<size_t>(M) + kRowsPerTask - 1) / kRowsPerTask;
+    run_tasks(env, chunks * g.groups, [&](size_t task, size_t slot) {
+      const int64_t grp = static_cast<int64_t>(task % g.groups);
+      const int64_t m0 = static_cast<int64_t>(task / g.groups * kRowsPerTask);
+      const int64_t rows = std::min<int64_t>(kRowsPerTask, M - m0);
+      float* patches = reinterpret_cast<float*>(env.scratch) + slot * kRowsPerTask * kg;
+      const float* a;
+      size_t a_stride;
+      if (g.pointwise()) {  // grouped 1x1: read the group's channels in place
+        a = x + m0 * g.cin + grp * static_cast<int64_t>(kg);
+        a_stride = static_cast<size_t>(g.cin) * 4;
+      } else {
+        im2col<float>(x, xs, ys, grp, m0, rows, patches, kg, 0.f);
+        a = patches;
+        a_stride = kg * 4;
+      }
+      const auto& w = f32_w[grp];
+      gemm_f32::run(*f32_uk, w, a, a_stride, y + m0 * g.cout + grp * cog, c_stride, 0, rows, 0,
+                    w.panel_count(), lo, hi);
+    });
+  }
+
+  void run_quantized(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
+    const int64_t M = gemm_rows(ys);
+    const size_t kg = static_cast<size_t>(g.k_group());
+    const size_t kp = gemm_qu8::padded_k(kg);
+    const size_t c_stride = static_cast<size_t>(g.cout) * 4;
+    const size_t cog = static_cast<size_t>(g.cout_group());
+    const int64_t in_rows = g.is_linear ? M : xs.dims[0] * xs.dims[2] * xs.dims[3];
+    gemm_qu8::QuantParams qp = quant;
+    if (!static_quant) {
+      float mn, mx;
+      gemm_qu8::minmax(x, in_rows, g.cin, static_cast<size_t>(g.cin) * 4, &mn, &mx);
+      qp = gemm_qu8::choose_params(mn, mx);
+    }
+    const gemm_qu8::Epilogue ep{qp.zero, qp.scale, lo, hi};
+    uint8_t* scratch = env.scratch;
+    auto gemm = [&](int64_t grp, const uint8_t* a, size_t a_stride, int64_t m0, int64_t m_end, size_t pb, size_t pe,
+                    float* c) {
+      if (family == Family::kQu8)
+        gemm_qu8::run(*qu8_uk, qu8_w[grp], a, a_stride, c, c_stride, m0, m_end, pb, pe, ep);
+      else
+        gemm_q4::run(*q4_uk, q4_w[grp], a, a_stride, c, c_stride, m0, m_end, pb, pe, ep);
+    };
+    const size_t panels = family == Family::kQu8 ? qu8_w[0].panel_count() : q4_w[0].panel_count();
+    if (g.pointwise() && g.groups == 1) {
+      // Quantize the rows once (k padded), then split rows and panels over threads.
+      uint8_t* qa = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
+      gemm_qu8::quantize(x, M, kg, kg * 4, qa, kp, qp);
+      const size_t threads = env.pool->threads();
+      const size_t mr = family == Family::kQu8 ? qu8_uk->mr : q4_uk->mr;
+      const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
+      const size_t p_tasks = std::min(panels, threads * 4);
+      const size_t m_tasks = std::min(m_blocks, std::max<size_t>(1, threads * 4 / std::max<size_t>(1, p_tasks)));
+      const size_t tasks = threads <= 1 ? 1 : m_tasks * p_tasks;
+      if (tasks <= 1) {
+        gemm(0, qa, kp, 0, M, 0, panels, y);
+        return;
+      }
+      env.pool->parallel_for(tasks, [&](size_t t) {
+        const size_t mt = t % m_tasks, pt = t / m_tasks;
+        const size_t mb = m_blocks * mt / m_tasks * mr, me = std::min<size_t>(M, m_blocks * (mt + 1) / m_tasks * mr);
+        gemm(0, qa, kp, mb, me, panels * pt / p_tasks, panels * (pt + 1) / p_tasks, y);
+      });
+      return;
+    }
+    // Quantize the whole input once (NHWC u8), then build u8 patches per task with the
+    // zero point as padding (it stands for 0.0).
+    uint8_t* qx = scratch;
+    gemm_qu8::quantize(x, 1, static_cast<size_t>(xs.numel()), 0, qx, gemm_qu8::padded_k(static_cast<size_t>(xs.numel())), qp);
+    uint8_t* patch_base = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
+    const size_t chunks = (static_cast<size_t>(M) + kRowsPerTask - 1) / kRowsPerTask;
+    run_tasks(env, chunks * g.groups, [&](size_t task, size_t slot) {
+      const int64_t grp = static_cast<int64_t>(task % g.groups);
+      const int64_t m0 = static_cast<int64_t>(task / g.groups * kRowsPerTask);
+      const int64_t rows = std::min<int64_t>(kRowsPerTask, M - m0);
+      uint8_t* patches = patch_base + slot * kRowsPerTask * kp;
+      if (g.pointwise()) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(patches + r * kp, qx + (m0 + r) * g.cin + grp * static_cast<int64_t>(kg), kg);
+          std::memset(patches + r * kp + kg, 0, kp - kg);
+        }
+      } else {
+        im2col<uint8_t>(qx, xs, ys, grp, m0, rows, patches, kp, static_cast<uint8_t>(qp.zero), family == Family::kQ4);
+      }
+      const size_t pcount = family == Family::kQu8 ? qu8_w[grp].panel_count() : q4_w[grp].panel_count();
+      gemm(grp, patches, kp, 0, rows, 0, pcount, y + m0 * g.cout + grp * cog);
+    });
+  }
+
+  void run_depthwise(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
+    const int64_t OH = ys.dims[2], OW = ys.dims[3], CO = g.cout, mult = CO / C;
+    run_tasks(env, static_cast<size_t>(N * OH), [&](size_t row, size_t) {
+      const int64_t n = static_cast<int64_t>(row) / OH, oh = static_cast<int64_t>(row) % OH;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        float* yp = y + ((n * OH + oh) * OW + ow) * CO;
+        std::memcpy(yp, dw_bias.data(), CO * 4);
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t iw = ow * g.sw - g.pw + j * g.dw;
+            if (iw < 0 || iw >= W) continue;
+            const float* xp = x + ((n * H + ih) * W + iw) * C;
+            const float* wp = dw_weights.data() + (i * g.kw + j) * CO;
+            if (mult == 1) {
+              for (int64_t c = 0; c < CO; ++c) yp[c] += xp[c] * wp[c];
+            } else {
+              for (int64_t c = 0; c < CO; ++c) yp[c] += xp[c / mult] * wp[c];
+            }
+          }
+        }
+        for (int64_t c = 0; c < CO; ++c) yp[c] = std::min(std::max(yp[c], lo), hi);
+      }
+    });
+  }
+};
+
+[[noreturn]] void bad(const format::Node& n, const std::string& what) {
+  throw UnsupportedError("node '" + n.name + "' (" + format::op_name(n.op) + "): " + what);
+}
+
+// Weights of one group in GEMM order: [cout_g][kh][kw][cin_g] (matches NHWC im2col).
+std::vector<float> gemm_order_f32(const std::vector<float>& w, const ConvGeometry& g, int64_t grp) {
+  const int64_t cog = g.cout_group(), cig = g.cin / g.groups, kg = g.k_group();
+  std::vector<float> out(static_cast<size_t>(cog * kg));
+  for (int64_t o = 0; o < cog; ++o)
+    for (int64_t c = 0; c < cig; ++c)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j)
+          out[o * kg + (i * g.kw + j) * cig + c] = w[(((grp * cog + o) * cig + c) * g.kh + i) * g.kw + j];
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::File& file,
+                                           const LoadOptions& options) {
+  auto layer = std::make_unique<ConvLayer>();
+  layer->name = n.name;
+  layer->op = n.op;
+  ConvGeometry& g = layer->g;
+  g.is_linear = n.op == Op::kLinear;
+  if (n.inputs.size() != 1 || n.outputs.size() != 1) bad(n, "needs exactly 1 input and 1 output");
+  if (n.weights.empty() || n.weights.size() > 2 || n.weights[0] == format::kAbsent) bad(n, "needs a weight tensor and an optional bias");
+  const format::Tensor& wt = file.tensors[n.weights[0]];
+  const format::Tensor* bt = (n.weights.size() == 2 && n.weights[1] != format::kAbsent) ? &file.tensors[n.weights[1]] : nullptr;
+  if (g.is_linear) {
+    if (wt.dims.size() != 2) bad(n, "weight '" + wt.name + "' must be 2-D (out, in)");
+    g.cout = static_cast<int64_t>(wt.dims[0]);
+    g.cin = static_cast<int64_t>(wt.dims[1]);
+  } else {
+    if (wt.dims.size() != 4) bad(n, "weight '" + wt.name + "' must be 4-D (out, in/groups, kh, kw)");
+    g.groups = attr_int(n, Attr::kGroups, 0, 1);
+    g.sh = attr_int(n, Attr::kStride, 0, 1);
+    g.sw = attr_int(n, Attr::kStride, 1, 1);
+    g.ph = attr_int(n, Attr::kPadding, 0, 0);
+    g.pw = attr_int(n, Attr::kPadding, 1, 0);
+    g.dh = attr_int(n, Attr::kDilation, 0, 1);
+    g.dw = attr_int(n, Attr::kDilation, 1, 1);
+    g.cout = static_cast<int64_t>(wt.dims[0]);
+    g.kh = static_cast<int64_t>(wt.dims[2]);
+    g.kw = static_cast<int64_t>(wt.dims[3]);
+    if (g.groups < 1 || g.groups > g.cout || g.cout % g.groups)
+      bad(n, "groups " + std::to_string(g.groups) + " must divide the " + std::to_string(g.cout) + " output channels");
+    g.cin = static_cast<int64_t>(wt.dims[1]) * g.groups;
+    if (g.sh < 1 || g.sw < 1 || g.sh > 4096 || g.sw > 4096 || g.ph < 0 || g.pw < 0 || g.ph > 4096 || g.pw > 4096 ||
+        g.dh < 1 || g.dw < 1 || g.dh > 4096 || g.dw > 4096 || g.kh > 4096 || g.kw > 4096)
+      bad(n, "stride/padding/dilation/kernel out of range");
+  }
+  if (bt && bt->numel() != static_cast<uint64_t>(g.cout))
+    bad(n, "bias '" + bt->name + "' has " + std::to_string(bt->numel()) + " values, expected " + std::to_string(g.cout));
+  activation_range(attr_int(n, Attr::kActivation, 0, 0), &layer->lo, &layer->hi);
+  if (const auto* q = n.find(Attr::kInputQuant)) {
+    const float scale = q->floats[0], zero = q->floats[1];
+    if (!(scale > 0.f) || !std::isfinite(scale) || !(zero >= 0.f && zero <= 255.f) || zero != std::floor(zero))
+      bad(n, "input_quant must be (scale > 0, integer zero point in 0..255)");
+    layer->static_quant = true;
+    layer->quant = {scale, static_cast<int32_t>(zero)};
+  }
+  std::vector<float> bias = bt ? decode_to_f32(*bt) : std::vector<float>(static_cast<size_t>(g.cout), 0.f);
+  {
+    WeightInfo wi{wt.name, wt.dims, format::values_name(wt.values), format::layout_name(wt.layout),
+                  format::entropy_name(wt.entropy), wt.payload_bytes(), wt.numel() * 4};
+    layer->weights.push_back(wi);
+    if (bt)
+      layer->weights.push_back({bt->name, bt->dims, format::values_name(bt->values), format::layout_name(bt->layout),
+                                format::entropy_name(bt->entropy), bt->payload_bytes(), bt->numel() * 4});
+  }
+  const bool depthwise = !g.is_linear && g.groups > 1 && g.groups == g.cin;
+  const std::string& force = options.force_kernel;
+  if (depthwise) {
+    layer->family = Family::kDepthwiseF32;
+    if (wt.values != Values::kF32 && wt.values != Values::kF16) layer->decoded_from = format::values_name(wt.values);
+    const std::vector<float> w = decode_to_f32(wt);
+    layer->dw_weights.resize(static_cast<size_t>(g.cout * g.kh * g.kw));
+    for (int64_t o = 0; o < g.cout; ++o)
+      for (int64_t i = 0; i < g.kh * g.kw; ++i) layer->dw_weights[i * g.cout + o] = w[o * g.kh * g.kw + i];
+    layer->dw_bias = bias;
+    layer->weight_read_bytes = layer->dw_weights.size() * 4;
+    layer->packed_bytes = layer->weight_read_bytes + bias.size() * 4;
+    return layer;
+  }
+  const int64_t cog = g.cout_group(), kg = g.k_group();
+  if (wt.values == Values::kF32 || wt.values == Values::kF16) {
+    layer->family = Family::kF32;
+    layer->f32_uk = &gemm_f32::best_ukernel();
+    if (!force.empty() && force.rfind("gemm_f32", 0) == 0) {
+      layer->f32_uk = gemm_f32::find_ukernel(force.c_str());
+      if (!layer->f32_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    }
+    const std::vector<float> w = decode_to_f32(wt);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const std::vector<float> wg = g.is_linear ? w : gemm_order_f32(w, g, grp);
+      layer->f32_w.push_back(gemm_f32::pack(wg.data(), bias.data() + grp * cog, cog, kg, layer->f32_uk->nr));
+      layer->packed_bytes += layer->f32_w.back().panels.size() + layer->f32_w.back().bias.size();
+    }
+    layer->weight_read_bytes = static_cast<uint64_t>(g.cout) * kg * 4;
+    return layer;
+  }
+  if (wt.values == Values::kInt8Channel) {
+    layer->family = Family::kQu8;
+    layer->qu8_uk = &gemm_qu8::best_ukernel();
+    if (!force.empty() && force.rfind("gemm_qu8", 0) == 0) {
+      layer->qu8_uk = gemm_qu8::find_ukernel(force.c_str());
+      if (!layer->qu8_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    }
+    const auto* q = reinterpret_cast<const int8_t*>(wt.stream(format::Role::kValues)->data);
+    std::vector<float> scales(static_cast<size_t>(g.cout));
+    std::memcpy(scales.data(), wt.stream(format::Role::kScales)->data, scales.size() * 4);
+    for (float s : scales)
+      if (!std::isfinite(s)) bad(n, "weight '" + wt.name + "' has a non-finite scale");
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      std::vector<int8_t> qg(static_cast<size_t>(cog * kg));
+      const int64_t cig = g.cin / g.groups;
+      for (int64_t o = 0; o < cog; ++o)
+        for (int64_t c = 0; c < cig; ++c)
+          for (int64_t i = 0; i < g.kh * g.kw; ++i)
+            qg[o * kg + i * cig + c] = q[((grp * cog + o) * cig + c) * g.kh * g.kw + i];
+      layer->qu8_w.push_back(gemm_qu8::pack(qg.data(), scales.data() + grp * cog, bias.data() + grp * cog, cog, kg,
+                                            layer->qu8_uk->nr));
+      layer->packed_bytes += layer->qu8_w.back().panels.size() + 12 * cog;
+    }
+    layer->weight_read_bytes = static_cast<uint64_t>(g.cout) * kg + 4 * g.cout;
+    return layer;
+  }
+  if (wt.values == Values::kInt4Group) {
+    layer->family = Family::kQ4;
+    layer->q4_uk = &gemm_q4::best_ukernel();
+    if (!force.empty() && force.rfind("gemm_q4", 0) == 0) {
+      layer->q4_uk = gemm_q4::find_ukernel(force.c_str());
+      if (!layer->q4_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    }
+    // int4 groups run along each output channel's file order (cin/groups, kh, kw), so
+    // the int4 path builds its im2col rows channel-major to match (see im2col).
+    const uint8_t* nib = wt.stream(format::Role::kValues)->data;
+    const float* file_scales = reinterpret_cast<const float*>(wt.stream(format::Role::kScales)->data);
+    const uint64_t gs = wt.group_size, cols = wt.cols(), groups_per_row = (cols + gs - 1) / gs;
+    for (uint64_t i = 0; i < static_cast<uint64_t>(g.cout) * groups_per_row; ++i)
+      if (!std::isfinite(file_scales[i])) bad(n, "weight '" + wt.name + "' has a non-finite scale");
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      // Rows of this group as their own nibble stream (a group may start mid-byte).
+      std::vector<uint8_t> rows((static_cast<size_t>(cog * kg) + 1) / 2, 0);
+      const uint64_t first = static_cast<uint64_t>(grp * cog) * cols;
+      for (uint64_t i = 0; i < static_cast<uint64_t>(cog * kg); ++i) {
+        const uint64_t src = first + i;
+        const uint8_t v = (src & 1) ? (nib[src / 2] >> 4) : (nib[src / 2] & 0xF);
+        rows[i / 2] |= static_cast<uint8_t>((i & 1) ? v << 4 : v);
+      }
+      layer->q4_w.push_back(gemm_q4::pack(rows.data(), file_scales + grp * cog * groups_per_row,
+                                          bias.data() + grp * cog, cog, kg, gs, layer->q4_uk->nr));
+      layer->packed_bytes += layer->q4_w.back().panels.size() + layer->q4_w.back().w_scale.size();
+    }
+    layer->weight_read_bytes = (static_cast<uint64_t>(g.cout) * kg + 1) / 2 + 4 * g.cout * groups_per_row;
+    return layer;
+  }
+  bad(n, std::string("no kernel for weight encoding ") + format::values_name(wt.values));
+}
+
+}  // namespace dsq::rt

@@ -1,0 +1,265 @@
+#include "runtime/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+
+namespace dsq::rt {
+namespace {
+
+void nchw_to_nhwc(const float* x, float* y, int64_t N, int64_t C, int64_t HW) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < HW; ++p)
+      for (int64_t c = 0; c < C; ++c) y[(n * HW + p) * C + c] = x[(n * C + c) * HW + p];
+}
+void nhwc_to_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t HW) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < HW; ++p) y[(n * C + c) * HW + p] = x[(n * HW + p) * C + c];
+}
+
+size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+constexpr int64_t kMaxElements = int64_t(1) << 36;  // per activation tensor
+
+}  // namespace
+
+std::shared_ptr<Model> Model::load_file(const std::string& path, const LoadOptions& options) {
+  // Everything the layers need is copied (packed) at load, so the mapping is released
+  // before this returns: changing or deleting the file later cannot affect the model.
+  format::MappedFile mapped(path);
+  return load_bytes(mapped.data(), mapped.size(), options);
+}
+
+std::shared_ptr<Model> Model::load_bytes(const uint8_t* data, size_t size, const LoadOptions& options) {
+  const format::File file = format::parse(data, size);
+  auto model = std::shared_ptr<Model>(new Model());
+  model->init(file, options);
+  return model;
+}
+
+void Model::init(const format::File& file, const LoadOptions& options) {
+  graph_ = file.graph;
+  metadata_ = file.metadata;
+  for (const auto& in : graph_.inputs) inputs_.push_back({graph_.values[in.value], in.dims});
+  for (uint32_t v : graph_.outputs) outputs_.push_back({graph_.values[v], {}});
+  for (const auto& node : graph_.nodes) layers_.push_back(make_layer(node, file, options));
+  pool_ = std::make_shared<ThreadPool>(options.threads ? options.threads : hardware_threads());
+  // Check the graph plans for the declared shapes (dynamic dims as 1), so a model that
+  // cannot run fails at load, not at its first call.
+  const Plan plan = make_plan(default_input_shapes());
+  for (size_t i = 0; i < outputs_.size(); ++i) outputs_[i].dims = plan.value_shapes[graph_.outputs[i]].dims;
+  for (size_t i = 0; i < outputs_.size(); ++i)
+    for (size_t d = 0; d < outputs_[i].dims.size(); ++d)
+      if (d == 0 && !inputs_.empty() && !inputs_[0].dims.empty() && inputs_[0].dims[0] == -1) outputs_[i].dims[0] = -1;
+}
+
+std::vector<Shape> Model::default_input_shapes() const {
+  std::vector<Shape> shapes;
+  for (const auto& in : inputs_) {
+    Shape s;
+    for (int64_t d : in.dims) s.dims.push_back(d < 0 ? 1 : d);
+    shapes.push_back(s);
+  }
+  return shapes;
+}
+
+void Model::set_threads(size_t threads) {
+  std::atomic_store(&pool_, std::make_shared<ThreadPool>(threads ? threads : hardware_threads()));
+}
+
+Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
+  Plan plan;
+  plan.input_shapes = input_shapes;
+  plan.threads = threads();
+  const size_t nv = graph_.values.size();
+  if (input_shapes.size() != inputs_.size())
+    throw InputError("the model takes " + std::to_string(inputs_.size()) + " input(s), got " +
+                     std::to_string(input_shapes.size()));
+  plan.value_shapes.assign(nv, Shape{});
+  std::vector<bool> known(nv, false);
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    const auto& want = inputs_[i].dims;
+    const Shape& got = input_shapes[i];
+    bool ok = got.dims.size() == want.size();
+    for (size_t d = 0; ok && d < want.size(); ++d) ok = want[d] == -1 ? got.dims[d] >= 1 : got.dims[d] == want[d];
+    if (!ok) {
+      Shape w{want};
+      std::string ws = w.str();
+      for (size_t p = 0; (p = ws.find("-1", p)) != std::string::npos;) ws.replace(p, 2, "N");
+      throw InputError("input '" + inputs_[i].name + "': expected shape " + ws + ", got " + got.str());
+    }
+    if (got.numel() > kMaxElements) throw InputError("input '" + inputs_[i].name + "' is too large: " + got.str());
+    plan.value_shapes[graph_.inputs[i].value] = got;
+    known[graph_.inputs[i].value] = true;
+  }
+  // Shapes, node by node (the file guarantees topological order).
+  plan.node_cost.resize(layers_.size());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto& node = graph_.nodes[i];
+    std::vector<Shape> in;
+    for (uint32_t v : node.inputs) in.push_back(plan.value_shapes[v]);
+    std::vector<Shape> out = layers_[i]->infer(in);
+    if (out.size() != node.outputs.size())
+      throw UnsupportedError("node '" + node.name + "' produces " + std::to_string(out.size()) + " outputs, the graph names " +
+                             std::to_string(node.outputs.size()));
+    for (size_t k = 0; k < out.size(); ++k) {
+      if (out[k].numel() > kMaxElements || out[k].rank() < 1 || out[k].rank() > format::kMaxRank)
+        throw InputError("node '" + node.name + "' would produce a tensor of shape " + out[k].str() + " (too large)");
+      plan.value_shapes[node.outputs[k]] = out[k];
+    }
+    plan.scratch_bytes = std::max(plan.scratch_bytes, layers_[i]->scratch_bytes(in, out, plan.threads));
+    plan.node_cost[i] = layers_[i]->cost(in, out);
+    plan.total_cost.add(plan.node_cost[i]);
+  }
+  // Liveness: a value lives from the node that makes it to its last reader; graph
+  // outputs live to the end. Graph inputs of rank != 4 are read in place from the
+  // caller's buffer; rank-4 inputs are converted to NHWC into the arena first.
+  const int64_t end = static_cast<int64_t>(layers_.size());
+  std::vector<int64_t> first(nv, -2), last(nv, -2);
+  for (const auto& in : graph_.inputs) first[in.value] = last[in.value] = -1;
+  for (int64_t i = 0; i < end; ++i) {
+    for (uint32_t v : graph_.nodes[i].inputs) last[v] = std::max(last[v], i);
+    for (uint32_t v : graph_.nodes[i].outputs) first[v] = last[v] = i;
+  }
+  for (uint32_t v : graph_.outputs) last[v] = end;
+  plan.value_offset.assign(nv, -1);
+  struct Placed {
+    size_t offset, bytes;
+    int64_t first, last;
+  };
+  std::vector<Placed> placed;
+  auto place = [&](uint32_t v) {
+    const size_t bytes = align64(static_cast<size_t>(plan.value_shapes[v].numel()) * 4);
+    std::vector<std::pair<size_t, size_t>> busy;
+    for (const auto& p : placed)
+      if (p.first <= last[v] && first[v] <= p.last) busy.push_back({p.offset, p.offset + p.bytes});
+    std::sort(busy.begin(), busy.end());
+    size_t offset = 0;
+    for (const auto& b : busy) {
+      if (offset + bytes <= b.first) break;
+      offset = std::max(offset, b.second);
+    }
+    placed.push_back({offset, bytes, first[v], last[v]});
+    plan.value_offset[v] = static_cast<int64_t>(offset);
+    plan.arena_bytes = std::max(plan.arena_bytes, offset + bytes);
+  };
+  for (size_t i = 0; i < inputs_.size(); ++i)
+    if (input_shapes[i].rank() == 4) place(graph_.inputs[i].value);
+  for (int64_t i = 0; i < end; ++i)
+    for (uint32_t v : graph_.nodes[i].outputs) place(v);
+  return plan;
+}
+
+void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, const std::vector<const float*>& inputs,
+                    const std::vector<float*>& outputs, ThreadPool& pool) const {
+  const size_t nv = graph_.values.size();
+  std::vector<const float*> ptr(nv, nullptr);
+  for (size_t v = 0; v < nv; ++v)
+    if (plan.value_offset[v] >= 0) ptr[v] = reinterpret_cast<const float*>(arena + plan.value_offset[v]);
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    const uint32_t v = graph_.inputs[i].value;
+    const Shape& s = plan.value_shapes[v];
+    if (s.rank() == 4) {
+      nchw_to_nhwc(inputs[i], const_cast<float*>(ptr[v]), s.dims[0], s.dims[1], s.dims[2] * s.dims[3]);
+    } else {
+      ptr[v] = inputs[i];
+    }
+  }
+  RunEnv env{&pool, scratch};
+  std::vector<const float*> in;
+  std::vector<float*> out;
+  std::vector<Shape> in_shapes, out_shapes;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto& node = graph_.nodes[i];
+    in.clear();
+    out.clear();
+    in_shapes.clear();
+    out_shapes.clear();
+    for (uint32_t v : node.inputs) {
+      in.push_back(ptr[v]);
+      in_shapes.push_back(plan.value_shapes[v]);
+    }
+    for (uint32_t v : node.outputs) {
+      out.push_back(const_cast<float*>(ptr[v]));
+      out_shapes.push_back(plan.value_shapes[v]);
+    }
+    layers_[i]->run(in, in_shapes, out, out_shapes, env);
+  }
+  for (size_t i = 0; i < outputs_.size(); ++i) {
+    const uint32_t v = graph_.outputs[i];
+    const Shape& s = plan.value_shapes[v];
+    const bool stored_nhwc = s.rank() == 4 && plan.value_offset[v] >= 0;
+    if (stored_nhwc)
+      nhwc_to_nchw(ptr[v], outputs[i], s.dims[0], s.dims[1], s.dims[2] * s.dims[3]);
+    else
+      std::memcpy(outputs[i], ptr[v], static_cast<size_t>(s.numel()) * 4);
+  }
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  ++counters_.runs;
+  counters_.total.add(plan.total_cost);
+}
+
+const Plan& Context::prepare(const std::vector<Shape>& input_shapes) {
+  if (plan_ && plan_->input_shapes == input_shapes && plan_->threads == model_.threads()) return *plan_;
+  auto plan = std::make_unique<Plan>(model_.make_plan(input_shapes));
+  if (arena_.size() < plan->arena_bytes) arena_.resize(plan->arena_bytes);
+  if (scratch_.size() < plan->scratch_bytes) scratch_.resize(plan->scratch_bytes);
+  plan_ = std::move(plan);
+  return *plan_;
+}
+
+void Context::run(const std::vector<const float*>& inputs, const std::vector<float*>& outputs) {
+  auto pool = model_.pool();
+  if (plan_->threads != pool->threads()) prepare(std::vector<Shape>(plan_->input_shapes));
+  model_.execute(*plan_, arena_.as<uint8_t>(), scratch_.as<uint8_t>(), inputs, outputs, *pool);
+}
+
+std::unique_ptr<Context> Model::acquire_context() const {
+  {
+    std::lock_guard<std::mutex> lock(contexts_mutex_);
+    if (!contexts_.empty()) {
+      auto ctx = std::move(contexts_.back());
+      contexts_.pop_back();
+      return ctx;
+    }
+  }
+  return std::make_unique<Context>(*this);
+}
+
+void Model::release_context(std::unique_ptr<Context> ctx) const {
+  std::lock_guard<std::mutex> lock(contexts_mutex_);
+  contexts_.push_back(std::move(ctx));
+}
+
+Counters Model::counters() const {
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  return counters_;
+}
+
+void Model::reset_counters() {
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  counters_ = Counters{};
+}
+
+std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) const {
+  const Plan plan = make_plan(input_shapes);
+  std::vector<LayerInfo> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto& node = graph_.nodes[i];
+    LayerInfo info;
+    info.name = node.name;
+    info.op = format::op_name(node.op);
+    info.kernel = layers_[i]->kernel();
+    for (uint32_t v : node.inputs) info.input_shapes.push_back(plan.value_shapes[v]);
+    for (uint32_t v : node.outputs) info.output_shapes.push_back(plan.value_shapes[v]);
+    info.weights = layers_[i]->weights;
+    info.packed_bytes = layers_[i]->packed_bytes;
+    info.cost = plan.node_cost[i];
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+}  // namespace dsq::rt

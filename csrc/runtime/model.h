@@ -1,0 +1,109 @@
+// A loaded model: validated file, one prepared Layer per node, a plan per input shape.
+// One Model serves many threads at once; each call takes a Context (its activation
+// arena and scratch) from a pool, so a run allocates nothing once a Context has seen
+// the input shapes.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "base/aligned.h"
+#include "base/threadpool.h"
+#include "format/file.h"
+#include "ops/ops.h"
+
+namespace dsq::rt {
+
+struct IoInfo {
+  std::string name;
+  std::vector<int64_t> dims;  // -1 = any size
+};
+
+struct Counters {
+  uint64_t runs = 0;
+  Cost total;
+};
+
+struct LayerInfo {
+  std::string name, op, kernel;
+  std::vector<Shape> input_shapes, output_shapes;  // for the last planned input shapes
+  std::vector<WeightInfo> weights;
+  uint64_t packed_bytes = 0;
+  Cost cost;  // per run, for those shapes
+};
+
+// Execution plan for one set of input shapes.
+struct Plan {
+  std::vector<Shape> input_shapes;
+  std::vector<Shape> value_shapes;       // per graph value
+  std::vector<int64_t> value_offset;     // byte offset in the arena; -1 = graph input
+  size_t arena_bytes = 0, scratch_bytes = 0;
+  size_t threads = 1;  // scratch is sized for this many threads
+  std::vector<Cost> node_cost;
+  Cost total_cost;
+};
+
+class Model;
+
+class Context {
+ public:
+  explicit Context(const Model& model) : model_(model) {}
+  // Plans for these input shapes (reuses the last plan when they match) and returns
+  // the output shapes. Throws InputError for shapes the model cannot take.
+  const Plan& prepare(const std::vector<Shape>& input_shapes);
+  // Runs the prepared plan. inputs: C-contiguous f32 in PyTorch's layout (NCHW for
+  // rank 4); outputs: buffers of the prepared output shapes, PyTorch's layout.
+  void run(const std::vector<const float*>& inputs, const std::vector<float*>& outputs);
+
+ private:
+  const Model& model_;
+  std::unique_ptr<Plan> plan_;
+  AlignedBuffer arena_, scratch_;
+};
+
+class Model {
+ public:
+  static std::shared_ptr<Model> load_file(const std::string& path, const LoadOptions& options);
+  static std::shared_ptr<Model> load_bytes(const uint8_t* data, size_t size, const LoadOptions& options);
+
+  const std::vector<IoInfo>& inputs() const { return inputs_; }
+  const std::vector<IoInfo>& outputs() const { return outputs_; }
+  const std::vector<format::MetaEntry>& metadata() const { return metadata_; }
+  // Graph value index of each output (indexes Plan::value_shapes).
+  const std::vector<uint32_t>& output_values() const { return graph_.outputs; }
+  std::vector<LayerInfo> layers(const std::vector<Shape>& input_shapes) const;
+  // Input shapes with every -1 replaced by 1 (what summary/inspect show).
+  std::vector<Shape> default_input_shapes() const;
+
+  std::shared_ptr<ThreadPool> pool() const { return std::atomic_load(&pool_); }
+  size_t threads() const { return pool()->threads(); }
+  void set_threads(size_t threads);
+
+  Counters counters() const;
+  void reset_counters();
+
+  std::unique_ptr<Context> acquire_context() const;
+  void release_context(std::unique_ptr<Context> ctx) const;
+
+  // Internal (Context).
+  Plan make_plan(const std::vector<Shape>& input_shapes) const;
+  void execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, const std::vector<const float*>& inputs,
+               const std::vector<float*>& outputs, ThreadPool& pool) const;
+
+ private:
+  void init(const format::File& file, const LoadOptions& options);
+
+  format::Graph graph_;
+  std::vector<format::MetaEntry> metadata_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<IoInfo> inputs_, outputs_;
+  std::shared_ptr<ThreadPool> pool_;
+  mutable std::mutex contexts_mutex_;
+  mutable std::vector<std::unique_ptr<Context>> contexts_;
+  mutable std::mutex counters_mutex_;
+  mutable Counters counters_;
+};
+
+}  // namespace dsq::rt

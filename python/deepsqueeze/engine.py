@@ -1,0 +1,113 @@
+"""The engine's Python API: load a .dsq file and run it (numpy only)."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+
+ArrayOrDict = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
+
+
+class Model:
+    """A loaded .dsq model. Thread-safe: one Model may be run from many threads at once."""
+
+    def __init__(self, core: "_core.Model", path: Optional[str] = None):
+        self._core = core
+        self._run = core.run
+        self.path = path
+        self._inputs = core.inputs()
+        self._outputs = core.outputs()
+        self._input_names = [i["name"] for i in self._inputs]
+
+    @property
+    def inputs(self) -> List[dict]:
+        """Inputs: dicts of name, shape (None = any size) and dtype."""
+        return [dict(i) for i in self._inputs]
+
+    @property
+    def outputs(self) -> List[dict]:
+        return [dict(o) for o in self._outputs]
+
+    @property
+    def metadata(self) -> Dict[str, Union[str, int, float]]:
+        return self._core.metadata()
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self._core.threads = int(n)
+
+    @property
+    def counters(self) -> Dict[str, int]:
+        """Work done since load (or reset_counters): runs, MACs by precision, bytes."""
+        return self._core.counters()
+
+    def reset_counters(self) -> None:
+        self._core.reset_counters()
+
+    def run(self, x: ArrayOrDict):
+        """Runs the model.
+
+        One input: pass an array, get an array (or a tuple when the model has several
+        outputs). Several inputs: a sequence in input order or a dict by name; the result
+        is then a dict by output name. C-contiguous float32 arrays are read in place.
+        """
+        if isinstance(x, np.ndarray):
+            outs = self._run((x,))
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        if isinstance(x, Mapping):
+            missing = [n for n in self._input_names if n not in x]
+            extra = [k for k in x if k not in self._input_names]
+            if missing or extra:
+                raise ValueError(
+                    f"inputs by name: expected {self._input_names}, missing {missing}, unexpected {extra}")
+            outs = self._run([x[n] for n in self._input_names])
+        else:
+            outs = self._run(list(x))
+        return {o["name"]: y for o, y in zip(self._outputs, outs)}
+
+    __call__ = run
+
+    def layers(self, input_shapes: Optional[Sequence[Sequence[int]]] = None) -> List[dict]:
+        """Per-layer facts: op, kernel, shapes, weights (encoding, payload bytes), cost."""
+        return self._core.layers(None if input_shapes is None else [list(s) for s in input_shapes])
+
+    def summary(self, input_shapes: Optional[Sequence[Sequence[int]]] = None) -> str:
+        """A per-layer table: op, output shape, weight encoding, payload bytes, kernel."""
+        from .inspect import layer_table
+
+        return layer_table(self.layers(input_shapes))
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{i['name']}{tuple('N' if d is None else d for d in i['shape'])}" for i in self._inputs)
+        return f"<deepsqueeze.Model {self.path or ''} inputs: {ins}; {len(self.layers())} layers>"
+
+
+def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = None,
+         force_kernel: str = "") -> Model:
+    """Loads a .dsq file (a path, or the file's bytes).
+
+    threads: worker threads for this model (default: all hardware threads).
+    force_kernel: run every conv/linear of the matching family on this kernel (tests).
+    Raises deepsqueeze.FormatError for a corrupt file, UnsupportedModelError for a file
+    this engine cannot run, OSError when the file cannot be read.
+    """
+    n = 0 if threads is None else int(threads)
+    if n < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        return Model(_core.Model.from_bytes(path, n, force_kernel))
+    p = os.fspath(path)
+    try:
+        core = _core.Model.from_file(p, n, force_kernel)
+    except RuntimeError as e:
+        if "cannot open" in str(e) or "not a regular file" in str(e):
+            raise OSError(str(e)) from None
+        raise
+    return Model(core, p)

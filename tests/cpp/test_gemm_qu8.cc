@@ -1,0 +1,279 @@
+// gemm_qu8: every built ukernel the CPU supports is bit-identical to the scalar
+// reference; the reference matches a naive double loop; run() touches only its tiles;
+// quantize()/minmax()/choose_params() match naive loops (ties, out-of-range values).
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "check.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
+
+using namespace dsq;
+using namespace dsq::gemm_qu8;
+
+namespace {
+
+std::mt19937 rng(12345);
+
+int rand_int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
+float rand_float(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(rng); }
+
+constexpr float kSentinel = -12345.678f;
+
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+struct Problem {
+  size_t m, n, k, kp, a_stride, c_stride;  // strides in bytes
+  std::vector<uint8_t> a;
+  std::vector<int8_t> qw;
+  std::vector<float> w_scale, bias;
+  bool has_bias;
+  Epilogue ep;
+};
+
+Problem make_problem(size_t m, size_t n, size_t k, int32_t a_zero, bool has_bias, int clamp) {
+  Problem pr;
+  pr.m = m;
+  pr.n = n;
+  pr.k = k;
+  pr.kp = padded_k(k);
+  pr.a_stride = pr.kp + static_cast<size_t>(rand_int(0, 2)) * 4 + static_cast<size_t>(rand_int(0, 3));
+  pr.c_stride = (n + static_cast<size_t>(rand_int(0, 5))) * sizeof(float);
+  pr.a.assign(m * pr.a_stride, 0xAB);  // stride gap holds garbage; the padding must be 0
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t j = 0; j < pr.kp; ++j) {
+      uint8_t v = 0;
+      if (j < k) {
+        const int r = rand_int(0, 9);
+        v = r == 0 ? 0 : r == 1 ? 255 : static_cast<uint8_t>(rand_int(0, 255));
+      }
+      pr.a[i * pr.a_stride + j] = v;
+    }
+  }
+  pr.qw.resize(n * k);
+  for (auto& w : pr.qw) {
+    const int r = rand_int(0, 9);
+    w = static_cast<int8_t>(r == 0 ? -128 : r == 1 ? 127 : rand_int(-128, 127));
+  }
+  pr.w_scale.resize(n);
+  pr.bias.resize(n);
+  for (size_t j = 0; j < n; ++j) {
+    pr.w_scale[j] = rand_float(1e-4f, 2e-3f);
+    pr.bias[j] = rand_float(-2.0f, 2.0f);
+  }
+  pr.has_bias = has_bias;
+  pr.ep.a_zero = a_zero;
+  pr.ep.a_scale = rand_float(0.005f, 0.05f);
+  const float inf = std::numeric_limits<float>::infinity();
+  if (clamp == 0) {
+    pr.ep.lo = -inf, pr.ep.hi = inf;
+  } else if (clamp == 1) {
+    pr.ep.lo = 0.0f, pr.ep.hi = inf;  // relu
+  } else {
+    pr.ep.lo = -0.5f, pr.ep.hi = 0.75f;
+  }
+  return pr;
+}
+
+std::vector<float> run_full(const Ukernel& uk, const Problem& pr) {
+  PackedWeights w = pack(pr.qw.data(), pr.w_scale.data(), pr.has_bias ? pr.bias.data() : nullptr,
+                         pr.n, pr.k, uk.nr);
+  std::vector<float> c(pr.m * pr.c_stride / sizeof(float), kSentinel);
+  run(uk, w, pr.a.data(), pr.a_stride, c.data(), pr.c_stride, 0, pr.m, 0, w.panel_count(),
+      pr.ep);
+  return c;
+}
+
+void check_naive(const Problem& pr, const std::vector<float>& c, const char* name) {
+  const size_t cs = pr.c_stride / sizeof(float);
+  for (size_t i = 0; i < pr.m; ++i) {
+    for (size_t j = 0; j < pr.n; ++j) {
+      double acc = 0.0;
+      for (size_t t = 0; t < pr.k; ++t) {
+        acc += (static_cast<double>(pr.a[i * pr.a_stride + t]) - pr.ep.a_zero) * pr.qw[j * pr.k + t];
+      }
+      const double s = static_cast<double>(pr.ep.a_scale) * pr.w_scale[j];
+      const double b = pr.has_bias ? pr.bias[j] : 0.0;
+      double want = acc * s + b;
+      want = std::min(std::max(want, static_cast<double>(pr.ep.lo)), static_cast<double>(pr.ep.hi));
+      const double tol = 1e-6 * (std::fabs(acc * s) + std::fabs(b)) + 1e-30;
+      const float got = c[i * cs + j];
+      if (!(std::fabs(got - want) <= tol)) {
+        DSQ_CHECK(false, "%s naive m=%zu n=%zu k=%zu [%zu,%zu] got %.9g want %.9g", name,
+                  pr.m, pr.n, pr.k, i, j, got, want);
+        return;
+      }
+    }
+    for (size_t j = pr.n; j < cs; ++j) {
+      if (bits(c[i * cs + j]) != bits(kSentinel)) {
+        DSQ_CHECK(false, "%s wrote past n at [%zu,%zu]", name, i, j);
+        return;
+      }
+    }
+  }
+  DSQ_CHECK(true, "%s", name);
+}
+
+bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+}
+
+void test_ukernel(const Ukernel& uk, const Ukernel& ref) {
+  std::vector<size_t> ms = {1, 2, uk.mr - 1, uk.mr, uk.mr + 1, 37};
+  std::vector<size_t> ns = {1, 7, uk.nr - 1, uk.nr, uk.nr + 1, 65};
+  const size_t ks[] = {1, 3, 4, 5, 17, 64, 577};
+  const int32_t zeros[] = {0, 128, 255};
+  int idx = 0;
+  for (size_t m : ms) {
+    if (m == 0) continue;
+    for (size_t n : ns) {
+      if (n == 0) continue;
+      for (size_t k : ks) {
+        ++idx;
+        Problem pr = make_problem(m, n, k, zeros[idx % 3], (idx / 3) % 2 == 0, (idx / 6) % 3);
+        const std::vector<float> got = run_full(uk, pr);
+        const std::vector<float> want = run_full(ref, pr);
+        bool same = same_bits(got, want);
+        DSQ_CHECK(same, "%s != reference for m=%zu n=%zu k=%zu a_zero=%d", uk.name, m, n, k,
+                  pr.ep.a_zero);
+        if (&uk == &ref || idx % 4 == 0) check_naive(pr, want, ref.name);
+      }
+    }
+  }
+}
+
+// Sub-ranges of rows and panels write exactly their own outputs.
+void test_subranges(const Ukernel& uk) {
+  Problem pr = make_problem(37, 3 * uk.nr + 5, 77, 128, true, 0);
+  PackedWeights w = pack(pr.qw.data(), pr.w_scale.data(), pr.bias.data(), pr.n, pr.k, uk.nr);
+  std::vector<float> full(pr.m * pr.c_stride / 4, kSentinel);
+  run(uk, w, pr.a.data(), pr.a_stride, full.data(), pr.c_stride, 0, pr.m, 0, w.panel_count(), pr.ep);
+  const size_t cs = pr.c_stride / 4;
+  const size_t ranges[][4] = {{3, 11, 1, 3}, {0, 1, 0, 1}, {uk.mr, 2 * uk.mr + 1, 2, 4}, {36, 37, 3, 4}};
+  for (const auto& r : ranges) {
+    std::vector<float> c(full.size(), kSentinel);
+    run(uk, w, pr.a.data(), pr.a_stride, c.data(), pr.c_stride, r[0], r[1], r[2], r[3], pr.ep);
+    bool ok = true;
+    for (size_t i = 0; i < pr.m; ++i) {
+      for (size_t j = 0; j < cs; ++j) {
+        const bool inside = i >= r[0] && i < r[1] && j >= r[2] * uk.nr && j < std::min(r[3] * uk.nr, pr.n);
+        const float want = inside ? full[i * cs + j] : kSentinel;
+        if (bits(c[i * cs + j]) != bits(want)) ok = false;
+      }
+    }
+    DSQ_CHECK(ok, "%s sub-range rows [%zu,%zu) panels [%zu,%zu) wrong", uk.name, r[0], r[1], r[2], r[3]);
+  }
+}
+
+uint8_t naive_quant(float x, QuantParams p) {
+  const float r = std::nearbyint(x / p.scale);
+  if (std::isnan(r)) return 0;
+  if (r > 1e6f) return 255;
+  if (r < -1e6f) return 0;
+  const long v = static_cast<long>(r) + p.zero;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+void test_quantize() {
+  const size_t ks[] = {1, 3, 4, 5, 15, 16, 17, 31, 33, 64, 577};
+  for (size_t k : ks) {
+    for (int variant = 0; variant < 3; ++variant) {
+      const size_t m = 5;
+      const size_t x_stride = (k + 3) * sizeof(float);
+      const size_t kp = padded_k(k);
+      const size_t q_stride = kp + 7;
+      std::vector<float> x(m * (k + 3), 999.0f);
+      QuantParams p;
+      if (variant == 0) {
+        // Ties: scale a power of two, x = (j + 0.5) * scale exactly.
+        p = {0.25f, 100};
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j)
+            x[i * (k + 3) + j] = (static_cast<float>(rand_int(-300, 300)) + 0.5f) * 0.25f;
+      } else if (variant == 1) {
+        // Values beyond the range, huge and infinite.
+        p = {0.01f, 7};
+        const float specials[] = {1e30f, -1e30f, std::numeric_limits<float>::infinity(),
+                                  -std::numeric_limits<float>::infinity(), 3e9f, -3e9f,
+                                  2.545f, -0.075f, 0.0f, -0.0f};
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j)
+            x[i * (k + 3) + j] = rand_int(0, 2) ? specials[rand_int(0, 9)] : rand_float(-3, 3);
+      } else {
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = rand_float(-3.0f, 5.0f);
+        float lo, hi;
+        minmax(x.data(), m, k, x_stride, &lo, &hi);
+        float nl = 0, nh = 0;
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j) {
+            nl = std::min(nl, x[i * (k + 3) + j]);
+            nh = std::max(nh, x[i * (k + 3) + j]);
+          }
+        DSQ_CHECK(lo == nl && hi == nh, "minmax k=%zu got [%g,%g] want [%g,%g]", k, lo, hi, nl, nh);
+        p = choose_params(lo, hi);
+        DSQ_CHECK(p.zero >= 0 && p.zero <= 255 && p.scale > 0, "choose_params");
+        // The range must be representable: lo and hi quantize within one step.
+        DSQ_CHECK(std::fabs((naive_quant(lo, p) - p.zero) * p.scale - lo) <= p.scale &&
+                      std::fabs((naive_quant(hi, p) - p.zero) * p.scale - hi) <= p.scale,
+                  "choose_params range k=%zu", k);
+      }
+      std::vector<uint8_t> q(m * q_stride, 0xCD);
+      quantize(x.data(), m, k, x_stride, q.data(), q_stride, p);
+      bool ok = true;
+      for (size_t i = 0; i < m && ok; ++i) {
+        for (size_t j = 0; j < q_stride; ++j) {
+          const uint8_t want = j < k ? naive_quant(x[i * (k + 3) + j], p) : j < kp ? 0 : 0xCD;
+          if (q[i * q_stride + j] != want) {
+            DSQ_CHECK(false, "quantize k=%zu variant=%d [%zu,%zu] got %d want %d (x=%.9g)", k,
+                      variant, i, j, q[i * q_stride + j], want, j < k ? x[i * (k + 3) + j] : 0.0f);
+            ok = false;
+            break;
+          }
+        }
+      }
+      DSQ_CHECK(ok, "quantize");
+    }
+  }
+  // Degenerate range.
+  const QuantParams z = choose_params(0.0f, 0.0f);
+  DSQ_CHECK(z.scale > 0 && z.zero >= 0 && z.zero <= 255, "choose_params(0,0)");
+}
+
+}  // namespace
+
+int main() {
+  const auto& list = all_ukernels();
+  DSQ_CHECK(!list.empty() && list.front().isa == Isa::kScalar, "reference first");
+  const Ukernel& ref = list.front();
+  int n_tested = 0;
+#define DSQ_GEMM_QU8_UKERNEL(ident, isa_, mr_, nr_)                                       \
+  {                                                                                       \
+    const Ukernel* uk = find_ukernel(#ident);                                             \
+    DSQ_CHECK(uk && uk->mr == mr_ && uk->nr == nr_ && uk->isa == Isa::isa_, "%s", #ident); \
+  }
+#include "kernels/gemm_qu8/kernels.inc"
+#undef DSQ_GEMM_QU8_UKERNEL
+  DSQ_CHECK(isa_supported(best_ukernel().isa), "best_ukernel supported");
+  std::printf("best: %s\n", best_ukernel().name);
+  for (const Ukernel& uk : list) {
+    if (!isa_supported(uk.isa)) {
+      std::printf("skip %s (%s not supported)\n", uk.name, isa_name(uk.isa));
+      continue;
+    }
+    test_ukernel(uk, ref);
+    test_subranges(uk);
+    ++n_tested;
+    std::printf("ok %s\n", uk.name);
+  }
+  test_quantize();
+  std::printf("%d ukernels tested\n", n_tested);
+  DSQ_TEST_MAIN_END();
+}
