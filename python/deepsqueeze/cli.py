@@ -1,0 +1,133 @@
+"""The `deepsqueeze` command: inspect, run and demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+
+
+class UserError(Exception):
+    """A mistake of the user's: printed as one line on stderr, exit status 2."""
+
+
+def _load(path: str, threads: Optional[int] = None):
+    import deepsqueeze
+
+    if not os.path.exists(path):
+        raise UserError(f"no such file: {path}")
+    try:
+        return deepsqueeze.load(path, threads=threads)
+    except deepsqueeze.FormatError as e:
+        raise UserError(f"{path} is not a valid .dsq file: {e}") from None
+    except deepsqueeze.UnsupportedModelError as e:
+        raise UserError(f"{path} cannot run in this engine: {e}") from None
+    except OSError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import layer_table
+
+    model = _load(args.file, threads=1)
+    print(f"{args.file}")
+    meta = model.metadata
+    for key in ("dsq.source_model", "dsq.producer", "dsq.export_config", "dsq.notes"):
+        if key in meta:
+            print(f"  {key}: {meta[key]}")
+    for i in model.inputs:
+        print(f"  input  {i['name']}: {tuple('N' if d is None else d for d in i['shape'])} {i['dtype']}")
+    for o in model.outputs:
+        print(f"  output {o['name']}: {tuple('N' if d is None else d for d in o['shape'])} {o['dtype']}")
+    print()
+    print(layer_table(model.layers(), file_bytes=os.path.getsize(args.file)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    model = _load(args.file, threads=args.threads)
+    if len(args.input) != len(model.inputs):
+        raise UserError(f"the model takes {len(model.inputs)} input(s) "
+                        f"({', '.join(i['name'] for i in model.inputs)}); got {len(args.input)} --input")
+    arrays = []
+    for path in args.input:
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+    try:
+        t0 = time.perf_counter()
+        result = model.run(arrays)
+        elapsed = time.perf_counter() - t0
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    outputs = list(result.values())
+    if args.output and len(args.output) != len(outputs):
+        raise UserError(f"the model has {len(outputs)} output(s); got {len(args.output)} --output")
+    for i, y in enumerate(outputs):
+        name = model.outputs[i]["name"]
+        if args.output:
+            np.save(args.output[i], y)
+            print(f"{name}: {y.shape} -> {args.output[i]}")
+        else:
+            print(f"{name}: shape {y.shape}")
+            print(np.array2string(y, threshold=64, precision=5))
+    print(f"ran in {elapsed * 1e3:.3f} ms", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out_dir=args.out_dir, threads=args.threads, batch=args.batch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deepsqueeze",
+                                description="Run compressed PyTorch models from one packed .dsq file.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"deepsqueeze {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sp = sub.add_parser("inspect", help="per-layer table of a .dsq file: ops, encodings, bytes, kernels")
+    sp.add_argument("file", help="the .dsq file")
+    sp.set_defaults(func=cmd_inspect)
+    sp = sub.add_parser("run", help="run a .dsq file on .npy input(s)")
+    sp.add_argument("file", help="the .dsq file")
+    sp.add_argument("--input", action="append", required=True, metavar="X.npy",
+                    help="a float32 .npy input; repeat once per model input, in order")
+    sp.add_argument("--output", action="append", metavar="Y.npy",
+                    help="where to save each output (.npy); default: print them")
+    sp.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("demo", help="export LeNet-5 to .dsq (f32, int8, int4), inspect, run, compare with PyTorch")
+    sp.add_argument("--out-dir", default="deepsqueeze-demo", help="where to write the .dsq files")
+    sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--batch", type=int, default=64, help="batch size of the comparison")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "threads", None) is not None and args.threads < 0:
+        print("deepsqueeze: error: --threads must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"deepsqueeze {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
