@@ -55,7 +55,7 @@ void ThreadPool::worker_loop() {
   }
 }
 
-void ThreadPool::parallel_for(size_t tasks, const std::function<void(size_t)>& fn) {
+void ThreadPool::parallel_for(size_t tasks, TaskRef fn) {
   if (tasks == 0) return;
   if (workers_.empty() || tasks == 1) {
     for (size_t i = 0; i < tasks; ++i) fn(i);

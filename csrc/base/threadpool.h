@@ -4,12 +4,23 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace dsq {
+
+// A non-owning reference to a callable (no heap allocation, unlike std::function).
+class TaskRef {
+ public:
+  template <typename F>
+  TaskRef(const F& f) : obj_(&f), call_([](const void* o, size_t i) { (*static_cast<const F*>(o))(i); }) {}
+  void operator()(size_t i) const { call_(obj_, i); }
+
+ private:
+  const void* obj_;
+  void (*call_)(const void*, size_t);
+};
 
 class ThreadPool {
  public:
@@ -23,7 +34,7 @@ class ThreadPool {
   // Calls fn(task) for task in [0, tasks), spread over the threads; returns when all
   // are done. Calls from several threads at once are serialized. An exception thrown
   // by fn is rethrown here (the first one).
-  void parallel_for(size_t tasks, const std::function<void(size_t)>& fn);
+  void parallel_for(size_t tasks, TaskRef fn);
 
  private:
   void worker_loop();
@@ -34,7 +45,7 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(size_t)>* fn_ = nullptr;
+  const TaskRef* fn_ = nullptr;
   size_t tasks_ = 0;
   std::atomic<size_t> next_{0};
   size_t active_ = 0;

@@ -161,15 +161,21 @@ class ConvLayer : public Layer {
       const int64_t n = m / (OH * OW), rem = m % (OH * OW), oh = rem / OW, ow = rem % OW;
       T* d = dst + r * row_len;
       if (channel_major) {  // (cin, kh, kw): the file order, used by int4 groups
-        for (int64_t c = 0; c < cg; ++c)
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t iw = ow * g.sw - g.pw + j * g.dw;
-              *d++ = (ih < 0 || ih >= H || iw < 0 || iw >= W) ? pad : x[((n * H + ih) * W + iw) * C + grp * cg + c];
+        const int64_t taps = g.kh * g.kw;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t iw = ow * g.sw - g.pw + j * g.dw;
+            T* dd = d + i * g.kw + j;  // tap (i, j) of channel c lands at c * taps
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+              for (int64_t c = 0; c < cg; ++c) dd[c * taps] = pad;
+            } else {
+              const T* src = x + ((n * H + ih) * W + iw) * C + grp * cg;
+              for (int64_t c = 0; c < cg; ++c) dd[c * taps] = src[c];
             }
           }
-        std::fill(d, dst + r * row_len + row_len, T(0));
+        }
+        std::fill(d + kg, d + row_len, T(0));
         continue;
       }
       for (int64_t i = 0; i < g.kh; ++i) {

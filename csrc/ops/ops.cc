@@ -14,9 +14,18 @@ std::string Shape::str() const {
   return s + (dims.size() == 1 ? ",)" : ")");
 }
 
-std::vector<int64_t> storage_dims(const Shape& s) {
-  if (s.rank() == 4) return {s.dims[0], s.dims[2], s.dims[3], s.dims[1]};
-  return s.dims;
+Dims storage_dims(const Shape& s) {
+  Dims d;
+  d.n = s.rank();
+  if (d.n == 4) {
+    d[0] = s.dims[0];
+    d[1] = s.dims[2];
+    d[2] = s.dims[3];
+    d[3] = s.dims[1];
+    return d;
+  }
+  for (int i = 0; i < d.n && i < 8; ++i) d[i] = s.dims[i];
+  return d;
 }
 
 int storage_axis(int axis, int rank) {

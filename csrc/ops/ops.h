@@ -25,8 +25,15 @@ struct Shape {
   bool operator!=(const Shape& o) const { return dims != o.dims; }
   std::string str() const;
 };
+// Fixed-capacity dims (rank <= 8), so run-time code needs no heap.
+struct Dims {
+  int64_t d[8] = {};
+  int n = 0;
+  int64_t operator[](int i) const { return d[i]; }
+  int64_t& operator[](int i) { return d[i]; }
+};
 // The dims in memory order: (N, H, W, C) for rank 4, unchanged otherwise.
-std::vector<int64_t> storage_dims(const Shape& s);
+Dims storage_dims(const Shape& s);
 // Maps a logical axis of a rank-r tensor to its memory axis.
 int storage_axis(int axis, int rank);
 

@@ -18,20 +18,29 @@ using format::Op;
 int normalize_axis(const Layer& l, int64_t axis, int rank, const char* what);
 
 // Splits a task over rows among threads only when it is big enough to pay.
+// fn(begin, end, task) with task < max_tasks(env).
+constexpr int64_t kTasksPerThread = 4;
+int64_t max_tasks(size_t threads) { return static_cast<int64_t>(threads) * kTasksPerThread; }
+
 template <typename F>
-void parallel_rows(const RunEnv& env, int64_t rows, int64_t work_per_row, F&& fn) {
+void parallel_rows_tasks(const RunEnv& env, int64_t rows, int64_t work_per_row, F&& fn) {
   const int64_t total = rows * std::max<int64_t>(work_per_row, 1);
   const int64_t threads = static_cast<int64_t>(env.pool->threads());
   if (threads <= 1 || total < (1 << 15) || rows < 2) {
-    fn(0, rows);
+    fn(int64_t(0), rows, int64_t(0));
     return;
   }
-  const int64_t tasks = std::min<int64_t>(rows, threads * 4);
+  const int64_t tasks = std::min<int64_t>(rows, max_tasks(threads));
   env.pool->parallel_for(static_cast<size_t>(tasks), [&](size_t t) {
     const int64_t b = rows * static_cast<int64_t>(t) / tasks;
     const int64_t e = rows * static_cast<int64_t>(t + 1) / tasks;
-    if (b < e) fn(b, e);
+    if (b < e) fn(b, e, static_cast<int64_t>(t));
   });
+}
+
+template <typename F>
+void parallel_rows(const RunEnv& env, int64_t rows, int64_t work_per_row, F&& fn) {
+  parallel_rows_tasks(env, rows, work_per_row, [&](int64_t b, int64_t e, int64_t) { fn(b, e); });
 }
 
 class UnaryLayer : public Layer {
@@ -95,15 +104,17 @@ class PoolLayer : public Layer {
     const int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3], OH = ys[2], OW = ys[3];
     const float* x = in[0];
     float* y = out[0];
-    parallel_rows(env, N * OH, OW * C * kh * kw, [&](int64_t b, int64_t e) {
-      std::vector<float> acc(static_cast<size_t>(C));
+    // One accumulator row per task, from the scratch (no allocation while running).
+    float* acc_base = reinterpret_cast<float*>(env.scratch);
+    parallel_rows_tasks(env, N * OH, OW * C * kh * kw, [&](int64_t b, int64_t e, int64_t task) {
+      float* acc = acc_base + task * C;
       for (int64_t row = b; row < e; ++row) {
         const int64_t n = row / OH, oh = row % OH;
         for (int64_t ow = 0; ow < OW; ++ow) {
           float* yp = y + ((n * OH + oh) * OW + ow) * C;
           const int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
           if (is_max) {
-            std::fill(acc.begin(), acc.end(), -std::numeric_limits<float>::infinity());
+            std::fill(acc, acc + C, -std::numeric_limits<float>::infinity());
             for (int64_t i = 0; i < kh; ++i) {
               const int64_t ih = h0 + i * dh;
               if (ih < 0 || ih >= H) continue;
@@ -114,9 +125,9 @@ class PoolLayer : public Layer {
                 for (int64_t c = 0; c < C; ++c) acc[c] = std::max(acc[c], xp[c]);
               }
             }
-            std::memcpy(yp, acc.data(), C * 4);
+            std::memcpy(yp, acc, C * 4);
           } else {
-            std::fill(acc.begin(), acc.end(), 0.f);
+            std::fill(acc, acc + C, 0.f);
             const int64_t hend_pad = std::min(h0 + kh, H + ph), wend_pad = std::min(w0 + kw, W + pw);
             const int64_t pool_size = (hend_pad - h0) * (wend_pad - w0);
             const int64_t hs = std::max<int64_t>(h0, 0), ws = std::max<int64_t>(w0, 0);
@@ -133,6 +144,9 @@ class PoolLayer : public Layer {
         }
       }
     });
+  }
+  size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>&, size_t threads) const override {
+    return static_cast<size_t>(in[0].dims[1]) * 4 * static_cast<size_t>(max_tasks(threads));
   }
   std::string kernel() const override { return is_max ? "maxpool_f32_nhwc" : "avgpool_f32_nhwc"; }
 };
@@ -164,18 +178,19 @@ class GlobalAvgPoolLayer : public Layer {
 
 // Per-logical-dim strides (in elements) of a tensor's memory, aligned right to `rank`;
 // broadcast (size-1 or missing) dims get stride 0.
-std::vector<int64_t> broadcast_strides(const Shape& s, int rank) {
+Dims broadcast_strides(const Shape& s, int rank) {
   const int r = s.rank();
-  std::vector<int64_t> storage = storage_dims(s);
-  std::vector<int64_t> mem_stride(r);
+  const Dims storage = storage_dims(s);
+  Dims mem_stride;
   int64_t acc = 1;
   for (int i = r - 1; i >= 0; --i) {
     mem_stride[i] = acc;
     acc *= storage[i];
   }
-  std::vector<int64_t> logical(r);
+  Dims logical;
   for (int i = 0; i < r; ++i) logical[i] = mem_stride[storage_axis(i, r)];
-  std::vector<int64_t> out(rank, 0);
+  Dims out;
+  out.n = rank;
   for (int i = 0; i < r; ++i) out[rank - r + i] = s.dims[i] == 1 ? 0 : logical[i];
   return out;
 }
@@ -218,10 +233,10 @@ class BinaryLayer : public Layer {
       return;
     }
     // General broadcast: walk the output in memory order.
-    const std::vector<int64_t> sa = broadcast_strides(in_shapes[0], rank);
-    const std::vector<int64_t> sb = broadcast_strides(in_shapes[1], rank);
-    const std::vector<int64_t> od = storage_dims(os);
-    std::vector<int64_t> ma(rank), mb(rank);
+    const Dims sa = broadcast_strides(in_shapes[0], rank);
+    const Dims sb = broadcast_strides(in_shapes[1], rank);
+    const Dims od = storage_dims(os);
+    Dims ma, mb;
     for (int i = 0; i < rank; ++i) {
       // memory axis m of the output holds logical axis l
       int l = i;
@@ -236,7 +251,6 @@ class BinaryLayer : public Layer {
     const int64_t outer = inner ? os.numel() / inner : 0;
     const int64_t ia = rank ? ma[rank - 1] : 0, ib = rank ? mb[rank - 1] : 0;
     parallel_rows(env, outer, inner, [&](int64_t rb, int64_t re) {
-      std::vector<int64_t> idx(rank, 0);
       for (int64_t row = rb; row < re; ++row) {
         int64_t rem = row, offa = 0, offb = 0;
         for (int i = rank - 2; i >= 0; --i) {
@@ -282,7 +296,7 @@ class ConcatLayer : public Layer {
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv&) const override {
     const int rank = out_shapes[0].rank();
     const int ax = storage_axis(normalize_axis(*this, axis, rank, "axis"), rank);
-    const std::vector<int64_t> od = storage_dims(out_shapes[0]);
+    const Dims od = storage_dims(out_shapes[0]);
     int64_t outer = 1, inner = 1;
     for (int i = 0; i < ax; ++i) outer *= od[i];
     for (int i = ax + 1; i < rank; ++i) inner *= od[i];
@@ -392,7 +406,7 @@ class SoftmaxLayer : public Layer {
     const Shape& s = in_shapes[0];
     const int rank = s.rank();
     const int ax = storage_axis(normalize_axis(*this, axis, rank, "axis"), rank);
-    const std::vector<int64_t> d = storage_dims(s);
+    const Dims d = storage_dims(s);
     int64_t outer = 1, inner = 1;
     for (int i = 0; i < ax; ++i) outer *= d[i];
     for (int i = ax + 1; i < rank; ++i) inner *= d[i];
@@ -433,7 +447,7 @@ class BatchNormLayer : public Layer {
     const Shape& s = in_shapes[0];
     const int rank = s.rank();
     const int ax = storage_axis(1, rank);
-    const std::vector<int64_t> d = storage_dims(s);
+    const Dims d = storage_dims(s);
     int64_t outer = 1, inner = 1;
     for (int i = 0; i < ax; ++i) outer *= d[i];
     for (int i = ax + 1; i < rank; ++i) inner *= d[i];

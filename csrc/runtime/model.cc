@@ -8,15 +8,35 @@
 namespace dsq::rt {
 namespace {
 
-void nchw_to_nhwc(const float* x, float* y, int64_t N, int64_t C, int64_t HW) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t p = 0; p < HW; ++p)
-      for (int64_t c = 0; c < C; ++c) y[(n * HW + p) * C + c] = x[(n * C + c) * HW + p];
+// Layout changes at graph inputs/outputs: blocked transposes of each image's
+// (C x HW) <-> (HW x C) matrix, split over the pool by blocks of rows.
+constexpr int64_t kBlock = 32;
+
+void transpose_image(const float* x, float* y, int64_t rows, int64_t cols, int64_t r0, int64_t r1) {
+  // y[c][r] = x[r][c] for r in [r0, r1)
+  for (int64_t rb = r0; rb < r1; rb += kBlock) {
+    const int64_t re = std::min(rb + kBlock, r1);
+    for (int64_t cb = 0; cb < cols; cb += kBlock) {
+      const int64_t ce = std::min(cb + kBlock, cols);
+      for (int64_t c = cb; c < ce; ++c)
+        for (int64_t r = rb; r < re; ++r) y[c * rows + r] = x[r * cols + c];
+    }
+  }
 }
-void nhwc_to_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t HW) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t p = 0; p < HW; ++p) y[(n * C + c) * HW + p] = x[(n * HW + p) * C + c];
+
+void transpose_batch(const float* x, float* y, int64_t N, int64_t rows, int64_t cols, ThreadPool& pool) {
+  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
+  const int64_t tasks = N * row_blocks;
+  auto body = [&](size_t t) {
+    const int64_t n = static_cast<int64_t>(t) / row_blocks, b = static_cast<int64_t>(t) % row_blocks;
+    transpose_image(x + n * rows * cols, y + n * rows * cols, rows, cols, b * kBlock,
+                    std::min(rows, (b + 1) * kBlock));
+  };
+  if (pool.threads() <= 1 || N * rows * cols < (1 << 15)) {
+    for (int64_t t = 0; t < tasks; ++t) body(static_cast<size_t>(t));
+  } else {
+    pool.parallel_for(static_cast<size_t>(tasks), body);
+  }
 }
 
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
@@ -48,7 +68,13 @@ void Model::init(const format::File& file, const LoadOptions& options) {
   pool_ = std::make_shared<ThreadPool>(options.threads ? options.threads : hardware_threads());
   // Check the graph plans for the declared shapes (dynamic dims as 1), so a model that
   // cannot run fails at load, not at its first call.
-  const Plan plan = make_plan(default_input_shapes());
+  Plan plan;
+  try {
+    plan = make_plan(default_input_shapes());
+  } catch (const InputError& e) {
+    // The file's own declared inputs do not fit its layers: the file is at fault.
+    throw UnsupportedError(std::string("the graph cannot run on its declared input shapes: ") + e.what());
+  }
   for (size_t i = 0; i < outputs_.size(); ++i) outputs_[i].dims = plan.value_shapes[graph_.outputs[i]].dims;
   for (size_t i = 0; i < outputs_.size(); ++i)
     for (size_t d = 0; d < outputs_[i].dims.size(); ++d)
@@ -110,6 +136,8 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
       plan.value_shapes[node.outputs[k]] = out[k];
     }
     plan.scratch_bytes = std::max(plan.scratch_bytes, layers_[i]->scratch_bytes(in, out, plan.threads));
+    plan.node_in_shapes.push_back(in);
+    plan.node_out_shapes.push_back(out);
     plan.node_cost[i] = layers_[i]->cost(in, out);
     plan.total_cost.add(plan.node_cost[i]);
   }
@@ -152,47 +180,42 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
   return plan;
 }
 
-void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, const std::vector<const float*>& inputs,
-                    const std::vector<float*>& outputs, ThreadPool& pool) const {
+void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTables& tables,
+                    const std::vector<const float*>& inputs, const std::vector<float*>& outputs,
+                    ThreadPool& pool) const {
   const size_t nv = graph_.values.size();
-  std::vector<const float*> ptr(nv, nullptr);
+  std::vector<const float*>& ptr = tables.value_ptr;
+  ptr.resize(nv);  // sized at prepare(): no allocation here
+  tables.node_in.resize(layers_.size());
+  tables.node_out.resize(layers_.size());
   for (size_t v = 0; v < nv; ++v)
-    if (plan.value_offset[v] >= 0) ptr[v] = reinterpret_cast<const float*>(arena + plan.value_offset[v]);
+    ptr[v] = plan.value_offset[v] >= 0 ? reinterpret_cast<const float*>(arena + plan.value_offset[v]) : nullptr;
   for (size_t i = 0; i < inputs_.size(); ++i) {
     const uint32_t v = graph_.inputs[i].value;
     const Shape& s = plan.value_shapes[v];
     if (s.rank() == 4) {
-      nchw_to_nhwc(inputs[i], const_cast<float*>(ptr[v]), s.dims[0], s.dims[1], s.dims[2] * s.dims[3]);
+      transpose_batch(inputs[i], const_cast<float*>(ptr[v]), s.dims[0], s.dims[1], s.dims[2] * s.dims[3], pool);
     } else {
       ptr[v] = inputs[i];
     }
   }
   RunEnv env{&pool, scratch};
-  std::vector<const float*> in;
-  std::vector<float*> out;
-  std::vector<Shape> in_shapes, out_shapes;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& node = graph_.nodes[i];
-    in.clear();
-    out.clear();
-    in_shapes.clear();
-    out_shapes.clear();
-    for (uint32_t v : node.inputs) {
-      in.push_back(ptr[v]);
-      in_shapes.push_back(plan.value_shapes[v]);
-    }
-    for (uint32_t v : node.outputs) {
-      out.push_back(const_cast<float*>(ptr[v]));
-      out_shapes.push_back(plan.value_shapes[v]);
-    }
-    layers_[i]->run(in, in_shapes, out, out_shapes, env);
+    auto& in = tables.node_in[i];
+    auto& out = tables.node_out[i];
+    in.resize(node.inputs.size());
+    out.resize(node.outputs.size());
+    for (size_t k = 0; k < node.inputs.size(); ++k) in[k] = ptr[node.inputs[k]];
+    for (size_t k = 0; k < node.outputs.size(); ++k) out[k] = const_cast<float*>(ptr[node.outputs[k]]);
+    layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], env);
   }
   for (size_t i = 0; i < outputs_.size(); ++i) {
     const uint32_t v = graph_.outputs[i];
     const Shape& s = plan.value_shapes[v];
     const bool stored_nhwc = s.rank() == 4 && plan.value_offset[v] >= 0;
     if (stored_nhwc)
-      nhwc_to_nchw(ptr[v], outputs[i], s.dims[0], s.dims[1], s.dims[2] * s.dims[3]);
+      transpose_batch(ptr[v], outputs[i], s.dims[0], s.dims[2] * s.dims[3], s.dims[1], pool);
     else
       std::memcpy(outputs[i], ptr[v], static_cast<size_t>(s.numel()) * 4);
   }
@@ -213,7 +236,7 @@ const Plan& Context::prepare(const std::vector<Shape>& input_shapes) {
 void Context::run(const std::vector<const float*>& inputs, const std::vector<float*>& outputs) {
   auto pool = model_.pool();
   if (plan_->threads != pool->threads()) prepare(std::vector<Shape>(plan_->input_shapes));
-  model_.execute(*plan_, arena_.as<uint8_t>(), scratch_.as<uint8_t>(), inputs, outputs, *pool);
+  model_.execute(*plan_, arena_.as<uint8_t>(), scratch_.as<uint8_t>(), tables_, inputs, outputs, *pool);
 }
 
 std::unique_ptr<Context> Model::acquire_context() const {

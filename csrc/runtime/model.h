@@ -43,6 +43,15 @@ struct Plan {
   size_t threads = 1;  // scratch is sized for this many threads
   std::vector<Cost> node_cost;
   Cost total_cost;
+  // Per node, the shapes its layer sees (kept so a run builds nothing).
+  std::vector<std::vector<Shape>> node_in_shapes, node_out_shapes;
+};
+
+// Per-run pointer tables, sized at prepare() and refilled by each run.
+struct RunTables {
+  std::vector<const float*> value_ptr;
+  std::vector<std::vector<const float*>> node_in;
+  std::vector<std::vector<float*>> node_out;
 };
 
 class Model;
@@ -61,6 +70,7 @@ class Context {
   const Model& model_;
   std::unique_ptr<Plan> plan_;
   AlignedBuffer arena_, scratch_;
+  RunTables tables_;
 };
 
 class Model {
@@ -89,8 +99,8 @@ class Model {
 
   // Internal (Context).
   Plan make_plan(const std::vector<Shape>& input_shapes) const;
-  void execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, const std::vector<const float*>& inputs,
-               const std::vector<float*>& outputs, ThreadPool& pool) const;
+  void execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTables& tables,
+               const std::vector<const float*>& inputs, const std::vector<float*>& outputs, ThreadPool& pool) const;
 
  private:
   void init(const format::File& file, const LoadOptions& options);
