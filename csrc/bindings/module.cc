@@ -9,6 +9,7 @@
 #include "base/crc32c.h"
 #include "base/cpu.h"
 #include "base/error.h"
+#include "base/huffman.h"
 #include "format/file.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
@@ -218,6 +219,27 @@ PYBIND11_MODULE(_core, m) {
     const py::buffer_info info = b.request();
     return crc32c(info.ptr, static_cast<size_t>(info.size * info.itemsize));
   });
+
+  m.def("huffman_encode", [](const py::buffer& symbols, unsigned alphabet, unsigned max_len, uint32_t chunk_symbols) {
+    const py::buffer_info info = symbols.request();
+    if (info.itemsize != 1) throw std::invalid_argument("huffman_encode: symbols must be bytes / uint8");
+    const std::vector<uint8_t> out = huffman::encode(static_cast<const uint8_t*>(info.ptr),
+                                                     static_cast<uint64_t>(info.size), alphabet, max_len, chunk_symbols);
+    return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+  }, py::arg("symbols"), py::arg("alphabet"), py::arg("max_len") = 15, py::arg("chunk_symbols") = 4096);
+  m.def("huffman_decode", [](const py::buffer& data, uint64_t count, unsigned alphabet) {
+    const py::buffer_info info = data.request();
+    const huffman::Stream s = huffman::parse(static_cast<const uint8_t*>(info.ptr),
+                                             static_cast<uint64_t>(info.size * info.itemsize), count, alphabet);
+    const huffman::Decoder decoder(s);
+    py::array_t<uint8_t> out(static_cast<py::ssize_t>(count));
+    uint8_t* dst = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      decoder.decode_all(dst);
+    }
+    return out;
+  }, py::arg("data"), py::arg("count"), py::arg("alphabet"));
 
   m.def("format_roundtrip", [](const py::bytes& data) {
     const std::string s = data;
