@@ -1,0 +1,338 @@
+// Scalar reference ukernels (always built, always tested, the fallback), the packing,
+// run(), balanced_row_ranges() and the dispatch.
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/spmm_f32/spmm_f32.h"
+#include "kernels/spmm_f32/ukernels.h"
+
+namespace dsq::spmm_f32 {
+
+using detail::row_of;
+
+namespace {
+
+constexpr size_t kRefMr = 4;
+
+// Generic m-tiled reference: y_t[n][m0:m0+4] = clamp(bias + sum_p w_p * x_t[col_p][m0:m0+4]).
+template <typename Values, typename Col>
+void spmm_ref(const PackedWeights& w, const Col* cols, size_t m, const float* x, size_t xs,
+              float* y, size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  const uint32_t* rp = w.rp();
+  const float* bias = w.bias_ptr();
+  for (size_t m0 = 0; m0 < m; m0 += kRefMr) {
+    const size_t mt = std::min(kRefMr, m - m0);
+    for (size_t n = n_begin; n < n_end; ++n) {
+      const Values val(w, n);
+      float acc[kRefMr];
+      for (size_t i = 0; i < kRefMr; ++i) acc[i] = bias[n];
+      for (uint32_t p = rp[n]; p < rp[n + 1]; ++p) {
+        const float wv = val(p);
+        const float* xr = row_of(x, xs, cols[p]) + m0;
+        for (size_t i = 0; i < mt; ++i) acc[i] += wv * xr[i];
+      }
+      float* yr = row_of(y, ys, n) + m0;
+      for (size_t i = 0; i < mt; ++i) yr[i] = std::min(std::max(acc[i], lo), hi);
+    }
+  }
+}
+
+// Batch-1 fast path with scalar loads: 8 independent accumulators (the add latency, not
+// the loads, bounds a single chain). Contiguous x (x_stride == 4) indexes directly.
+template <typename Values, typename Col, bool kContiguous>
+void spmv_rows(const PackedWeights& w, const Col* cols, const float* x, size_t xs, float* y,
+               size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  const uint32_t* rp = w.rp();
+  const float* bias = w.bias_ptr();
+  const char* xb = reinterpret_cast<const char*>(x);
+  auto xat = [&](size_t c) -> float {
+    if (kContiguous) return x[c];
+    return *reinterpret_cast<const float*>(xb + c * xs);
+  };
+  for (size_t n = n_begin; n < n_end; ++n) {
+    const Values val(w, n);
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t p = rp[n];
+    const size_t e = rp[n + 1];
+    for (; p + 8 <= e; p += 8) {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) a[j] += val(p + j) * xat(cols[p + j]);
+    }
+    for (; p < e; ++p) a[0] += val(p) * xat(cols[p]);
+    const float s = bias[n] + (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+    *row_of(y, ys, n) = std::min(std::max(s, lo), hi);
+  }
+}
+
+template <typename Values>
+void spmv_dispatch(const PackedWeights& w, const float* x, size_t xs, float* y, size_t ys,
+                   size_t n_begin, size_t n_end, float lo, float hi) {
+  if (w.cols_u16) {
+    if (xs == sizeof(float))
+      spmv_rows<Values, uint16_t, true>(w, w.col16(), x, xs, y, ys, n_begin, n_end, lo, hi);
+    else
+      spmv_rows<Values, uint16_t, false>(w, w.col16(), x, xs, y, ys, n_begin, n_end, lo, hi);
+  } else {
+    if (xs == sizeof(float))
+      spmv_rows<Values, uint32_t, true>(w, w.col32(), x, xs, y, ys, n_begin, n_end, lo, hi);
+    else
+      spmv_rows<Values, uint32_t, false>(w, w.col32(), x, xs, y, ys, n_begin, n_end, lo, hi);
+  }
+}
+
+}  // namespace
+
+void spmm_f32_4__scalar(const PackedWeights& w, size_t m, const float* x, size_t xs, float* y,
+                        size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  if (w.cols_u16)
+    spmm_ref<detail::F32Values>(w, w.col16(), m, x, xs, y, ys, n_begin, n_end, lo, hi);
+  else
+    spmm_ref<detail::F32Values>(w, w.col32(), m, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
+
+void spmm_cb_f32_4__scalar(const PackedWeights& w, size_t m, const float* x, size_t xs,
+                           float* y, size_t ys, size_t n_begin, size_t n_end, float lo,
+                           float hi) {
+  if (w.cols_u16)
+    spmm_ref<detail::CodebookValues>(w, w.col16(), m, x, xs, y, ys, n_begin, n_end, lo, hi);
+  else
+    spmm_ref<detail::CodebookValues>(w, w.col32(), m, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
+
+void spmv_f32__scalar(const PackedWeights& w, size_t, const float* x, size_t xs, float* y,
+                      size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  spmv_dispatch<detail::F32Values>(w, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
+
+void spmv_cb_f32__scalar(const PackedWeights& w, size_t, const float* x, size_t xs, float* y,
+                         size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  spmv_dispatch<detail::CodebookValues>(w, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
+
+// ---------------------------------------------------------------------------------------
+// Packing.
+
+size_t PackedWeights::csr_bytes() const {
+  return (n + 1) * 4 + nnz * (cols_u16 ? 2 : 4) + nnz * (codebook ? 1 : 4) + n * 4;
+}
+size_t PackedWeights::tile_bytes() const {
+  return has_tiles ? (groups() + 1) * 4 + tile_steps * (2 + kTileRows * 2) + n * 4 : 0;
+}
+
+PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col,
+                   const float* values, const uint8_t* codes, const float* table,
+                   size_t table_entries, bool table_per_row, const float* bias,
+                   bool build_tiles) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("spmm_f32::pack: " + what); };
+  if (!row_ptr) fail("row_ptr is null");
+  if (row_ptr[0] != 0) fail("row_ptr[0] != 0");
+  for (size_t i = 0; i < n; ++i)
+    if (row_ptr[i + 1] < row_ptr[i]) fail("row_ptr decreases at row " + std::to_string(i));
+  const size_t nnz = row_ptr[n];
+  if (k > 0xFFFFFFFFull) fail("k too large");
+  const bool cb = codes != nullptr;
+  if (cb == (values != nullptr) && nnz) fail("exactly one of values / codes must be given");
+  if (nnz && !col) fail("col is null");
+  if (cb) {
+    if (!table || table_entries == 0 || table_entries > 256) fail("codebook needs 1..256 table entries");
+  }
+  for (size_t p = 0; p < nnz; ++p) {
+    if (col[p] >= k) fail("column " + std::to_string(col[p]) + " >= k at nonzero " + std::to_string(p));
+    if (cb && codes[p] >= table_entries) fail("code >= table_entries at nonzero " + std::to_string(p));
+  }
+
+  PackedWeights w;
+  w.n = n;
+  w.k = k;
+  w.nnz = nnz;
+  w.codebook = cb;
+  w.cols_u16 = k <= 65536;
+  w.row_ptr.resize((n + 1) * sizeof(uint32_t));
+  std::memcpy(w.row_ptr.data(), row_ptr, (n + 1) * sizeof(uint32_t));
+  w.cols.resize(nnz * (w.cols_u16 ? 2 : 4));
+  if (cb) w.codes.resize(nnz);
+  else w.values.resize(nnz * sizeof(float));
+
+  // Columns sorted within each row (x is then read in address order).
+  std::vector<uint32_t> order;
+  for (size_t r = 0; r < n; ++r) {
+    const uint32_t b = row_ptr[r], e = row_ptr[r + 1];
+    order.resize(e - b);
+    std::iota(order.begin(), order.end(), b);
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t c) { return col[a] < col[c]; });
+    for (uint32_t i = 0; i < e - b; ++i) {
+      const uint32_t src = order[i], dst = b + i;
+      if (w.cols_u16) w.cols.as<uint16_t>()[dst] = static_cast<uint16_t>(col[src]);
+      else w.cols.as<uint32_t>()[dst] = col[src];
+      if (cb) w.codes.as<uint8_t>()[dst] = codes[src];
+      else w.values.as<float>()[dst] = values[src];
+    }
+  }
+
+  if (cb) {
+    w.table_entries = table_entries;
+    w.table_per_row = table_per_row;
+    w.table_stride = std::max<size_t>(32, table_entries);
+    const size_t tables = table_per_row ? n : 1;
+    w.table.resize(tables * w.table_stride * sizeof(float));  // zero padded
+    for (size_t t = 0; t < tables; ++t)
+      std::memcpy(w.table.as<float>() + t * w.table_stride, table + t * table_entries,
+                  table_entries * sizeof(float));
+  }
+  w.bias.resize(std::max<size_t>(n, 1) * sizeof(float));
+  if (bias && n) std::memcpy(w.bias.data(), bias, n * sizeof(float));
+
+  // Row tiles for the batch-1 codebook kernel.
+  if (build_tiles && cb && !table_per_row && table_entries <= 32 && k < (size_t(1) << 21)) {
+    const size_t groups = w.groups();
+    std::vector<uint32_t> step_ptr(groups + 1, 0);
+    std::vector<uint16_t> windows, slots;
+    const uint32_t* rp = w.rp();
+    auto col_at = [&](size_t p) -> uint32_t {
+      return w.cols_u16 ? w.col16()[p] : w.col32()[p];
+    };
+    for (size_t g = 0; g < groups; ++g) {
+      step_ptr[g] = static_cast<uint32_t>(windows.size());
+      size_t cur[kTileRows], end[kTileRows];
+      for (size_t j = 0; j < kTileRows; ++j) {
+        const size_t r = g * kTileRows + j;
+        cur[j] = r < n ? rp[r] : 0;
+        end[j] = r < n ? rp[r + 1] : 0;
+      }
+      for (;;) {
+        uint32_t win = UINT32_MAX;
+        for (size_t j = 0; j < kTileRows; ++j)
+          if (cur[j] < end[j]) win = std::min<uint32_t>(win, col_at(cur[j]) / kTileCols);
+        if (win == UINT32_MAX) break;
+        size_t stop[kTileRows], steps = 0;
+        for (size_t j = 0; j < kTileRows; ++j) {
+          stop[j] = cur[j];
+          while (stop[j] < end[j] && col_at(stop[j]) / kTileCols == win) ++stop[j];
+          steps = std::max(steps, stop[j] - cur[j]);
+        }
+        for (size_t s = 0; s < steps; ++s) {
+          windows.push_back(static_cast<uint16_t>(win));
+          for (size_t j = 0; j < kTileRows; ++j) {
+            const size_t p = cur[j] + s;
+            slots.push_back(p < stop[j] ? static_cast<uint16_t>((col_at(p) % kTileCols) |
+                                                                (w.code()[p] << 8))
+                                        : kTilePad);
+          }
+        }
+        for (size_t j = 0; j < kTileRows; ++j) cur[j] = stop[j];
+      }
+    }
+    step_ptr[groups] = static_cast<uint32_t>(windows.size());
+    w.has_tiles = true;
+    w.tile_steps = windows.size();
+    w.tile_step_ptr.resize(step_ptr.size() * sizeof(uint32_t));
+    std::memcpy(w.tile_step_ptr.data(), step_ptr.data(), step_ptr.size() * sizeof(uint32_t));
+    w.tile_window.resize(windows.size() * sizeof(uint16_t));
+    if (!windows.empty()) std::memcpy(w.tile_window.data(), windows.data(), windows.size() * 2);
+    w.tile_slots.resize(slots.size() * sizeof(uint16_t));
+    if (!slots.empty()) std::memcpy(w.tile_slots.data(), slots.data(), slots.size() * 2);
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------
+// run() and row balancing.
+
+bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m) {
+  if (uk.codebook != w.codebook) return false;
+  if (uk.spmv && m != 1) return false;
+  if (uk.layout == Layout::kRowTiles && !w.has_tiles) return false;
+  return true;
+}
+
+void run(const Ukernel& uk, const PackedWeights& w, size_t m, const float* x_t,
+         size_t x_stride, float* y_t, size_t y_stride, size_t n_begin, size_t n_end, float lo,
+         float hi) {
+  if (!compatible(uk, w, m))
+    throw std::invalid_argument(std::string("spmm_f32::run: ukernel ") + uk.name +
+                                " does not fit these weights / m");
+  n_end = std::min(n_end, w.n);
+  if (m == 0 || n_begin >= n_end) return;
+  uk.fn(w, m, x_t, x_stride, y_t, y_stride, n_begin, n_end, lo, hi);
+}
+
+std::vector<size_t> balanced_row_ranges(const PackedWeights& w, size_t parts, size_t align) {
+  if (parts == 0) parts = 1;
+  if (align == 0) align = 1;
+  const size_t n = w.n;
+  const uint32_t* rp = w.rp();
+  // cost(row) = nnz + 1: the per-row overhead keeps long runs of empty rows split too.
+  auto cost_before = [&](size_t r) -> double { return double(rp[r]) + double(r); };
+  const double total = cost_before(n);
+  std::vector<size_t> b(parts + 1, 0);
+  b[parts] = n;
+  for (size_t i = 1; i < parts; ++i) {
+    const double target = total * double(i) / double(parts);
+    // First row boundary r with cost_before(r) >= target.
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+      const size_t mid = (lo + hi) / 2;
+      if (cost_before(mid) < target) lo = mid + 1;
+      else hi = mid;
+    }
+    size_t r = lo;
+    // Take the closer of r - 1 and r.
+    if (r > 0 && target - cost_before(r - 1) < cost_before(r) - target) --r;
+    if (align > 1) r = std::min(n, (r + align / 2) / align * align);
+    b[i] = std::max(r, b[i - 1]);
+  }
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch.
+
+const std::vector<Ukernel>& all_ukernels() {
+  static const std::vector<Ukernel> list = {
+#define DSQ_SPMM_F32_UKERNEL(name, isa, mr, codebook, spmv, layout) \
+  Ukernel{#name, isa, mr, codebook, spmv, layout, &name},
+#include "kernels/spmm_f32/kernels.inc"
+  };
+  return list;
+}
+
+namespace {
+// Higher is better: spmv kernels for batch 1, then ISA, then row tiles, then mr.
+bool better(const Ukernel& a, const Ukernel& b, bool spmv) {
+  if (spmv && a.spmv != b.spmv) return a.spmv;
+  const int la = static_cast<int>(a.isa), lb = static_cast<int>(b.isa);
+  if (la != lb) return la > lb;
+  if (a.layout != b.layout) return a.layout == Layout::kRowTiles;
+  return a.mr > b.mr;
+}
+}  // namespace
+
+const Ukernel& best_ukernel(bool codebook, bool spmv) {
+  const Ukernel* b = nullptr;
+  for (const Ukernel& uk : all_ukernels()) {
+    if (!isa_supported(uk.isa) || uk.codebook != codebook || (uk.spmv && !spmv)) continue;
+    if (!b || better(uk, *b, spmv)) b = &uk;
+  }
+  return *b;  // the scalar references cover every kind
+}
+
+const Ukernel& best_ukernel_for(const PackedWeights& w, size_t m) {
+  const Ukernel* b = nullptr;
+  for (const Ukernel& uk : all_ukernels()) {
+    if (!isa_supported(uk.isa) || !compatible(uk, w, m)) continue;
+    if (!b || better(uk, *b, m == 1)) b = &uk;
+  }
+  return *b;
+}
+
+const Ukernel* find_ukernel(const char* name) {
+  if (!name) return nullptr;
+  for (const Ukernel& uk : all_ukernels())
+    if (!std::strcmp(uk.name, name)) return isa_supported(uk.isa) ? &uk : nullptr;
+  return nullptr;
+}
+
+}  // namespace dsq::spmm_f32

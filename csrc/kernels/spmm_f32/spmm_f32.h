@@ -1,0 +1,120 @@
+// Sparse-weight f32 family: Y = clamp(W . X + bias, lo, hi) with W an N x K sparse matrix
+// (CSR by output row) whose values are f32 or codebook indices (u8 code into a table of
+// f32, one table per tensor or one per row).
+//
+// Activations use the "transposed" layout of Elsen et al. (Fast Sparse ConvNets) and
+// XNNPACK spmm: x_t[k][m] (row k of K, x_stride bytes between rows) and y_t[n][m]
+// (row n of N, y_stride bytes between rows). Vector lanes run along m (batch or pixels):
+// each nonzero w[n][k] is broadcast and FMA'd into y_t[n][m0:m0+mr] += w * x_t[k][m0:m0+mr].
+// M = 1 (batch-1 SpMV) has its own kernels (spmv_*): scalar loads of x (gathers are slow
+// on Zen 4) and, for per-tensor codebooks of <= 32 entries on AVX-512, a row-tile layout
+// (16 rows x 32-column windows, x held in two zmm and looked up with vpermt2ps).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "base/aligned.h"
+#include "base/cpu.h"
+
+namespace dsq::spmm_f32 {
+
+// Row-tile layout for the batch-1 codebook kernel (spmv_cb_f32_16x32__avx512): rows are
+// grouped 16 at a time (lane j = row 16g + j), columns in windows of 32. A step is one
+// nonzero per lane from a single window: slot = column-in-window (bits 0-4) | code << 8,
+// bit 15 set on padding lanes (lane has no more nonzeros in that window). Steps of a group
+// are ordered by window.
+constexpr size_t kTileRows = 16;
+constexpr size_t kTileCols = 32;
+constexpr uint16_t kTilePad = 0x8000;
+
+struct PackedWeights {
+  size_t n = 0, k = 0, nnz = 0;
+  // CSR (always built): row_ptr u32[n + 1]; columns u16 when k <= 65536, else u32.
+  AlignedBuffer row_ptr;
+  AlignedBuffer cols;
+  bool cols_u16 = true;
+  // Values: f32[nnz] (values) or u8[nnz] codes + table f32[(per_row ? n : 1) * table_stride].
+  bool codebook = false;
+  AlignedBuffer values;
+  AlignedBuffer codes;
+  AlignedBuffer table;         // zero padded to table_stride (>= 32) entries per table
+  size_t table_entries = 0;    // 2^b, b <= 8
+  size_t table_stride = 0;     // floats between per-row tables
+  bool table_per_row = false;
+  AlignedBuffer bias;          // f32[n], zeros when no bias was given
+  // Row tiles (built only for per-tensor codebooks with <= 32 entries, and k < 2^21).
+  bool has_tiles = false;
+  AlignedBuffer tile_step_ptr;  // u32[groups + 1]: first step of each 16-row group
+  AlignedBuffer tile_window;    // u16[steps]: window index (first column / 32)
+  AlignedBuffer tile_slots;     // u16[steps * 16]
+  size_t tile_steps = 0;
+
+  const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
+  const uint16_t* col16() const { return cols.as<uint16_t>(); }
+  const uint32_t* col32() const { return cols.as<uint32_t>(); }
+  const float* vals() const { return values.as<float>(); }
+  const uint8_t* code() const { return codes.as<uint8_t>(); }
+  const float* tab() const { return table.as<float>(); }
+  const float* bias_ptr() const { return bias.as<float>(); }
+  size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
+  // Bytes a batch-1 call reads for the weights with the CSR layout / the row tiles.
+  size_t csr_bytes() const;
+  size_t tile_bytes() const;
+};
+
+// Builds the kernel layouts once at load. row_ptr: u32[n + 1] (row_ptr[0] = 0, non
+// decreasing), col: u32[nnz] (< k, any order within a row), values: f32[nnz] (null for a
+// codebook), codes: u8[nnz] (< table_entries; null for f32 values), table:
+// f32[(per_row ? n : 1) * table_entries], bias: f32[n] or null. Throws
+// std::invalid_argument on inconsistent input. `build_tiles` = false skips the row tiles
+// (saves their memory when the layer never runs with batch 1).
+PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col,
+                   const float* values, const uint8_t* codes, const float* table,
+                   size_t table_entries, bool table_per_row, const float* bias,
+                   bool build_tiles = true);
+
+// Computes rows [n_begin, n_end) of y_t for all m columns (single thread; the op layer
+// splits rows between threads with balanced_row_ranges()).
+using UkernelFn = void (*)(const PackedWeights& w, size_t m, const float* x_t, size_t x_stride,
+                           float* y_t, size_t y_stride, size_t n_begin, size_t n_end, float lo,
+                           float hi);
+
+enum class Layout : int { kCsr = 0, kRowTiles = 1 };
+
+struct Ukernel {
+  const char* name;  // e.g. "spmm_cb_f32_32__avx512", "spmv_f32__avx512"
+  Isa isa;
+  size_t mr;         // m tile (1 for spmv kernels)
+  bool codebook;     // values are codebook indices
+  bool spmv;         // batch-1 kernel (only m == 1)
+  Layout layout;     // which packed layout it reads
+  UkernelFn fn;
+};
+
+// Every built variant (from kernels.inc), references first.
+const std::vector<Ukernel>& all_ukernels();
+// True when `uk` can run on `w` with m columns (value kind, layout present, m == 1 for spmv,
+// per-tensor table of <= 32 entries for the row tiles).
+bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m);
+// The best variant this CPU supports for the value kind and batch kind (generic choice,
+// assumes a per-tensor table of <= 32 entries for codebook spmv).
+const Ukernel& best_ukernel(bool codebook, bool spmv);
+// The best supported variant that is compatible with these weights and m.
+const Ukernel& best_ukernel_for(const PackedWeights& w, size_t m);
+// Look up by name; nullptr when not built or not supported by this CPU.
+const Ukernel* find_ukernel(const char* name);
+
+// Runs `uk` on rows [n_begin, n_end) (clamped to n). Throws std::invalid_argument when the
+// ukernel is not compatible with w / m.
+void run(const Ukernel& uk, const PackedWeights& w, size_t m, const float* x_t,
+         size_t x_stride, float* y_t, size_t y_stride, size_t n_begin, size_t n_end, float lo,
+         float hi);
+
+// Splits rows into `parts` contiguous ranges of about equal nonzeros (+ a per-row cost so
+// empty rows still count): returns parts + 1 boundaries, b[0] = 0, b[parts] = n,
+// non-decreasing. With align > 1 inner boundaries are multiples of align (use kTileRows
+// for the row-tile kernel so no 16-row group is computed twice).
+std::vector<size_t> balanced_row_ranges(const PackedWeights& w, size_t parts, size_t align = 1);
+
+}  // namespace dsq::spmm_f32
