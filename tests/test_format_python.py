@@ -338,8 +338,9 @@ def test_versions_and_flags(sample):
     e = expect_error(fix_crcs(patch(b, 4, "<H", 2)), "header", "version")
     assert e.offset == 4
     expect_error(patch(b, 4, "<H", 2), "header", "version")  # before the CRC check
-    e = expect_error(fix_crcs(patch(b, 6, "<H", 1)), "header", "version")
+    e = expect_error(fix_crcs(patch(b, 6, "<H", 2)), "header", "version")
     assert e.offset == 6
+    F.from_bytes(fix_crcs(patch(b, 6, "<H", 1)))  # a 1.1 reader reads a 1.0 file marked 1.1
     e = expect_error(fix_crcs(patch(b, 8, "<I", 1 << 7)), "header", "flags")
     assert e.offset == 8
     e = expect_error(fix_crcs(patch(b, 12, "<I", 5)), "header", "section_count")
@@ -540,8 +541,12 @@ def test_tensor_errors(sample):
     content = section(b, "TENSORS")
     name0 = f.tensors[0].name.encode()
     enc = 4 + 4 + len(name0)  # rank, layout, values, entropy of tensor 0
-    for off, val, word in ((enc, 9, "rank 9"), (enc + 1, 1, "layout 1 (csr_absolute"),
-                           (enc + 2, 4, "values encoding 4"), (enc + 3, 1, "entropy")):
+    for off, val, word in ((enc, 9, "rank 9"), (enc + 1, 1, "layout 1 (csr needs format 1.1"),
+                           (enc + 1, 4, "unknown layout 4"),
+                           (enc + 2, 4, "values encoding 4 (codebook needs format 1.1"),
+                           (enc + 2, 5, "values encoding 5"),
+                           (enc + 3, 1, "entropy coding 1 (huffman needs format 1.1"),
+                           (enc + 3, 2, "entropy coding 2")):
         t = bytearray(content)
         t[off] = val
         e = expect_error(rebuild(b, "TENSORS", bytes(t)), "TENSORS", word)
