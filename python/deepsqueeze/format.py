@@ -1122,7 +1122,15 @@ def stream_symbols(s: Stream, at: int = -1, where: str = "") -> np.ndarray:
         try:
             sym = huffman.decode(data, count, alphabet)
         except (ValueError, IndexError, OverflowError) as e:
-            _fail("PAYLOAD", at, f"{where}: bad Huffman stream: {e}")
+            # The codec names the byte inside the stream ("... at byte N: ...").
+            msg = str(e)
+            off = at
+            if at >= 0 and "at byte " in msg:
+                try:
+                    off = at + int(msg.split("at byte ", 1)[1].split(":", 1)[0])
+                except ValueError:
+                    off = at
+            _fail("PAYLOAD", off, f"{where}: bad Huffman stream: {msg}")
         sym = np.asarray(sym).reshape(-1)
         if sym.size != count or (sym.size and int(sym.max()) >= alphabet):
             _fail("PAYLOAD", at, f"{where}: Huffman stream decoded to {sym.size} symbols, expected {count}")
