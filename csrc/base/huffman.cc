@@ -275,7 +275,9 @@ std::vector<uint8_t> encode(const uint8_t* symbols, uint64_t count, unsigned alp
 
 // ------------------------------------------------------------------------------ decode
 namespace {
-constexpr unsigned kFirstLevelBits = 11;
+constexpr unsigned kFirstLevelBits = 12;       // 16 KB multi-code table + 8 KB single-code table
+constexpr unsigned kSmallFirstLevelBits = 9;   // for short streams, where building the table dominates
+constexpr uint64_t kSmallStream = 16384;
 constexpr unsigned kGroup = 3;  // lookups per refill: 3 * 15 <= 56 bits after a refill
 
 [[noreturn]] void fail_bits(const Stream& s, uint64_t pos, const char* what) {
@@ -306,7 +308,7 @@ Decoder::Decoder(const Stream& s) : s_(s) {
   if (longest < 1 || s.alphabet > kMaxAlphabet || kraft > (1u << kMaxCodeLen))
     throw std::invalid_argument("huffman: invalid stream view (use huffman::parse)");
   tbits_ = longest;
-  fbits_ = std::min(tbits_, kFirstLevelBits);
+  fbits_ = std::min(tbits_, s.count < kSmallStream ? kSmallFirstLevelBits : kFirstLevelBits);
 
   // Canonical (first code, count, base) per length, symbols in canonical order.
   const std::vector<uint16_t> code = canonical_codes(s.lengths, s.alphabet);

@@ -50,11 +50,14 @@ struct Stream {
 // offset within the stream.
 Stream parse(const uint8_t* data, uint64_t nbytes, uint64_t count, unsigned alphabet);
 
-// Table-driven decoder. A first-level table of 2^F entries (F = min(11, longest code
-// length in use)) gives up to three whole codes per lookup (symbols + total length);
-// codes longer than F bits fall back to a canonical (first code, count) search. The bit
-// buffer is a left-aligned u64 refilled by one unaligned big-endian 8-byte load; a
-// bounds-checked path decodes the last bytes. Keeps a pointer to the stream's bytes.
+// Table-driven decoder. A first-level table of 2^F entries (F = min(12, longest code
+// length in use); 9 instead of 12 for streams under 16384 symbols) gives up to three
+// whole codes per lookup (symbols + total length); codes longer than F bits fall back
+// to a canonical (first code, count) search. The bit buffer is a left-aligned u64
+// refilled by one unaligned big-endian 8-byte load; a bounds-checked path decodes the
+// last bytes of the string and the last few symbols of each chunk. Output: the fast path
+// stores 4 bytes at a time but never past out[n - 1]. Keeps a pointer to the stream's
+// bytes (the caller keeps them alive).
 class Decoder {
  public:
   explicit Decoder(const Stream& s);
