@@ -376,7 +376,7 @@ std::vector<Slot> stream_plan(const Tensor& t, uint64_t entries) {
   return out;
 }
 
-void parse_tensors(Cursor& c, File& f, std::vector<std::vector<uint64_t>>& stream_entry_at) {
+void parse_tensors(Cursor& c, File& f) {
   const uint32_t nt = c.count("tensor count", 25);
   f.tensors.reserve(nt);
   std::unordered_set<std::string> names;
@@ -476,10 +476,8 @@ void parse_tensors(Cursor& c, File& f, std::vector<std::vector<uint64_t>>& strea
                            " (expected: " + roles + ")");
     }
     bool any_huffman = false;
-    std::vector<uint64_t> entry_at;
     for (uint32_t s = 0; s < ns; ++s) {
       const uint64_t sat = c.pos();
-      entry_at.push_back(sat);
       Stream st;
       const uint8_t role = c.read<uint8_t>("stream role");
       const uint8_t et = c.read<uint8_t>("stream elem_type");
@@ -550,7 +548,6 @@ void parse_tensors(Cursor& c, File& f, std::vector<std::vector<uint64_t>>& strea
     if ((t.entropy == Entropy::kHuffman) != any_huffman)
       c.fail_at(enc_at + 3, where + ": tensor entropy " + std::to_string(entropy) + " (" + entropy_name(t.entropy) +
                                 ") but " + (any_huffman ? "some" : "no") + " stream is Huffman coded");
-    stream_entry_at.push_back(std::move(entry_at));
     f.tensors.push_back(std::move(t));
   }
 }
@@ -734,10 +731,9 @@ File parse(const uint8_t* data, size_t size) {
     parse_graph(c, f);
     if (!c.at_end()) c.fail("trailing bytes after the last node");
   }
-  std::vector<std::vector<uint64_t>> stream_entry_at;
   {
     Cursor c(data, sections[3].offset, sections[3].offset + sections[3].size, "TENSORS");
-    parse_tensors(c, f, stream_entry_at);
+    parse_tensors(c, f);
     if (!c.at_end()) c.fail("trailing bytes after the last tensor");
   }
   // Streams must lie inside the payload.
