@@ -252,7 +252,7 @@ def test_wrong_magic(good):
     expect_error(b"GIF89a" + b"\0" * 100, "header", "magic", offset_range=(0, 4))
 
 
-@pytest.mark.parametrize("major,minor,fact", [(2, 0, "2.0"), (0, 0, "0.0"), (1, 1, "1.1"), (1, 65535, "1.65535"),
+@pytest.mark.parametrize("major,minor,fact", [(2, 0, "2.0"), (0, 0, "0.0"), (1, 2, "1.2"), (1, 65535, "1.65535"),
                                               (65535, 0, "65535")])
 def test_version(good, major, minor, fact):
     bad = patch(patch(good, 4, "<H", major), 6, "<H", minor)
@@ -759,3 +759,96 @@ def test_random_mutations_never_crash(tmp_path):
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     assert sum(stats[k] for k in ("loaded", "FormatError", "UnsupportedModelError", "ValueError")) == 300, stats
     assert stats["FormatError"] > 100, stats
+
+
+# ---------------------------------------------------------------------------------------
+# format 1.1: Python writes -> C++ reads -> C++ writes, and C++ decoding (format11_cases)
+# ---------------------------------------------------------------------------------------
+
+from format11_cases import corruptions, encode, encodings, matrices, one_tensor_file  # noqa: E402
+from deepsqueeze.encode import decode_tensor  # noqa: E402
+
+MATS11 = matrices()
+ENCODINGS11 = encodings()
+
+
+@pytest.mark.parametrize("mat", list(MATS11))
+def test_11_roundtrip_and_cpp_decode_every_encoding(mat):
+    m = MATS11[mat]
+    for tag, kw in ENCODINGS11:
+        t = encode("w", m, kw)
+        data = F.to_bytes(one_tensor_file(t))
+        assert _core.format_roundtrip(data) == data, tag
+        py = decode_tensor(t)
+        cpp = _core.decode_tensor_dense(data, 0)
+        assert cpp.dtype == np.float32 and cpp.shape == m.shape, tag
+        assert np.array_equal(cpp, py), tag
+        if kw["values"] in ("f32", "f16", "codebook"):
+            assert np.array_equal(cpp, m), tag
+        # decode_sparse: the stored entries row by row, consistent with the dense matrix
+        sp = _core.decode_tensor_sparse(data, 0)
+        rows, cols = sp["rows"], sp["cols"]
+        assert rows * cols == m.size
+        rp, col = sp["row_ptr"], sp["col"]
+        assert rp[0] == 0 and rp[-1] == col.size and np.all(np.diff(rp.astype(np.int64)) >= 0)
+        if sp["coded"]:
+            table = sp["table"].reshape(-1, sp["table_entries"])
+            assert sp["per_row"] == (table.shape[0] > 1)
+            r_of = np.repeat(np.arange(rows), np.diff(rp.astype(np.int64)))
+            vals = table[r_of if sp["per_row"] else np.zeros_like(r_of), sp["codes"]]
+        else:
+            vals = sp["values"]
+        dense = np.zeros((rows, cols), np.float32)
+        r_of = np.repeat(np.arange(rows), np.diff(rp.astype(np.int64)))
+        dense[r_of, col] = vals
+        assert np.array_equal(dense, py.reshape(rows, cols)), tag
+        if kw["layout"] in ("csr", "csr_relative"):  # exactly the nonzeros, no fillers
+            assert col.size == np.count_nonzero(py), tag
+
+
+def test_11_sparse_entries_of_blocks():
+    m = MATS11["odd_blocks"]
+    t = encode("w", m, {"layout": "block_csr", "block": (3, 4), "values": "f32"})
+    sp = _core.decode_tensor_sparse(F.to_bytes(one_tensor_file(t)), 0)
+    # every in-matrix position of a stored block, the block's explicit zeros included
+    nblocks = t.streams[1].count
+    assert sp["col"].size <= nblocks * 12 and sp["col"].size >= np.count_nonzero(m)
+    assert np.all(sp["col"] < 10)
+
+
+def test_11_1_0_files_unchanged():
+    """A file without 1.1 codes is still 1.0, byte for byte, through both writers."""
+    data = F.to_bytes(all_ops_file())
+    assert struct.unpack_from("<H", data, 6)[0] == 0
+    assert _core.format_roundtrip(data) == data
+
+
+@pytest.mark.parametrize("name,make,section,facts", corruptions(), ids=[c[0] for c in corruptions()])
+def test_11_corrupt_files(name, make, section, facts):
+    data = make()
+    err = expect_error(data, section, *facts, offset_range=section_range(data, section))
+    with pytest.raises(F.FormatError) as py:
+        F.from_bytes(data)
+    assert py.value.section == err.section
+    with pytest.raises(deepsqueeze.FormatError):
+        _core.format_roundtrip(data)
+
+
+def test_11_model_runs_with_sparse_weights():
+    """A linear layer whose weight is csr_relative + codebook + Huffman runs (decoded to
+    f32 at load) and matches the dense f32 model exactly."""
+    rng = np.random.default_rng(3)
+    w = np.where(rng.random((8, 40)) < 0.2, rng.integers(-3, 4, (8, 40)), 0).astype(np.float32)
+    x = rng.standard_normal((2, 40)).astype(np.float32)
+    outs = []
+    for kw in ({}, {"values": "codebook", "layout": "csr_relative", "index_bits": 3, "huffman": True},
+               {"values": "f16", "layout": "block_csr", "block": (2, 4)}):
+        b = GraphBuilder()
+        xi = b.add_input("x", (-1, 40))
+        wi = b.add_weight("w", w, **({"values": "f32"} | kw))
+        y = b.add_node("linear", [xi], [wi, None])
+        b.mark_output(y, "y")
+        outs.append(deepsqueeze.load(F.to_bytes(b.build({})), threads=1).run(x))
+    for o in outs[1:]:
+        np.testing.assert_array_equal(np.asarray(list(o.values())[0] if isinstance(o, dict) else o[0]),
+                                      np.asarray(list(outs[0].values())[0] if isinstance(outs[0], dict) else outs[0][0]))

@@ -338,8 +338,9 @@ def test_versions_and_flags(sample):
     e = expect_error(fix_crcs(patch(b, 4, "<H", 2)), "header", "version")
     assert e.offset == 4
     expect_error(patch(b, 4, "<H", 2), "header", "version")  # before the CRC check
-    e = expect_error(fix_crcs(patch(b, 6, "<H", 1)), "header", "version")
+    e = expect_error(fix_crcs(patch(b, 6, "<H", 2)), "header", "version")
     assert e.offset == 6
+    F.from_bytes(fix_crcs(patch(b, 6, "<H", 1)))  # a 1.1 reader reads a 1.0 file marked 1.1
     e = expect_error(fix_crcs(patch(b, 8, "<I", 1 << 7)), "header", "flags")
     assert e.offset == 8
     e = expect_error(fix_crcs(patch(b, 12, "<I", 5)), "header", "section_count")
@@ -540,8 +541,12 @@ def test_tensor_errors(sample):
     content = section(b, "TENSORS")
     name0 = f.tensors[0].name.encode()
     enc = 4 + 4 + len(name0)  # rank, layout, values, entropy of tensor 0
-    for off, val, word in ((enc, 9, "rank 9"), (enc + 1, 1, "layout 1 (csr_absolute"),
-                           (enc + 2, 4, "values encoding 4"), (enc + 3, 1, "entropy")):
+    for off, val, word in ((enc, 9, "rank 9"), (enc + 1, 1, "layout 1 (csr needs format 1.1"),
+                           (enc + 1, 4, "unknown layout 4"),
+                           (enc + 2, 4, "values encoding 4 (codebook needs format 1.1"),
+                           (enc + 2, 5, "values encoding 5"),
+                           (enc + 3, 1, "entropy coding 1 (huffman needs format 1.1"),
+                           (enc + 3, 2, "entropy coding 2")):
         t = bytearray(content)
         t[off] = val
         e = expect_error(rebuild(b, "TENSORS", bytes(t)), "TENSORS", word)
@@ -591,3 +596,161 @@ def test_graph_without_weights():
     assert size == 0 and off == len(data)
     g = F.from_bytes(data)
     assert F.to_bytes(g) == data and g.tensors == [] and g.metadata == {}
+
+
+# ---------------------------------------------------------------------------------------
+# format 1.1: layouts x values x entropy (tests/format11_cases.py)
+# ---------------------------------------------------------------------------------------
+
+from format11_cases import (corruptions, encode, encodings, matrices,  # noqa: E402
+                            one_tensor_file)
+from deepsqueeze.encode import bits_per_nonzero  # noqa: E402
+
+MATS = matrices()
+ENCODINGS = encodings()
+
+
+@pytest.mark.parametrize("mat", list(MATS))
+def test_11_every_encoding_round_trips_exactly(mat):
+    m = MATS[mat]
+    dense_ref = {}
+    for tag, kw in ENCODINGS:
+        t = encode("w", m, kw)
+        f = one_tensor_file(t)
+        data = F.to_bytes(f)
+        uses_11 = kw["layout"] != "dense" or kw["values"] == "codebook" or t.entropy == "huffman"
+        assert struct.unpack_from("<H", data, 6)[0] == (1 if uses_11 else 0), tag
+        g = F.from_bytes(data)
+        got = decode_tensor(g.tensors[0])
+        assert got.dtype == np.float32 and got.shape == m.shape, tag
+        if kw["values"] in ("f32", "f16", "codebook"):  # exact: integers are exact in f16 too
+            assert np.array_equal(got, m), tag
+        else:  # lossless against the dense encoding of the same values (no new rounding)
+            key = kw["values"]
+            if key not in dense_ref:
+                dense_ref[key] = decode_tensor(encode_tensor("w", m, values=key, group_size=8))
+            assert np.array_equal(got, dense_ref[key]), tag
+        assert F.to_bytes(g) == data, tag  # read + write gives the same bytes
+        if kw["huffman"] is True:
+            assert all(s.entropy == "huffman" for s in t.streams
+                       if s.elem_type in ("i8", "i4", "bits") and s.count), tag
+
+
+def test_11_version_only_when_needed():
+    m = MATS["empty_rows"]
+    for values in ("f32", "f16", "int8_channel", "int4_group"):
+        assert F.to_bytes(one_tensor_file(encode_tensor("w", m, values=values, group_size=8)))[6] == 0
+    assert F.to_bytes(one_tensor_file(encode_tensor("w", m, values="int8_channel", huffman=True)))[6] == 1
+
+
+def test_11_csr_structure():
+    m = MATS["empty_rows"]
+    t = encode_tensor("w", m, layout="csr")
+    assert [s.role for s in t.streams] == ["row_ptr", "col_idx", "values"]
+    row_ptr = np.frombuffer(t.streams[0].data.tobytes(), "<u4")
+    assert row_ptr[0] == 0 and row_ptr[-1] == np.count_nonzero(m)
+    assert np.array_equal(np.diff(row_ptr), np.count_nonzero(m, axis=1))
+    assert t.streams[1].elem_type == "u16"
+    wide = np.zeros((2, 70000), np.float32)
+    wide[1, 69999] = 1
+    assert encode_tensor("w", wide, layout="csr").streams[1].elem_type == "u32"
+
+
+def test_11_relative_fillers():
+    """A filler (gap 2^b - 1) advances the column by 2^b - 1 and holds no value, so every
+    gap is representable: gap g = f * (2^b - 1) + r with f fillers."""
+    m = np.zeros((1, 40), np.float32)
+    m[0, [2, 3, 6, 39]] = [1, 2, 3, 4]
+    t = encode_tensor("w", m, layout="csr_relative", index_bits=2)
+    gaps = F.unpack_bits(t.streams[1].data, t.streams[1].count, 2).tolist()
+    # col 2: gap 2; col 3: gap 0; col 6: gap 2; col 39: gap 32 = 10 fillers (30) + 2
+    assert gaps == [2, 0, 2] + [3] * 10 + [2]
+    for g in range(0, 20):  # gaps of every residue, including 2^b - 1 and its multiples
+        m = np.zeros((1, g + 2), np.float32)
+        m[0, 0] = 1
+        m[0, g + 1] = 2
+        for b in (2, 3):
+            assert np.array_equal(decode_tensor(encode_tensor("w", m, layout="csr_relative", index_bits=b)), m)
+
+
+def test_11_block_padding_and_codebook_zero():
+    m = MATS["odd_blocks"]
+    t = encode_tensor("w", m, layout="block_csr", block=(3, 4), values="codebook")
+    assert (t.block_rows, t.block_cols) == (3, 4)
+    assert t.streams[0].count == -(-7 // 3) + 1
+    assert np.array_equal(decode_tensor(t), m)
+
+
+def test_11_codebook_bits():
+    m = np.where(MATS["empty_rows"] != 0, 2.5, 0).astype(np.float32)
+    t = encode_tensor("w", m, values="codebook")  # {0, 2.5}: one bit
+    assert t.codebook_bits == 1 and t.streams[0].count == 2
+    assert np.array_equal(decode_tensor(t), m)
+    t = encode_tensor("w", m, values="codebook", layout="csr")  # only 2.5 stored
+    assert t.codebook_bits == 1
+    v = np.random.default_rng(5).standard_normal(256).astype(np.float32)
+    m8 = np.concatenate([v, v[:64]]).reshape(16, 20)
+    t = encode_tensor("w", m8, values="codebook")
+    assert t.codebook_bits == 8 and np.array_equal(decode_tensor(t), m8)
+    with pytest.raises(ValueError, match="distinct"):
+        encode_tensor("w", m8, values="codebook", codebook_bits=7)
+    with pytest.raises(ValueError, match="distinct"):
+        encode_tensor("w", np.arange(257, dtype=np.float32), values="codebook")
+    # per row: each row has its own table of at most 2^b values
+    rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+    t = encode_tensor("w", rows, values="codebook", codebook_bits=1, codebook_per_row=True)
+    assert t.streams[0].count == 6 * 2 and np.array_equal(decode_tensor(t), rows)
+    with pytest.raises(ValueError):
+        encode_tensor("w", rows, values="codebook", codebook_bits=1)
+
+
+def test_11_huffman_one_symbol_and_auto():
+    m = MATS["same_value"]
+    t = encode_tensor("w", m, values="codebook", layout="csr_relative", huffman=True)
+    assert t.entropy == "huffman"
+    assert [s.entropy for s in t.streams] == ["none", "huffman", "none", "huffman"]
+    assert np.array_equal(decode_tensor(F.from_bytes(F.to_bytes(one_tensor_file(t))).tensors[0]), m)
+    # auto keeps a stream raw unless coding it saves bytes
+    small = encode_tensor("w", np.array([[1.0, -2.0]]), values="int8_channel", huffman="auto")
+    assert small.entropy == "none"
+    big = encode_tensor("w", np.where(np.arange(4096) % 7 == 0, 1.0, 0.0).reshape(64, 64),
+                        values="int8_channel", huffman="auto")
+    assert big.entropy == "huffman" and payload_bytes(big) < 4096
+    with pytest.raises(ValueError):
+        encode_tensor("w", m, huffman="yes")
+
+
+def test_11_bits_per_nonzero():
+    m = MATS["long_gaps"]
+    t = encode_tensor("w", m, values="codebook", layout="csr_relative", index_bits=4)
+    r = bits_per_nonzero(t)
+    nnz = np.count_nonzero(m)
+    assert r["nnz"] == nnz
+    assert r["values_bits"] == pytest.approx(8 * (t.streams[2].data.size + t.streams[3].data.size) / nnz)
+    assert r["index_bits"] == pytest.approx(8 * (t.streams[0].data.size + t.streams[1].data.size) / nnz)
+    assert r["total"] == pytest.approx(r["values_bits"] + r["index_bits"])
+    h = bits_per_nonzero(encode_tensor("w", m, values="codebook", layout="csr_relative", huffman=True))
+    assert h["huffman"] and h["total_before_huffman"] == pytest.approx(r["total"])
+
+
+def test_11_encoder_rejects():
+    m = MATS["odd_blocks"]
+    for kw in ({"layout": "coo"}, {"layout": "csr_relative", "index_bits": 1},
+               {"layout": "csr_relative", "index_bits": 9}, {"layout": "block_csr", "block": (1, 1)},
+               {"layout": "block_csr", "block": (17, 1)}, {"values": "codebook", "codebook_bits": 0},
+               {"values": "codebook", "codebook_bits": 9}):
+        with pytest.raises(ValueError):
+            encode_tensor("w", m, **kw)
+
+
+@pytest.mark.parametrize("name,make,section,facts", corruptions(), ids=[c[0] for c in corruptions()])
+def test_11_corrupt_files(name, make, section, facts):
+    e = expect_error(make(), section, *facts)
+    assert e.offset > 0
+
+
+def test_11_writer_refuses_bad_content():
+    from format11_cases import _set, _tensor, _u32
+    t = _set(_tensor("csr"), 0, data=_u32([0, 2, 1, 5, 6]))
+    with pytest.raises(ValueError, match="decreases"):
+        F.to_bytes(one_tensor_file(t))

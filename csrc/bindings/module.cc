@@ -11,6 +11,7 @@
 #include "base/error.h"
 #include "base/huffman.h"
 #include "format/file.h"
+#include "format/matrix.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -247,6 +248,45 @@ PYBIND11_MODULE(_core, m) {
     const std::vector<uint8_t> out = format::serialize(f);
     return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
   }, "Parse bytes with the C++ reader and serialize them again with the C++ writer.");
+
+  m.def("decode_tensor_dense", [](const py::bytes& data, size_t index) {
+    const std::string s = data;
+    const format::File f = format::parse(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+    if (index >= f.tensors.size())
+      throw InputError("tensor index " + std::to_string(index) + " out of range (" +
+                       std::to_string(f.tensors.size()) + " tensors)");
+    const format::Tensor& t = f.tensors[index];
+    const std::vector<float> v = format::decode_dense(t);
+    std::vector<py::ssize_t> shape(t.dims.begin(), t.dims.end());
+    py::array_t<float> out(shape);
+    std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
+    return out;
+  }, py::arg("file_bytes"), py::arg("tensor_index"),
+     "C++ decode of one tensor of a file (any encoding) to a dense float32 array of its dims.");
+
+  m.def("decode_tensor_sparse", [](const py::bytes& data, size_t index) {
+    const std::string s = data;
+    const format::File f = format::parse(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+    if (index >= f.tensors.size())
+      throw InputError("tensor index " + std::to_string(index) + " out of range");
+    const format::SparseRows m = format::decode_sparse(f.tensors[index]);
+    py::dict d;
+    d["rows"] = m.rows;
+    d["cols"] = m.cols;
+    d["row_ptr"] = py::array_t<uint32_t>(m.row_ptr.size(), m.row_ptr.data());
+    d["col"] = py::array_t<uint32_t>(m.col.size(), m.col.data());
+    d["coded"] = m.coded;
+    if (m.coded) {
+      d["codes"] = py::array_t<uint8_t>(m.codes.size(), m.codes.data());
+      d["table"] = py::array_t<float>(m.table.size(), m.table.data());
+      d["table_entries"] = m.table_entries;
+      d["per_row"] = m.per_row;
+    } else {
+      d["values"] = py::array_t<float>(m.values.size(), m.values.data());
+    }
+    return d;
+  }, py::arg("file_bytes"), py::arg("tensor_index"),
+     "C++ format::decode_sparse of one tensor: its stored entries row by row (a dict).");
 
   m.def("kernels", []() {
     py::list out;

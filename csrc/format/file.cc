@@ -44,25 +44,83 @@ const char* attr_name(Attr a) {
 
 bool attr_is_float(Attr a) { return a == Attr::kEps || a == Attr::kInputQuant; }
 
-const char* layout_name(Layout l) { return l == Layout::kDense ? "dense" : "?"; }
+const char* layout_name(Layout l) {
+  switch (l) {
+    case Layout::kDense: return "dense";
+    case Layout::kCsr: return "csr";
+    case Layout::kCsrRelative: return "csr_relative";
+    case Layout::kBlockCsr: return "block_csr";
+  }
+  return "?";
+}
 const char* values_name(Values v) {
   switch (v) {
     case Values::kF32: return "f32";
     case Values::kF16: return "f16";
     case Values::kInt8Channel: return "int8_channel";
     case Values::kInt4Group: return "int4_group";
+    case Values::kCodebook: return "codebook";
   }
   return "?";
 }
-const char* entropy_name(Entropy e) { return e == Entropy::kNone ? "none" : "?"; }
+const char* entropy_name(Entropy e) {
+  switch (e) {
+    case Entropy::kNone: return "none";
+    case Entropy::kHuffman: return "huffman";
+  }
+  return "?";
+}
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::kValues: return "values";
+    case Role::kScales: return "scales";
+    case Role::kRowPtr: return "row_ptr";
+    case Role::kColIdx: return "col_idx";
+    case Role::kCodebook: return "codebook";
+    case Role::kIndices: return "indices";
+  }
+  return "?";
+}
+const char* elem_type_name(ElemType t) {
+  switch (t) {
+    case ElemType::kF32: return "f32";
+    case ElemType::kF16: return "f16";
+    case ElemType::kI8: return "i8";
+    case ElemType::kU8: return "u8";
+    case ElemType::kI4: return "i4";
+    case ElemType::kU16: return "u16";
+    case ElemType::kU32: return "u32";
+    case ElemType::kI32: return "i32";
+    case ElemType::kBits: return "bits";
+  }
+  return "?";
+}
 
-uint64_t elem_bytes(ElemType t, uint64_t count) {
+uint64_t elem_bytes(ElemType t, uint64_t count, unsigned bits) {
   switch (t) {
     case ElemType::kF32: case ElemType::kU32: case ElemType::kI32: return count * 4;
     case ElemType::kF16: case ElemType::kU16: return count * 2;
     case ElemType::kI8: case ElemType::kU8: return count;
     case ElemType::kI4: return (count + 1) / 2;
+    case ElemType::kBits: return (count * bits + 7) / 8;
   }
+  return 0;
+}
+
+unsigned huffman_alphabet(ElemType t, unsigned bits) {
+  switch (t) {
+    case ElemType::kU8: case ElemType::kI8: return 256;
+    case ElemType::kI4: return 16;
+    case ElemType::kBits: return 1u << bits;
+    default: return 0;
+  }
+}
+
+uint16_t Tensor::min_minor() const {
+  if (layout != Layout::kDense || values == Values::kCodebook || entropy != Entropy::kNone) return 1;
+  for (const auto& s : streams)
+    if (static_cast<uint8_t>(s.role) > 2 || s.elem_type == ElemType::kBits || s.entropy != Entropy::kNone)
+      return 1;
   return 0;
 }
 

@@ -11,7 +11,7 @@
 namespace dsq::format {
 
 constexpr uint16_t kVersionMajor = 1;
-constexpr uint16_t kVersionMinor = 0;
+constexpr uint16_t kVersionMinor = 1;  // the newest minor version this reader reads
 constexpr uint32_t kAbsent = 0xFFFFFFFFu;
 constexpr size_t kAlignment = 64;
 constexpr size_t kHeaderSize = 64;
@@ -39,16 +39,26 @@ constexpr uint16_t kMaxAttr = 14;
 const char* attr_name(Attr a);
 bool attr_is_float(Attr a);
 
-enum class Layout : uint8_t { kDense = 0 };
-enum class Values : uint8_t { kF32 = 0, kF16 = 1, kInt8Channel = 2, kInt4Group = 3 };
-enum class Entropy : uint8_t { kNone = 0 };
-enum class Role : uint8_t { kValues = 1, kScales = 2 };
-enum class ElemType : uint8_t { kF32 = 1, kF16 = 2, kI8 = 3, kU8 = 4, kI4 = 5, kU16 = 6, kU32 = 7, kI32 = 8 };
+// Codes marked 1.1 need version_minor >= 1 in the file.
+enum class Layout : uint8_t { kDense = 0, kCsr = 1, kCsrRelative = 2, kBlockCsr = 3 };
+enum class Values : uint8_t { kF32 = 0, kF16 = 1, kInt8Channel = 2, kInt4Group = 3, kCodebook = 4 };
+enum class Entropy : uint8_t { kNone = 0, kHuffman = 1 };
+enum class Role : uint8_t { kValues = 1, kScales = 2, kRowPtr = 3, kColIdx = 4, kCodebook = 5, kIndices = 6 };
+enum class ElemType : uint8_t {
+  kF32 = 1, kF16 = 2, kI8 = 3, kU8 = 4, kI4 = 5, kU16 = 6, kU32 = 7, kI32 = 8, kBits = 9
+};
+constexpr uint8_t kMaxLayout = 3, kMaxValues = 4, kMaxEntropy = 1, kMaxRole = 6, kMaxElemType = 9;
+constexpr unsigned kMaxHuffmanBits = 8;  // a Huffman-coded bits stream is at most 8 wide
 const char* layout_name(Layout l);
 const char* values_name(Values v);
 const char* entropy_name(Entropy e);
-// Bytes needed for `count` elements (i4: two per byte, rounded up).
-uint64_t elem_bytes(ElemType t, uint64_t count);
+const char* role_name(Role r);
+const char* elem_type_name(ElemType t);
+// Bytes needed for `count` raw elements (i4: two per byte, rounded up; bits: `bits` each,
+// packed, rounded up).
+uint64_t elem_bytes(ElemType t, uint64_t count, unsigned bits = 0);
+// Huffman alphabet of a stream of this elem type (u8/i8 256, i4 16, bits 2^bits).
+unsigned huffman_alphabet(ElemType t, unsigned bits);
 
 enum class MetaType : uint8_t { kString = 1, kInt = 2, kFloat = 3 };
 struct MetaEntry {
@@ -91,9 +101,10 @@ struct Stream {
   Role role;
   ElemType elem_type;
   Entropy entropy = Entropy::kNone;
-  uint64_t count = 0;
+  uint8_t bits = 0;     // elem_type kBits: the width 1..16; 0 otherwise
+  uint64_t count = 0;   // elements (decoded symbols when Huffman coded)
   uint64_t offset = 0;  // relative to the payload section
-  uint64_t nbytes = 0;
+  uint64_t nbytes = 0;  // stored bytes (coded size when Huffman coded)
   const uint8_t* data = nullptr;  // into the payload
 };
 
@@ -111,10 +122,13 @@ struct Tensor {
   uint64_t cols() const { return rows() ? numel() / rows() : 0; }
   const Stream* stream(Role role) const;
   uint64_t payload_bytes() const;
+  // The minor version this tensor's codes need (1 when it uses any 1.1 code).
+  uint16_t min_minor() const;
 };
 
 struct File {
-  uint16_t version_major = kVersionMajor, version_minor = kVersionMinor;
+  // serialize() writes max(version_minor, the minor the tensors' codes need).
+  uint16_t version_major = kVersionMajor, version_minor = 0;
   std::vector<MetaEntry> metadata;
   Graph graph;
   std::vector<Tensor> tensors;

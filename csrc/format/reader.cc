@@ -1,6 +1,7 @@
 // The only C++ reader of docs/FORMAT.md. Every offset, length, count and enum is
 // checked before it is used; counts are checked against the bytes left before any
 // allocation, so no file can make the reader allocate without bound.
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <unordered_set>
@@ -8,6 +9,7 @@
 #include "base/crc32c.h"
 #include "base/error.h"
 #include "format/file.h"
+#include "format/matrix.h"
 
 namespace dsq::format {
 namespace {
@@ -22,6 +24,7 @@ class Cursor {
     throw FormatError(section_, at, what);
   }
   uint64_t pos() const { return pos_; }
+  const uint8_t* file() const { return file_; }
   uint64_t left() const { return end_ - pos_; }
   bool at_end() const { return pos_ == end_; }
   const char* section() const { return section_; }
@@ -295,10 +298,90 @@ void parse_graph(Cursor& c, File& f) {
       c.fail_at(output_at[i], "graph output '" + g.values[g.outputs[i]] + "' is never produced");
 }
 
+// One stream an encoding needs: role, allowed elem types, widths and counts.
+struct Slot {
+  Role role;
+  ElemType types[2];
+  int ntypes = 1;
+  unsigned bits_lo = 0, bits_hi = 0;  // a bits stream's allowed widths
+  uint64_t counts[2];
+  int ncounts = 1;
+};
+
+Slot slot(Role role, ElemType type, uint64_t count) {
+  Slot s;
+  s.role = role;
+  s.types[0] = type;
+  s.counts[0] = count;
+  return s;
+}
+
+// The streams of a tensor's encoding, in file order (docs/FORMAT.md). `entries` is the
+// col_idx stream's count (unused for dense).
+std::vector<Slot> stream_plan(const Tensor& t, uint64_t entries) {
+  std::vector<Slot> out;
+  const uint64_t rows = t.rows(), cols = t.cols();
+  uint64_t stored = rows * cols;
+  switch (t.layout) {
+    case Layout::kDense: break;
+    case Layout::kCsr:
+    case Layout::kCsrRelative: {
+      out.push_back(slot(Role::kRowPtr, ElemType::kU32, rows + 1));
+      if (t.layout == Layout::kCsr) {
+        out.push_back(slot(Role::kColIdx, cols <= 65536 ? ElemType::kU16 : ElemType::kU32, entries));
+      } else {
+        Slot s = slot(Role::kColIdx, ElemType::kBits, entries);
+        s.bits_lo = 2;
+        s.bits_hi = 8;
+        out.push_back(s);
+      }
+      stored = entries;
+      break;
+    }
+    case Layout::kBlockCsr: {
+      const uint64_t nbr = (rows + t.block_rows - 1) / t.block_rows, nbc = (cols + t.block_cols - 1) / t.block_cols;
+      out.push_back(slot(Role::kRowPtr, ElemType::kU32, nbr + 1));
+      out.push_back(slot(Role::kColIdx, nbc <= 65536 ? ElemType::kU16 : ElemType::kU32, entries));
+      stored = entries * t.block_rows * t.block_cols;
+      break;
+    }
+  }
+  switch (t.values) {
+    case Values::kF32: out.push_back(slot(Role::kValues, ElemType::kF32, stored)); break;
+    case Values::kF16: out.push_back(slot(Role::kValues, ElemType::kF16, stored)); break;
+    case Values::kInt8Channel:
+      out.push_back(slot(Role::kValues, ElemType::kI8, stored));
+      out.push_back(slot(Role::kScales, ElemType::kF32, rows));
+      break;
+    case Values::kInt4Group:
+      out.push_back(slot(Role::kValues, ElemType::kI4, stored));
+      out.push_back(slot(Role::kScales, ElemType::kF32, rows * ((cols + t.group_size - 1) / t.group_size)));
+      break;
+    case Values::kCodebook: {
+      const uint64_t k = uint64_t(1) << t.codebook_bits;
+      Slot cb = slot(Role::kCodebook, ElemType::kF32, k);
+      cb.types[1] = ElemType::kF16;
+      cb.ntypes = 2;
+      if (rows > 1) {
+        cb.counts[1] = rows * k;
+        cb.ncounts = 2;
+      }
+      out.push_back(cb);
+      Slot idx = slot(Role::kIndices, ElemType::kBits, stored);
+      idx.bits_lo = idx.bits_hi = t.codebook_bits;
+      out.push_back(idx);
+      break;
+    }
+  }
+  return out;
+}
+
 void parse_tensors(Cursor& c, File& f) {
   const uint32_t nt = c.count("tensor count", 25);
   f.tensors.reserve(nt);
   std::unordered_set<std::string> names;
+  const uint16_t minor = f.version_minor;
+  const std::string file_version = "1." + std::to_string(minor);
   for (uint32_t i = 0; i < nt; ++i) {
     Tensor t;
     const uint64_t at = c.pos();
@@ -312,9 +395,18 @@ void parse_tensors(Cursor& c, File& f) {
     const uint8_t values = c.read<uint8_t>("tensor values");
     const uint8_t entropy = c.read<uint8_t>("tensor entropy");
     if (rank < 1 || rank > kMaxRank) c.fail_at(enc_at, where + ": rank " + std::to_string(rank) + " not in 1..8");
-    if (layout != 0) c.fail_at(enc_at + 1, where + ": unknown layout " + std::to_string(layout));
-    if (values > 3) c.fail_at(enc_at + 2, where + ": unknown values encoding " + std::to_string(values));
-    if (entropy != 0) c.fail_at(enc_at + 3, where + ": unknown entropy coding " + std::to_string(entropy));
+    // Codes of 1.1 need a 1.1 file.
+    if (layout > kMaxLayout || (layout >= 1 && minor < 1))
+      c.fail_at(enc_at + 1, where + ": unknown layout " + std::to_string(layout) +
+                                (layout <= kMaxLayout ? std::string(" (") + layout_name(Layout(layout)) +
+                                                            " needs format 1.1, file is " + file_version + ")"
+                                                      : ""));
+    if (values > kMaxValues || (values == 4 && minor < 1))
+      c.fail_at(enc_at + 2, where + ": unknown values encoding " + std::to_string(values) +
+                                (values <= kMaxValues ? " (codebook needs format 1.1, file is " + file_version + ")" : ""));
+    if (entropy > kMaxEntropy || (entropy == 1 && minor < 1))
+      c.fail_at(enc_at + 3, where + ": unknown entropy coding " + std::to_string(entropy) +
+                                (entropy <= kMaxEntropy ? " (huffman needs format 1.1, file is " + file_version + ")" : ""));
     t.layout = static_cast<Layout>(layout);
     t.values = static_cast<Values>(values);
     t.entropy = static_cast<Entropy>(entropy);
@@ -327,13 +419,30 @@ void parse_tensors(Cursor& c, File& f) {
       numel *= dim;
       t.dims.push_back(dim);
     }
+    const uint64_t rows = t.rows(), cols = numel / rows;
     const uint64_t params_at = c.pos();
     t.group_size = c.read<uint32_t>("group_size");
     t.codebook_bits = c.read<uint32_t>("codebook_bits");
     t.block_rows = c.read<uint32_t>("block_rows");
     t.block_cols = c.read<uint32_t>("block_cols");
-    if (t.codebook_bits || t.block_rows || t.block_cols)
-      c.fail_at(params_at + 4, where + ": codebook/block parameters must be 0 in format 1.0");
+    if (t.values == Values::kCodebook) {
+      if (t.codebook_bits < 1 || t.codebook_bits > 8)
+        c.fail_at(params_at + 4, where + ": codebook_bits " + std::to_string(t.codebook_bits) + " not in 1..8");
+    } else if (t.codebook_bits) {
+      c.fail_at(params_at + 4, where + ": codebook_bits must be 0 for " + values_name(t.values) + ", found " +
+                                   std::to_string(t.codebook_bits));
+    }
+    if (t.layout == Layout::kBlockCsr) {
+      if (t.block_rows < 1 || t.block_rows > 16)
+        c.fail_at(params_at + 8, where + ": block_rows " + std::to_string(t.block_rows) + " not in 1..16");
+      if (t.block_cols < 1 || t.block_cols > 16)
+        c.fail_at(params_at + 12, where + ": block_cols " + std::to_string(t.block_cols) + " not in 1..16");
+      if (t.block_rows == 1 && t.block_cols == 1)
+        c.fail_at(params_at + 8, where + ": block_csr with 1x1 blocks is not allowed (use csr)");
+    } else {
+      if (t.block_rows) c.fail_at(params_at + 8, where + ": block_rows must be 0 for layout " + layout_name(t.layout));
+      if (t.block_cols) c.fail_at(params_at + 12, where + ": block_cols must be 0 for layout " + layout_name(t.layout));
+    }
     if (t.values == Values::kInt4Group) {
       const uint32_t gs = t.group_size;
       if (gs < 8 || gs > 65536 || (gs & (gs - 1)))
@@ -341,58 +450,205 @@ void parse_tensors(Cursor& c, File& f) {
     } else if (t.group_size) {
       c.fail_at(params_at, where + ": group_size must be 0 for " + values_name(t.values));
     }
+    const uint64_t ns_at = c.pos();
     const uint32_t ns = c.count("stream count", 32);
-    // The streams each encoding needs, in order.
-    struct Want { Role role; ElemType type; uint64_t count; };
-    Want want[2];
-    size_t wanted = 1;
-    const uint64_t rows = t.rows(), cols = numel / rows;
-    switch (t.values) {
-      case Values::kF32: want[0] = {Role::kValues, ElemType::kF32, numel}; break;
-      case Values::kF16: want[0] = {Role::kValues, ElemType::kF16, numel}; break;
-      case Values::kInt8Channel:
-        want[0] = {Role::kValues, ElemType::kI8, numel};
-        want[1] = {Role::kScales, ElemType::kF32, rows};
-        wanted = 2;
-        break;
-      case Values::kInt4Group:
-        want[0] = {Role::kValues, ElemType::kI4, numel};
-        want[1] = {Role::kScales, ElemType::kF32, rows * ((cols + t.group_size - 1) / t.group_size)};
-        wanted = 2;
-        break;
+    c.need(uint64_t(ns) * 32, "stream entries");
+    // The layout's entry count N is the col_idx stream's count (stream 1), bounded by
+    // the positions the matrix (or block grid) has.
+    uint64_t entries = 0;
+    if (t.layout != Layout::kDense && ns >= 2) {
+      uint64_t n1;
+      std::memcpy(&n1, c.file() + ns_at + 4 + 32 + 8, 8);
+      uint64_t limit = numel;
+      if (t.layout == Layout::kBlockCsr)
+        limit = ((rows + t.block_rows - 1) / t.block_rows) * ((cols + t.block_cols - 1) / t.block_cols);
+      if (n1 > limit)
+        c.fail_at(ns_at + 4 + 32 + 8, where + ": stream 1: col_idx count " + std::to_string(n1) +
+                                          " is more entries than the matrix holds (" + std::to_string(limit) + ")");
+      entries = n1;
     }
-    if (ns != wanted)
-      c.fail_at(c.pos() - 4, where + ": " + values_name(t.values) + " needs " + std::to_string(wanted) +
-                                 " streams, found " + std::to_string(ns));
+    const std::vector<Slot> want = stream_plan(t, entries);
+    if (ns != want.size()) {
+      std::string roles;
+      for (const auto& w : want) roles += std::string(roles.empty() ? "" : ", ") + role_name(w.role);
+      c.fail_at(ns_at, where + ": layout " + layout_name(t.layout) + " with values " + values_name(t.values) +
+                           " needs " + std::to_string(want.size()) + " streams, found " + std::to_string(ns) +
+                           " (expected: " + roles + ")");
+    }
+    bool any_huffman = false;
     for (uint32_t s = 0; s < ns; ++s) {
       const uint64_t sat = c.pos();
       Stream st;
       const uint8_t role = c.read<uint8_t>("stream role");
       const uint8_t et = c.read<uint8_t>("stream elem_type");
       const uint8_t sent = c.read<uint8_t>("stream entropy");
-      const uint8_t r0 = c.read<uint8_t>("stream reserved");
+      const uint8_t bits = c.read<uint8_t>("stream bits");
       const uint32_t r1 = c.read<uint32_t>("stream reserved");
       st.count = c.read<uint64_t>("stream count");
       st.offset = c.read<uint64_t>("stream offset");
       st.nbytes = c.read<uint64_t>("stream nbytes");
       const std::string sw = where + ": stream " + std::to_string(s);
-      if (role != static_cast<uint8_t>(want[s].role) || et != static_cast<uint8_t>(want[s].type))
-        c.fail_at(sat, sw + ": expected role " + std::to_string(int(want[s].role)) + " elem_type " +
-                           std::to_string(int(want[s].type)) + ", found role " + std::to_string(role) +
-                           " elem_type " + std::to_string(et));
-      if (sent != 0 || r0 != 0 || r1 != 0) c.fail_at(sat + 2, sw + ": entropy/reserved fields must be 0");
-      if (st.count != want[s].count)
-        c.fail_at(sat + 8, sw + ": count " + std::to_string(st.count) + " but the tensor needs " +
-                               std::to_string(want[s].count));
-      st.role = want[s].role;
-      st.elem_type = want[s].type;
-      if (st.nbytes != elem_bytes(st.elem_type, st.count))
+      const Slot& w = want[s];
+      if (role < 1 || role > kMaxRole || (role > 2 && minor < 1))
+        c.fail_at(sat, sw + ": unknown role " + std::to_string(role));
+      if (et < 1 || et > kMaxElemType || (et == 9 && minor < 1))
+        c.fail_at(sat + 1, sw + ": unknown elem_type " + std::to_string(et));
+      if (role != static_cast<uint8_t>(w.role))
+        c.fail_at(sat, sw + ": role " + std::to_string(role) + " (" + role_name(Role(role)) + "), expected " +
+                           std::to_string(int(w.role)) + " (" + role_name(w.role) + ")");
+      bool type_ok = false;
+      std::string types;
+      for (int k = 0; k < w.ntypes; ++k) {
+        type_ok |= et == static_cast<uint8_t>(w.types[k]);
+        types += std::string(k ? " or " : "") + std::to_string(int(w.types[k])) + " (" + elem_type_name(w.types[k]) + ")";
+      }
+      if (!type_ok)
+        c.fail_at(sat + 1, sw + ": elem_type " + std::to_string(et) + " (" + elem_type_name(ElemType(et)) +
+                               "), expected " + types);
+      if (sent > kMaxEntropy || (sent == 1 && minor < 1))
+        c.fail_at(sat + 2, sw + ": unknown entropy coding " + std::to_string(sent));
+      st.role = w.role;
+      st.elem_type = static_cast<ElemType>(et);
+      st.entropy = static_cast<Entropy>(sent);
+      if (st.elem_type == ElemType::kBits) {
+        if (bits < w.bits_lo || bits > w.bits_hi)
+          c.fail_at(sat + 3, sw + ": bits width " + std::to_string(bits) + ", expected " +
+                                 (w.bits_lo == w.bits_hi ? std::to_string(w.bits_lo)
+                                                         : std::to_string(w.bits_lo) + ".." + std::to_string(w.bits_hi)));
+      } else if (bits) {
+        c.fail_at(sat + 3, sw + ": reserved byte not zero (the bits width is only for elem_type bits)");
+      }
+      st.bits = bits;
+      if (r1) c.fail_at(sat + 4, sw + ": reserved field not zero");
+      bool count_ok = false;
+      std::string counts;
+      for (int k = 0; k < w.ncounts; ++k) {
+        count_ok |= st.count == w.counts[k];
+        counts += std::string(k ? " or " : "") + std::to_string(w.counts[k]);
+      }
+      if (!count_ok)
+        c.fail_at(sat + 8, sw + ": count " + std::to_string(st.count) + " but the tensor needs " + counts);
+      if (st.entropy == Entropy::kHuffman) {
+        any_huffman = true;
+        const bool eligible = st.elem_type == ElemType::kU8 || st.elem_type == ElemType::kI8 ||
+                              st.elem_type == ElemType::kI4 ||
+                              (st.elem_type == ElemType::kBits && st.bits <= kMaxHuffmanBits);
+        if (!eligible)
+          c.fail_at(sat + 2, sw + ": a " + elem_type_name(st.elem_type) +
+                                 " stream cannot be Huffman coded (only u8, i8, i4 and bits up to 8 wide)");
+        if (st.count == 0) c.fail_at(sat + 2, sw + ": an empty stream cannot be Huffman coded");
+      } else if (st.nbytes != elem_bytes(st.elem_type, st.count, st.bits)) {
         c.fail_at(sat + 24, sw + ": nbytes " + std::to_string(st.nbytes) + " does not match count " +
-                                std::to_string(st.count));
+                                std::to_string(st.count) + " of " + elem_type_name(st.elem_type) + " (" +
+                                std::to_string(elem_bytes(st.elem_type, st.count, st.bits)) + ")");
+      }
       if (st.offset % kAlignment) c.fail_at(sat + 16, sw + ": offset " + std::to_string(st.offset) + " not 64-byte aligned");
       t.streams.push_back(st);
     }
+    if ((t.entropy == Entropy::kHuffman) != any_huffman)
+      c.fail_at(enc_at + 3, where + ": tensor entropy " + std::to_string(entropy) + " (" + entropy_name(t.entropy) +
+                                ") but " + (any_huffman ? "some" : "no") + " stream is Huffman coded");
     f.tensors.push_back(std::move(t));
+  }
+}
+
+// Absolute offset of a Huffman error: the stream's offset plus the byte the codec names.
+uint64_t huffman_error_at(uint64_t stream_at, const char* what) {
+  const char* p = std::strstr(what, "at byte ");
+  if (!p) return stream_at;
+  return stream_at + std::strtoull(p + 8, nullptr, 10);
+}
+
+// Content rules of docs/FORMAT.md 1.1 for one tensor whose stream data are set: every
+// Huffman stream decodes (chunk by chunk: linear time, one chunk of memory); row_ptr
+// starts at 0, never decreases and ends at the entry count; col_idx in range and
+// strictly increasing within a row; relative gaps never run past the last column.
+void check_payload(const Tensor& t, size_t i, const std::vector<uint64_t>& at) {
+  const std::string where = "tensor " + std::to_string(i) + " ('" + t.name + "')";
+  for (size_t k = 0; k < t.streams.size(); ++k) {
+    const Stream& s = t.streams[k];
+    if (s.entropy != Entropy::kHuffman) continue;
+    const std::string sw = where + " stream " + std::to_string(k) + " (" + role_name(s.role) + ")";
+    try {
+      SymbolReader r(s);
+      for (uint64_t e = 0; e < s.count; ++e) r.next();
+    } catch (const std::invalid_argument& e) {
+      throw FormatError("PAYLOAD", huffman_error_at(at[k], e.what()), sw + ": bad Huffman stream: " + e.what());
+    }
+  }
+  if (t.layout == Layout::kDense) return;
+  uint64_t rows = t.rows(), cols = t.cols();
+  if (t.layout == Layout::kBlockCsr) {
+    rows = (rows + t.block_rows - 1) / t.block_rows;
+    cols = (cols + t.block_cols - 1) / t.block_cols;
+  }
+  const Stream& rp = t.streams[0];
+  const Stream& ci = t.streams[1];
+  const uint64_t n = ci.count;
+  auto row_ptr = [&](uint64_t r) {
+    uint32_t v;
+    std::memcpy(&v, rp.data + 4 * r, 4);
+    return uint64_t(v);
+  };
+  {
+    const std::string sw = where + " stream 0 (row_ptr)";
+    if (row_ptr(0) != 0)
+      throw FormatError("PAYLOAD", at[0], sw + ": row_ptr[0] is " + std::to_string(row_ptr(0)) + ", must be 0");
+    for (uint64_t r = 1; r <= rows; ++r)
+      if (row_ptr(r) < row_ptr(r - 1))
+        throw FormatError("PAYLOAD", at[0] + 4 * r, sw + ": row_ptr decreases at " + std::to_string(r) + " (" +
+                                                        std::to_string(row_ptr(r - 1)) + " -> " +
+                                                        std::to_string(row_ptr(r)) + ")");
+    if (row_ptr(rows) != n)
+      throw FormatError("PAYLOAD", at[0] + 4 * rows, sw + ": row_ptr[" + std::to_string(rows) + "] is " +
+                                                         std::to_string(row_ptr(rows)) + " but col_idx holds " +
+                                                         std::to_string(n) + " entries");
+  }
+  const std::string sw = where + " stream 1 (col_idx)";
+  if (t.layout == Layout::kCsrRelative) {
+    SymbolReader gaps(ci);  // a coded stream was checked above
+    const unsigned filler = (1u << ci.bits) - 1;
+    uint64_t e = 0;
+    for (uint64_t r = 0; r < rows; ++r) {
+      int64_t c = -1;
+      for (const uint64_t end = row_ptr(r + 1); e < end; ++e) {
+        const unsigned g = gaps.next();
+        c += g == filler ? g : g + 1;
+        if (static_cast<uint64_t>(c) >= cols)
+          throw FormatError("PAYLOAD", ci.entropy == Entropy::kHuffman ? at[1] : at[1] + e * ci.bits / 8,
+                            sw + ": " + (g == filler ? "filler " : "entry ") + std::to_string(e) + " lands on column " +
+                                std::to_string(c) + ", past the last column " + std::to_string(cols - 1) +
+                                " (gaps run past cols)");
+      }
+    }
+    return;
+  }
+  const bool u16 = ci.elem_type == ElemType::kU16;
+  const uint64_t esize = u16 ? 2 : 4;
+  const char* what = t.layout == Layout::kBlockCsr ? "block column " : "column ";
+  uint64_t e = 0;
+  for (uint64_t r = 0; r < rows; ++r) {
+    uint64_t prev = 0;
+    for (const uint64_t end = row_ptr(r + 1); e < end; ++e) {
+      uint64_t col;
+      if (u16) {
+        uint16_t v;
+        std::memcpy(&v, ci.data + 2 * e, 2);
+        col = v;
+      } else {
+        uint32_t v;
+        std::memcpy(&v, ci.data + 4 * e, 4);
+        col = v;
+      }
+      if (col >= cols)
+        throw FormatError("PAYLOAD", at[1] + esize * e, sw + ": entry " + std::to_string(e) + ": " + what +
+                                                            std::to_string(col) + " >= " + std::to_string(cols));
+      if (e > row_ptr(r) && col <= prev)
+        throw FormatError("PAYLOAD", at[1] + esize * e, sw + ": entry " + std::to_string(e) + ": " + what +
+                                                            std::to_string(col) + " is not above the previous " + what +
+                                                            std::to_string(prev) + " of its row");
+      prev = col;
+    }
   }
 }
 
@@ -490,6 +746,12 @@ File parse(const uint8_t* data, size_t size) {
                               std::to_string(s.nbytes) + ") runs past the payload (" + std::to_string(payload.size) + " bytes)");
       s.data = data + payload.offset + s.offset;
     }
+  // Content rules of the streams (1.1), before anything uses them.
+  for (size_t i = 0; i < f.tensors.size(); ++i) {
+    std::vector<uint64_t> at;
+    for (const auto& s : f.tensors[i].streams) at.push_back(payload.offset + s.offset);
+    check_payload(f.tensors[i], i, at);
+  }
   // Weight references of the nodes.
   const uint32_t nt = static_cast<uint32_t>(f.tensors.size());
   for (size_t i = 0; i < f.graph.nodes.size(); ++i)

@@ -1,4 +1,5 @@
 // Canonical writer of docs/FORMAT.md: the same bytes the Python writer produces.
+#include <algorithm>
 #include <cstring>
 
 #include "base/crc32c.h"
@@ -99,7 +100,7 @@ std::vector<uint8_t> serialize(const File& f) {
       tensors.put<uint8_t>(static_cast<uint8_t>(s.role));
       tensors.put<uint8_t>(static_cast<uint8_t>(s.elem_type));
       tensors.put<uint8_t>(static_cast<uint8_t>(s.entropy));
-      tensors.put<uint8_t>(0);
+      tensors.put<uint8_t>(s.bits);
       tensors.put<uint32_t>(0);
       tensors.put<uint64_t>(s.count);
       tensors.put<uint64_t>(offset);
@@ -123,7 +124,10 @@ std::vector<uint8_t> serialize(const File& f) {
   std::memcpy(out.data() + kHeaderSize, dir.bytes().data(), dir.bytes().size());
   uint8_t* h = out.data();
   std::memcpy(h, "DSQF", 4);
-  const uint16_t major = f.version_major, minor = f.version_minor;
+  // A 1.0 file stays 1.0 byte for byte; any 1.1 code makes the file 1.1.
+  uint16_t minor = f.version_minor;
+  for (const auto& t : f.tensors) minor = std::max(minor, t.min_minor());
+  const uint16_t major = f.version_major;
   const uint32_t flags = 0, count = 4;
   const uint64_t size = out.size();
   const uint32_t dir_crc = crc32c(out.data() + kHeaderSize, 4 * kDirectoryEntrySize);

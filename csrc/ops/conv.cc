@@ -425,7 +425,11 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     return layer;
   }
   const int64_t cog = g.cout_group(), kg = g.k_group();
-  if (wt.values == Values::kF32 || wt.values == Values::kF16) {
+  // Encodings without a kernel family of their own yet (sparse layouts, codebooks,
+  // Huffman streams) are decoded to f32 at load and run on the dense f32 family.
+  const bool decode_to_dense = wt.layout != format::Layout::kDense || wt.entropy != format::Entropy::kNone ||
+                               wt.values == Values::kCodebook;
+  if (wt.values == Values::kF32 || wt.values == Values::kF16 || decode_to_dense) {
     layer->family = Family::kF32;
     layer->f32_uk = &gemm_f32::best_ukernel();
     if (!force.empty() && force.rfind("gemm_f32", 0) == 0) {

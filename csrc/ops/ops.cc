@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "base/error.h"
+#include "format/matrix.h"
 
 namespace dsq::rt {
 
@@ -103,6 +104,10 @@ float half_to_float(uint16_t h) {
 }
 
 std::vector<float> decode_to_f32(const format::Tensor& t) {
+  // Sparse layouts, codebooks and Huffman streams: the generic decoder of format/matrix.
+  if (t.layout != format::Layout::kDense || t.entropy != format::Entropy::kNone ||
+      t.values == format::Values::kCodebook)
+    return format::decode_dense(t);
   const uint64_t n = t.numel();
   std::vector<float> out(n);
   const format::Stream* values = t.stream(format::Role::kValues);
@@ -142,6 +147,7 @@ std::vector<float> decode_to_f32(const format::Tensor& t) {
         }
       break;
     }
+    case format::Values::kCodebook: break;  // handled above
   }
   return out;
 }

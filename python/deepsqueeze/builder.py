@@ -113,11 +113,15 @@ class GraphBuilder:
         self.tensors.append(tensor)
         return len(self.tensors) - 1
 
-    def add_weight(self, name: str, array, values: str = "f32", group_size: int = 64) -> int:
-        """encode_tensor + add_tensor; returns the tensor index."""
+    def add_weight(self, name: str, array, values: str = "f32", group_size: int = 64,
+                   **encoding) -> int:
+        """encode_tensor + add_tensor; returns the tensor index. `encoding` passes the
+        other options of encode_tensor (layout, index_bits, block, codebook_bits,
+        codebook_per_row, huffman)."""
         if name in self._tensor_names:
             raise ValueError(f"duplicate tensor name {name!r}")
-        return self.add_tensor(encode_tensor(name, array, values=values, group_size=group_size))
+        return self.add_tensor(encode_tensor(name, array, values=values, group_size=group_size,
+                                             **encoding))
 
     # -- nodes ------------------------------------------------------------------------
     def _attr(self, op: str, where: str, key, val) -> list:

@@ -14,7 +14,7 @@ import numpy as np
 
 MAGIC = b"DSQF"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # the newest minor version this module reads and writes
 ALIGNMENT = 64
 ABSENT = 0xFFFFFFFF
 
@@ -34,11 +34,12 @@ ATTRS = {
 FLOAT_ATTRS = {"eps", "input_quant"}
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 
-LAYOUTS = {"dense": 0}
-VALUES = {"f32": 0, "f16": 1, "int8_channel": 2, "int4_group": 3}
-ENTROPY = {"none": 0}
-ROLES = {"values": 1, "scales": 2}
-ELEM_TYPES = {"f32": 1, "f16": 2, "i8": 3, "u8": 4, "i4": 5, "u16": 6, "u32": 7, "i32": 8}
+LAYOUTS = {"dense": 0, "csr": 1, "csr_relative": 2, "block_csr": 3}
+VALUES = {"f32": 0, "f16": 1, "int8_channel": 2, "int4_group": 3, "codebook": 4}
+ENTROPY = {"none": 0, "huffman": 1}
+ROLES = {"values": 1, "scales": 2, "row_ptr": 3, "col_idx": 4, "codebook": 5, "indices": 6}
+ELEM_TYPES = {"f32": 1, "f16": 2, "i8": 3, "u8": 4, "i4": 5, "u16": 6, "u32": 7, "i32": 8,
+              "bits": 9}
 DTYPES = {"f32": 1}
 
 
@@ -59,9 +60,10 @@ class FormatError(ValueError):
 class Stream:
     role: str  # key of ROLES
     elem_type: str  # key of ELEM_TYPES
-    count: int  # number of elements (i4: nibbles)
-    data: np.ndarray  # raw bytes as a 1-D uint8 array (nbytes long)
-    entropy: str = "none"
+    count: int  # number of elements (i4: nibbles; Huffman coded: decoded symbols)
+    data: np.ndarray  # the stored bytes as a 1-D uint8 array (nbytes long; coded if Huffman)
+    entropy: str = "none"  # key of ENTROPY
+    bits: int = 0  # elem_type "bits": the width 1..16; 0 for every other elem_type
 
 
 @dataclass
@@ -127,12 +129,21 @@ SECTION_NAMES = {v: k for k, v in SECTION_KINDS.items()}
 OP_NAMES = {v: k for k, v in OPS.items()}
 ATTR_NAMES = {v: k for k, v in ATTRS.items()}
 VALUES_NAMES = {v: k for k, v in VALUES.items()}
+LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
+ENTROPY_NAMES = {v: k for k, v in ENTROPY.items()}
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
 ELEM_NAMES = {v: k for k, v in ELEM_TYPES.items()}
 META_TYPES = {1: "string", 2: "i64", 3: "f64"}
-RESERVED_LAYOUTS = {1: "csr_absolute", 2: "csr_relative", 3: "block_csr"}
-RESERVED_VALUES = {4: "codebook"}
-RESERVED_ENTROPY = {1: "huffman"}
+# The minor version that introduced each code (codes absent here are 1.0). A file may
+# use a code only when its version_minor is at least this.
+LAYOUT_MINOR = {"csr": 1, "csr_relative": 1, "block_csr": 1}
+VALUES_MINOR = {"codebook": 1}
+ENTROPY_MINOR = {"huffman": 1}
+ROLE_MINOR = {"row_ptr": 1, "col_idx": 1, "codebook": 1, "indices": 1}
+ELEM_MINOR = {"bits": 1}
+# Elem types a stream may Huffman-code (FORMAT.md 1.1); bits streams only up to 8 wide.
+HUFFMAN_ELEMS = ("u8", "i8", "i4", "bits")
+MAX_HUFFMAN_BITS = 8
 
 # Attributes each op accepts and how many values each holds (0 = any count 1..64).
 OP_ATTRS: Dict[str, Dict[str, int]] = {
@@ -157,11 +168,48 @@ OP_ATTRS: Dict[str, Dict[str, int]] = {
 _ELEM_SIZE = {"f32": 4, "f16": 2, "i8": 1, "u8": 1, "u16": 2, "u32": 4, "i32": 4}
 
 
-def elem_nbytes(elem_type: str, count: int) -> int:
-    """Bytes that `count` elements of `elem_type` take (i4: two per byte, rounded up)."""
+def elem_nbytes(elem_type: str, count: int, bits: int = 0) -> int:
+    """Bytes that `count` raw elements of `elem_type` take (i4: two per byte, rounded up;
+    bits: `bits` bits each, packed, rounded up to whole bytes)."""
     if elem_type == "i4":
         return (count + 1) // 2
+    if elem_type == "bits":
+        return (count * bits + 7) // 8
     return count * _ELEM_SIZE[elem_type]
+
+
+def huffman_alphabet(elem_type: str, bits: int = 0) -> int:
+    """The Huffman alphabet size of a stream of this elem_type (FORMAT.md 1.1)."""
+    if elem_type in ("u8", "i8"):
+        return 256
+    if elem_type == "i4":
+        return 16
+    if elem_type == "bits":
+        return 1 << bits
+    raise ValueError(f"elem_type {elem_type!r} cannot be Huffman coded")
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned values < 2^bits LSB-first: element i occupies bits [i*b, i*b+b) of
+    the little-endian bit string. Returns ceil(n*b/8) bytes."""
+    v = np.asarray(values).reshape(-1).astype(np.uint32)
+    n = int(v.size)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint8)
+    shifts = np.arange(bits, dtype=np.uint32)
+    bitarr = ((v[:, None] >> shifts[None, :]) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(bitarr, bitorder="little")[:(n * bits + 7) // 8]
+
+
+def unpack_bits(data: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """The inverse of pack_bits: `count` values as uint16 (uint8 when bits <= 8)."""
+    b = np.asarray(data, dtype=np.uint8).reshape(-1)
+    if count == 0:
+        return np.zeros(0, dtype=np.uint8 if bits <= 8 else np.uint16)
+    bitarr = np.unpackbits(b, bitorder="little")[:count * bits].reshape(count, bits)
+    weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32))
+    v = (bitarr.astype(np.uint32) * weights[None, :]).sum(axis=1)
+    return v.astype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def tensor_matrix_shape(dims: Sequence[int]) -> Tuple[int, int]:
@@ -188,6 +236,74 @@ def expected_streams(values: str, dims: Sequence[int], group_size: int) -> List[
         return [("values", "i4", numel),
                 ("scales", "f32", rows * ((cols + group_size - 1) // group_size))]
     raise ValueError(f"unknown values encoding {values!r}")
+
+
+def block_grid(rows: int, cols: int, block_rows: int, block_cols: int) -> Tuple[int, int]:
+    """(R, C): block rows and block columns of a block_csr matrix."""
+    return -(-rows // block_rows), -(-cols // block_cols)
+
+
+@dataclass(frozen=True)
+class StreamSlot:
+    """One stream an encoding needs: its role, the elem types, widths and counts allowed."""
+    role: str
+    elem_types: Tuple[str, ...]
+    bits: Tuple[int, ...]  # allowed widths of a bits stream; (0,) otherwise
+    counts: Tuple[int, ...]
+
+
+def stream_plan(layout: str, values: str, dims: Sequence[int], group_size: int = 0,
+                codebook_bits: int = 0, block_rows: int = 0, block_cols: int = 0,
+                entries: int = 0) -> List[StreamSlot]:
+    """The streams of a tensor with this encoding, in file order (FORMAT.md).
+
+    `entries` is the layout's entry count N (the col_idx stream's count: nonzeros for
+    csr, entries with fillers for csr_relative, blocks for block_csr); unused for dense.
+    """
+    rows, cols = tensor_matrix_shape(dims)
+    slots: List[StreamSlot] = []
+    if layout == "dense":
+        stored = rows * cols
+    elif layout in ("csr", "csr_relative"):
+        slots.append(StreamSlot("row_ptr", ("u32",), (0,), (rows + 1,)))
+        if layout == "csr":
+            slots.append(StreamSlot("col_idx", ("u16",) if cols <= 65536 else ("u32",), (0,), (entries,)))
+        else:
+            slots.append(StreamSlot("col_idx", ("bits",), tuple(range(2, 9)), (entries,)))
+        stored = entries
+    elif layout == "block_csr":
+        nbr, nbc = block_grid(rows, cols, block_rows, block_cols)
+        slots.append(StreamSlot("row_ptr", ("u32",), (0,), (nbr + 1,)))
+        slots.append(StreamSlot("col_idx", ("u16",) if nbc <= 65536 else ("u32",), (0,), (entries,)))
+        stored = entries * block_rows * block_cols
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    if values == "f32":
+        slots.append(StreamSlot("values", ("f32",), (0,), (stored,)))
+    elif values == "f16":
+        slots.append(StreamSlot("values", ("f16",), (0,), (stored,)))
+    elif values == "int8_channel":
+        slots.append(StreamSlot("values", ("i8",), (0,), (stored,)))
+        slots.append(StreamSlot("scales", ("f32",), (0,), (rows,)))
+    elif values == "int4_group":
+        slots.append(StreamSlot("values", ("i4",), (0,), (stored,)))
+        slots.append(StreamSlot("scales", ("f32",), (0,), (rows * -(-cols // group_size),)))
+    elif values == "codebook":
+        k = 1 << codebook_bits
+        slots.append(StreamSlot("codebook", ("f32", "f16"), (0,), (k, rows * k) if rows > 1 else (k,)))
+        slots.append(StreamSlot("indices", ("bits",), (codebook_bits,), (stored,)))
+    else:
+        raise ValueError(f"unknown values encoding {values!r}")
+    return slots
+
+
+def tensor_minor(t: "Tensor") -> int:
+    """The minor version a tensor needs: 1 when it uses any code of format 1.1."""
+    if (t.layout in LAYOUT_MINOR or t.values in VALUES_MINOR or t.entropy in ENTROPY_MINOR
+            or any(s.role in ROLE_MINOR or s.elem_type in ELEM_MINOR or s.entropy in ENTROPY_MINOR
+                   for s in t.streams)):
+        return 1
+    return 0
 
 
 def _align(n: int) -> int:
@@ -521,7 +637,7 @@ def _tensors_bytes(tensors: List[Tensor]) -> Tuple[bytes, List[Tuple[int, np.nda
             off = _align(pos)
             out.pack(_STREAM, sw, _code(ROLES, s.role, f"{sw} role"),
                      _code(ELEM_TYPES, s.elem_type, f"{sw} elem_type"),
-                     _code(ENTROPY, s.entropy, f"{sw} entropy"), 0, 0, int(s.count), off,
+                     _code(ENTROPY, s.entropy, f"{sw} entropy"), int(s.bits), 0, int(s.count), off,
                      int(data.size))
             placed.append((off, data))
             pos = off + int(data.size)
@@ -548,7 +664,9 @@ def _serialize(f: DsqFile, verify: bool = True) -> List[Union[bytes, np.ndarray]
     directory = bytearray()
     for kind, (off, content) in enumerate(zip(offsets, (meta, graph, tensors, payload)), start=1):
         directory += _DIR_ENTRY.pack(kind, 0, off, len(content), crc32c(content), 0)
-    header = bytearray(_HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, 0, SECTION_COUNT,
+    # 1.0 files stay 1.0 byte for byte; a file that uses any 1.1 code is 1.1.
+    minor = max((tensor_minor(t) for t in f.tensors), default=0)
+    header = bytearray(_HEADER.pack(MAGIC, VERSION_MAJOR, minor, 0, SECTION_COUNT,
                                     file_size, crc32c(bytes(directory)), 0, bytes(32)))
     header[28:32] = _U32.pack(crc32c(bytes(header)))
 
@@ -567,7 +685,17 @@ def _serialize(f: DsqFile, verify: bool = True) -> List[Union[bytes, np.ndarray]
         # file's full size, and skip the stream views.
         head = b"".join(chunks[:-1])
         try:
-            _parse(head, check_crc=False, payload_probe=True, virtual_size=file_size)
+            parsed = _parse(head, check_crc=False, payload_probe=True, virtual_size=file_size)
+            # The payload's content rules (row_ptr, col_idx, gaps, Huffman streams),
+            # checked on the streams as they will be written.
+            payload_at = offsets[3]
+            k = 0
+            for i, (pt, t) in enumerate(zip(parsed.tensors, f.tensors)):
+                for ps, s in zip(pt.streams, t.streams):
+                    ps.data = _stream_bytes(s, "")
+                abs_offsets = [payload_at + placed[k + j][0] for j in range(len(pt.streams))]
+                k += len(pt.streams)
+                _check_payload(pt, i, abs_offsets)
         except FormatError as e:
             raise ValueError(f"refusing to write an invalid .dsq file: {e}") from None
     return chunks
@@ -832,13 +960,17 @@ def _parse_graph(c: _Cursor, weight_refs: List[Tuple[int, str, int, int]]) -> Gr
     return Graph(values=values, inputs=inputs, outputs=outputs, nodes=nodes)
 
 
-def _parse_tensors(c: _Cursor, stream_refs: List[tuple]) -> List[Tensor]:
+def _parse_tensors(c: _Cursor, stream_refs: List[tuple], minor: int = VERSION_MINOR) -> List[Tensor]:
     """Parse TENSORS. Stream bounds are checked against the payload afterwards: each
     stream is appended to stream_refs as (entry offset, tensor index, name, k, role,
-    offset, nbytes, Stream)."""
+    offset, nbytes, Stream). Content rules (row_ptr, col_idx, Huffman) come later too."""
     nt = c.count("tensor_count", 4 + 4 + 8 + 16 + 4)
     tensors: List[Tensor] = []
     names = set()
+
+    def newer(code_name: str, table: Dict[str, int]) -> bool:
+        return table.get(code_name, 0) > minor
+
     for i in range(nt):
         at = c.pos
         name = c.string(f"tensor {i} name")
@@ -852,15 +984,17 @@ def _parse_tensors(c: _Cursor, stream_refs: List[tuple]) -> List[Tensor]:
         rank, layout_code, values_code, entropy_code = c.read(_TENSOR_HEAD, f"{where} encoding")
         if not 1 <= rank <= MAX_RANK:
             c.fail(f"{where}: rank {rank} not in 1..{MAX_RANK}", enc_at)
-        if layout_code != 0:
-            extra = f" ({RESERVED_LAYOUTS[layout_code]}, reserved for 1.1)" if layout_code in RESERVED_LAYOUTS else ""
+        layout = LAYOUT_NAMES.get(layout_code)
+        if layout is None or newer(layout, LAYOUT_MINOR):
+            extra = f" ({layout} needs format 1.{LAYOUT_MINOR[layout]}, file is 1.{minor})" if layout else ""
             c.fail(f"{where}: unknown layout {layout_code}{extra}", enc_at + 1)
         values = VALUES_NAMES.get(values_code)
-        if values is None:
-            extra = f" ({RESERVED_VALUES[values_code]}, reserved)" if values_code in RESERVED_VALUES else ""
+        if values is None or newer(values, VALUES_MINOR):
+            extra = f" ({values} needs format 1.{VALUES_MINOR[values]}, file is 1.{minor})" if values else ""
             c.fail(f"{where}: unknown values encoding {values_code}{extra}", enc_at + 2)
-        if entropy_code != 0:
-            extra = f" ({RESERVED_ENTROPY[entropy_code]}, reserved)" if entropy_code in RESERVED_ENTROPY else ""
+        entropy = ENTROPY_NAMES.get(entropy_code)
+        if entropy is None or newer(entropy, ENTROPY_MINOR):
+            extra = f" ({entropy} needs format 1.{ENTROPY_MINOR[entropy]}, file is 1.{minor})" if entropy else ""
             c.fail(f"{where}: unknown entropy coding {entropy_code}{extra}", enc_at + 3)
         dims = []
         numel = 1
@@ -871,60 +1005,228 @@ def _parse_tensors(c: _Cursor, stream_refs: List[tuple]) -> List[Tensor]:
                 c.fail(f"{where}: dim {d} out of range (dims >= 1, numel below 2^40)", dat)
             numel *= d
             dims.append(d)
+        rows, cols = tensor_matrix_shape(dims)
         params_at = c.pos
         group_size, codebook_bits, block_rows, block_cols = c.read(_TENSOR_PARAMS, f"{where} parameters")
-        if codebook_bits:
-            c.fail(f"{where}: codebook_bits {codebook_bits} must be 0 in format 1.0", params_at + 4)
-        if block_rows:
-            c.fail(f"{where}: block_rows {block_rows} must be 0 in format 1.0", params_at + 8)
-        if block_cols:
-            c.fail(f"{where}: block_cols {block_cols} must be 0 in format 1.0", params_at + 12)
+        if values == "codebook":
+            if not 1 <= codebook_bits <= 8:
+                c.fail(f"{where}: codebook_bits {codebook_bits} not in 1..8", params_at + 4)
+        elif codebook_bits:
+            c.fail(f"{where}: codebook_bits must be 0 for {values}, found {codebook_bits}", params_at + 4)
+        if layout == "block_csr":
+            if not 1 <= block_rows <= 16:
+                c.fail(f"{where}: block_rows {block_rows} not in 1..16", params_at + 8)
+            if not 1 <= block_cols <= 16:
+                c.fail(f"{where}: block_cols {block_cols} not in 1..16", params_at + 12)
+            if block_rows == 1 and block_cols == 1:
+                c.fail(f"{where}: block_csr with 1x1 blocks is not allowed (use csr)", params_at + 8)
+        else:
+            if block_rows:
+                c.fail(f"{where}: block_rows must be 0 for layout {layout}, found {block_rows}", params_at + 8)
+            if block_cols:
+                c.fail(f"{where}: block_cols must be 0 for layout {layout}, found {block_cols}", params_at + 12)
         if values == "int4_group":
             if not (8 <= group_size <= 65536 and group_size & (group_size - 1) == 0):
                 c.fail(f"{where}: int4 group_size {group_size} is not a power of two in 8..65536",
                        params_at)
         elif group_size:
             c.fail(f"{where}: group_size must be 0 for {values}, found {group_size}", params_at)
-        want = expected_streams(values, dims, group_size)
         ns_at = c.pos
         ns = c.count(f"{where} stream_count", _STREAM.size)
-        if ns != len(want):
-            c.fail(f"{where}: {values} needs {len(want)} streams, found {ns}", ns_at)
-        streams: List[Stream] = []
+        entries_raw = []
         for k in range(ns):
             sat = c.pos
-            role, et, sent, r0, r1, count, off, nbytes = c.read(_STREAM, f"{where} stream {k}")
+            entries_raw.append((sat,) + tuple(c.read(_STREAM, f"{where} stream {k}")))
+        # The layout's entry count N is the col_idx stream's count (stream 1).
+        entries = 0
+        if layout != "dense" and ns >= 2:
+            entries = entries_raw[1][6]
+            if layout == "block_csr":
+                nbr, nbc = block_grid(rows, cols, block_rows, block_cols)
+                limit, what = nbr * nbc, f"the {nbr}x{nbc} block grid"
+            else:
+                limit, what = numel, f"the {rows}x{cols} matrix"
+            if entries > limit:
+                c.fail(f"{where}: stream 1: col_idx count {entries} is more entries than {what} "
+                       f"holds ({limit})", entries_raw[1][0] + 8)
+        want = stream_plan(layout, values, dims, group_size, codebook_bits, block_rows, block_cols,
+                           entries)
+        if ns != len(want):
+            c.fail(f"{where}: layout {layout} with values {values} needs {len(want)} streams, "
+                   f"found {ns} (expected: {', '.join(w.role for w in want)})", ns_at)
+        streams: List[Stream] = []
+        any_huffman = False
+        for k, (sat, role, et, sent, bits, r1, count, off, nbytes) in enumerate(entries_raw):
             sw = f"{where}: stream {k}"
-            w_role, w_et, w_count = want[k]
-            if role not in ROLE_NAMES:
+            slot = want[k]
+            role_name = ROLE_NAMES.get(role)
+            if role_name is None or newer(role_name, ROLE_MINOR):
                 c.fail(f"{sw}: unknown role {role}", sat)
-            if et not in ELEM_NAMES:
+            et_name = ELEM_NAMES.get(et)
+            if et_name is None or newer(et_name, ELEM_MINOR):
                 c.fail(f"{sw}: unknown elem_type {et}", sat + 1)
-            if ROLE_NAMES[role] != w_role:
-                c.fail(f"{sw}: role {role} ({ROLE_NAMES[role]}), expected {ROLES[w_role]} ({w_role})", sat)
-            if ELEM_NAMES[et] != w_et:
-                c.fail(f"{sw}: elem_type {et} ({ELEM_NAMES[et]}), expected "
-                       f"{ELEM_TYPES[w_et]} ({w_et})", sat + 1)
-            if sent != 0:
+            if role_name != slot.role:
+                c.fail(f"{sw}: role {role} ({role_name}), expected {ROLES[slot.role]} ({slot.role})", sat)
+            if et_name not in slot.elem_types:
+                c.fail(f"{sw}: elem_type {et} ({et_name}), expected "
+                       f"{' or '.join(f'{ELEM_TYPES[e]} ({e})' for e in slot.elem_types)}", sat + 1)
+            ent = ENTROPY_NAMES.get(sent)
+            if ent is None or newer(ent, ENTROPY_MINOR):
                 c.fail(f"{sw}: unknown entropy coding {sent}", sat + 2)
-            if r0 != 0:
-                c.fail(f"{sw}: reserved byte not zero", sat + 3)
+            if et_name == "bits":
+                if bits not in slot.bits:
+                    lo, hi = min(slot.bits), max(slot.bits)
+                    c.fail(f"{sw}: bits width {bits}, expected "
+                           f"{lo if lo == hi else f'{lo}..{hi}'}", sat + 3)
+            elif bits != 0:
+                c.fail(f"{sw}: reserved byte not zero (the bits width is only for elem_type bits)", sat + 3)
             if r1 != 0:
                 c.fail(f"{sw}: reserved field not zero", sat + 4)
-            if count != w_count:
-                c.fail(f"{sw}: count {count} but the tensor needs {w_count}", sat + 8)
-            if nbytes != elem_nbytes(w_et, count):
-                c.fail(f"{sw}: nbytes {nbytes} does not match count {count} of {w_et} "
-                       f"({elem_nbytes(w_et, count)})", sat + 24)
+            if count not in slot.counts:
+                c.fail(f"{sw}: count {count} but the tensor needs "
+                       f"{' or '.join(str(n) for n in slot.counts)}", sat + 8)
+            if ent == "huffman":
+                any_huffman = True
+                if et_name not in HUFFMAN_ELEMS or (et_name == "bits" and bits > MAX_HUFFMAN_BITS):
+                    c.fail(f"{sw}: a {et_name}{bits if et_name == 'bits' else ''} stream cannot be "
+                           f"Huffman coded (only u8, i8, i4 and bits up to {MAX_HUFFMAN_BITS} wide)", sat + 2)
+                if count == 0:
+                    c.fail(f"{sw}: an empty stream cannot be Huffman coded", sat + 2)
+            elif nbytes != elem_nbytes(et_name, count, bits):
+                c.fail(f"{sw}: nbytes {nbytes} does not match count {count} of {et_name} "
+                       f"({elem_nbytes(et_name, count, bits)})", sat + 24)
             if off % ALIGNMENT:
                 c.fail(f"{sw}: offset {off} is not a multiple of {ALIGNMENT}", sat + 16)
-            st = Stream(role=w_role, elem_type=w_et, count=count, data=_EMPTY)
-            stream_refs.append((sat, i, name, k, w_role, off, nbytes, st))
+            st = Stream(role=role_name, elem_type=et_name, count=count, data=_EMPTY, entropy=ent,
+                        bits=bits)
+            stream_refs.append((sat, i, name, k, role_name, off, nbytes, st))
             streams.append(st)
-        tensors.append(Tensor(name=name, dims=tuple(dims), values=values, layout="dense",
-                              entropy="none", group_size=group_size, codebook_bits=0,
-                              block_rows=0, block_cols=0, streams=streams))
+        if (entropy == "huffman") != any_huffman:
+            c.fail(f"{where}: tensor entropy {entropy_code} ({entropy}) but "
+                   f"{'some' if any_huffman else 'no'} stream is Huffman coded", enc_at + 3)
+        tensors.append(Tensor(name=name, dims=tuple(dims), values=values, layout=layout,
+                              entropy=entropy, group_size=group_size, codebook_bits=codebook_bits,
+                              block_rows=block_rows, block_cols=block_cols, streams=streams))
     return tensors
+
+
+def stream_symbols(s: Stream, at: int = -1, where: str = "") -> np.ndarray:
+    """The elements of a u8 / i8 / i4 / bits stream (bits up to 8 wide) as one unsigned
+    symbol per element (uint8): i8 as its byte, i4 as its nibble, bits as the b-bit
+    value; Huffman streams decoded. A bad Huffman stream is a FormatError (PAYLOAD, `at`)."""
+    data = np.asarray(s.data, dtype=np.uint8).reshape(-1)
+    count = int(s.count)
+    if s.entropy == "huffman":
+        from . import huffman
+        alphabet = huffman_alphabet(s.elem_type, s.bits)
+        try:
+            sym = huffman.decode(data, count, alphabet)
+        except (ValueError, IndexError, OverflowError) as e:
+            # The codec names the byte inside the stream ("... at byte N: ...").
+            msg = str(e)
+            off = at
+            if at >= 0 and "at byte " in msg:
+                try:
+                    off = at + int(msg.split("at byte ", 1)[1].split(":", 1)[0])
+                except ValueError:
+                    off = at
+            _fail("PAYLOAD", off, f"{where}: bad Huffman stream: {msg}")
+        sym = np.asarray(sym).reshape(-1)
+        if sym.size != count or (sym.size and int(sym.max()) >= alphabet):
+            _fail("PAYLOAD", at, f"{where}: Huffman stream decoded to {sym.size} symbols, expected {count}")
+        return sym.astype(np.uint8, copy=False)
+    if s.elem_type in ("u8", "i8"):
+        return data[:count]
+    if s.elem_type == "i4":
+        out = np.empty(data.size * 2, dtype=np.uint8)
+        out[0::2] = data & 0x0F
+        out[1::2] = data >> 4
+        return out[:count]
+    if s.elem_type == "bits":
+        return unpack_bits(data, count, s.bits)
+    raise ValueError(f"{where}: elem_type {s.elem_type} has no symbols")
+
+
+def _u_array(s: Stream, dtype: str) -> np.ndarray:
+    return np.frombuffer(np.asarray(s.data, dtype=np.uint8).tobytes(), dtype=dtype)
+
+
+def _check_increasing(col: np.ndarray, row_ptr: np.ndarray, limit: int) -> Tuple[int, str]:
+    """First entry whose column is >= limit or not above the previous column of its row:
+    (entry index, reason) or (-1, "")."""
+    n = int(col.size)
+    if n == 0:
+        return -1, ""
+    col = col.astype(np.int64)
+    over = np.flatnonzero(col >= limit)
+    first_bad, reason = (int(over[0]), f"column {int(col[over[0]])} >= {limit}") if over.size else (n, "")
+    starts = np.zeros(n, dtype=bool)
+    rs = row_ptr[:-1].astype(np.int64)
+    starts[rs[rs < n]] = True
+    bad = np.flatnonzero((np.diff(col) <= 0) & ~starts[1:]) + 1
+    if bad.size and int(bad[0]) < first_bad:
+        j = int(bad[0])
+        first_bad, reason = j, f"column {int(col[j])} is not above the previous column {int(col[j - 1])} of its row"
+    return (first_bad, reason) if first_bad < n else (-1, "")
+
+
+def relative_columns(gaps: np.ndarray, row_ptr: np.ndarray, bits: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Columns of csr_relative entries and the filler mask. A value entry is at
+    c_e = c_(e-1) + 1 + g_e, a filler (g_e = 2^b - 1) at c_(e-1) + g_e; c_(-1) = -1."""
+    g = gaps.astype(np.int64)
+    filler = g == (1 << bits) - 1
+    step = g + (~filler)
+    cs = np.cumsum(step)
+    counts = np.diff(row_ptr.astype(np.int64))
+    base = np.concatenate([[0], cs])[row_ptr[:-1].astype(np.int64)]
+    cols = cs - np.repeat(base, counts) - 1
+    return cols, filler
+
+
+def _check_payload(t: Tensor, i: int, at: List[int]) -> None:
+    """The content rules of FORMAT.md 1.1 for one tensor whose stream data are set:
+    Huffman streams decode; row_ptr starts at 0, never decreases and ends at the entry
+    count; col_idx in range and strictly increasing within a row; relative gaps never
+    run past the last column. `at` holds each stream's absolute file offset."""
+    where = f"tensor {i} ({t.name!r})"
+    for k, s in enumerate(t.streams):
+        if s.entropy == "huffman":
+            stream_symbols(s, at[k], f"{where} stream {k} ({s.role})")
+    if t.layout == "dense":
+        return
+    rows, cols = tensor_matrix_shape(t.dims)
+    if t.layout == "block_csr":
+        rows, cols = block_grid(rows, cols, t.block_rows, t.block_cols)
+    rp_s, ci_s = t.streams[0], t.streams[1]
+    n = int(ci_s.count)
+    row_ptr = _u_array(rp_s, "<u4").astype(np.int64)
+    sw = f"{where} stream 0 (row_ptr)"
+    if row_ptr[0] != 0:
+        _fail("PAYLOAD", at[0], f"{sw}: row_ptr[0] is {row_ptr[0]}, must be 0")
+    dec = np.flatnonzero(np.diff(row_ptr) < 0)
+    if dec.size:
+        j = int(dec[0]) + 1
+        _fail("PAYLOAD", at[0] + 4 * j, f"{sw}: row_ptr decreases at {j} ({row_ptr[j - 1]} -> {row_ptr[j]})")
+    if row_ptr[-1] != n:
+        _fail("PAYLOAD", at[0] + 4 * rows, f"{sw}: row_ptr[{rows}] is {row_ptr[-1]} but col_idx holds {n} entries")
+    sw = f"{where} stream 1 (col_idx)"
+    if t.layout == "csr_relative":
+        gaps = stream_symbols(ci_s, at[1], sw)
+        cols_of, filler = relative_columns(gaps, row_ptr, ci_s.bits)
+        over = np.flatnonzero(cols_of >= cols)
+        if over.size:
+            j = int(over[0])
+            off = at[1] if ci_s.entropy == "huffman" else at[1] + j * ci_s.bits // 8
+            kind = "filler" if filler[j] else "entry"
+            _fail("PAYLOAD", off, f"{sw}: {kind} {j} lands on column {int(cols_of[j])}, past the "
+                                  f"last column {cols - 1} (gaps run past cols)")
+        return
+    esize = 2 if ci_s.elem_type == "u16" else 4
+    col = _u_array(ci_s, "<u2" if esize == 2 else "<u4")
+    j, reason = _check_increasing(col, row_ptr, cols)
+    if j >= 0:
+        what = "block column" if t.layout == "block_csr" else "column"
+        _fail("PAYLOAD", at[1] + esize * j, f"{sw}: entry {j}: {reason.replace('column', what, 1)}")
 
 
 def _parse(buf, check_crc: bool = True, payload_probe: bool = False,
@@ -1038,7 +1340,7 @@ def _parse(buf, check_crc: bool = True, payload_probe: bool = False,
         c.fail(f"{c.left()} trailing bytes after the last node")
     c = cursor("TENSORS")
     stream_refs: List[tuple] = []
-    tensors = _parse_tensors(c, stream_refs)
+    tensors = _parse_tensors(c, stream_refs, minor)
     if c.left():
         c.fail(f"{c.left()} trailing bytes after the last tensor")
 
@@ -1052,6 +1354,13 @@ def _parse(buf, check_crc: bool = True, payload_probe: bool = False,
                   f"TENSORS offset {sat}")
         if not payload_probe:
             st.data = arr[payload_off + off:payload_off + off + nbytes]
+    # Content rules of the streams (FORMAT.md 1.1), before anything uses them.
+    if not payload_probe:
+        k = 0
+        for i, t in enumerate(tensors):
+            abs_offsets = [payload_off + ref[5] for ref in stream_refs[k:k + len(t.streams)]]
+            k += len(t.streams)
+            _check_payload(t, i, abs_offsets)
     # Weight references of the nodes.
     for wat, where, k, w in weight_refs:
         if w >= len(tensors):

@@ -24,7 +24,7 @@ def layer_rows(layers: List[dict]) -> List[dict]:
         params = sum(int(_numel(w["shape"])) for w in weights)
         payload = sum(w["payload_bytes"] for w in weights)
         f32 = sum(w["f32_bytes"] for w in weights)
-        encoding = "/".join(dict.fromkeys(w["values"] for w in weights)) if weights else "-"
+        encoding = "/".join(dict.fromkeys(_encoding(w) for w in weights)) if weights else "-"
         rows.append({
             "name": layer["name"], "op": layer["op"],
             "output": _fmt_shape(layer["output_shapes"][0]) if layer["output_shapes"] else "-",
@@ -33,6 +33,17 @@ def layer_rows(layers: List[dict]) -> List[dict]:
             "macs": layer["cost"]["macs_f32"] + layer["cost"]["macs_int8"] + layer["cost"]["macs_int4"],
         })
     return rows
+
+
+def _encoding(w: dict) -> str:
+    """values, prefixed by a sparse layout and suffixed by +huffman (format 1.1)."""
+    label = w["values"]
+    layout = w.get("layout", "dense")
+    if layout and layout != "dense":
+        label = f"{layout}:{label}"
+    if w.get("entropy", "none") not in ("none", None):
+        label += f"+{w['entropy']}"
+    return label
 
 
 def _numel(shape) -> int:
