@@ -21,7 +21,6 @@ type or function, the fx node and where it is (module path and source line).
 from __future__ import annotations
 
 import json
-import math
 import operator
 import os
 import re

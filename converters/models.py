@@ -16,7 +16,7 @@ parameters, so that a test of BatchNorm folding actually tests something.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -219,25 +219,49 @@ def mobilenet_v2_cifar(seed: int = 0, num_classes: int = 10) -> MobileNetV2Cifar
     return _build(MobileNetV2Cifar, seed, num_classes=num_classes)
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random running statistics and affine parameters (in place).
+def randomize_batchnorm(model: nn.Module, seed: int = 0, data: Optional[torch.Tensor] = None,
+                        gamma_range: Tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+    """Give every BatchNorm random affine parameters and running statistics (in place).
 
-    gamma in [0.5, 1.5], beta ~ N(0, 0.1), running_mean ~ N(0, 0.1), running_var in
-    [0.5, 2]: far from the identity, so that folding errors show, but still a well
-    scaled network (activations neither explode nor vanish through 20+ layers).
+    gamma ~ U(gamma_range), beta ~ N(0, 0.2). Without `data`, running_mean ~ N(0, 0.1)
+    and running_var ~ U(0.5, 2). With `data` (a batch of inputs), the running statistics
+    are first measured on it (one forward pass in train mode, so each BatchNorm sees the
+    already randomized layers before it), then perturbed: mean + N(0, 0.1) * std and
+    var * U(0.7, 1.4). The measured version keeps a deep network's signal alive (with
+    arbitrary statistics the activations shrink layer by layer and the output hardly
+    depends on the input, which would make a numerical test blind). Returns the model in
+    eval mode.
     """
     g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                if m.affine:
-                    m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                    m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                if m.track_running_stats:
-                    m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                    m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
-    return model
+        for m in bns:
+            c = m.num_features
+            if m.affine:
+                lo, hi = gamma_range
+                m.weight.copy_(lo + (hi - lo) * torch.rand(c, generator=g))
+                m.bias.copy_(0.2 * torch.randn(c, generator=g))
+        if data is not None:
+            momenta = [m.momentum for m in bns]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: exactly this batch's statistics
+            model.train()
+            model(data)
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+        for m in bns:
+            if not m.track_running_stats:
+                continue
+            c = m.num_features
+            if data is not None:
+                std = torch.sqrt(m.running_var)
+                m.running_mean.add_(0.1 * std * torch.randn(c, generator=g))
+                m.running_var.mul_(0.7 + 0.7 * torch.rand(c, generator=g))
+            else:
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+    return model.eval()
 
 
 def count_parameters(model: nn.Module) -> int:

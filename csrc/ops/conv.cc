@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "base/error.h"
+#include "format/matrix.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -121,6 +122,7 @@ class ConvLayer : public Layer {
         return "dwconv_f32_nhwc" + (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
     }
     if (!g.is_linear && !g.pointwise()) k += " + im2col";
+    if (family == Family::kF32 && !decoded_from.empty()) k += " (weights decoded from " + decoded_from + ")";
     if (g.groups > 1) k += " x" + std::to_string(g.groups) + " groups";
     if ((family == Family::kQu8 || family == Family::kQ4))
       k += static_quant ? " (static act quant)" : " (dynamic act quant)";
@@ -425,12 +427,40 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     return layer;
   }
   const int64_t cog = g.cout_group(), kg = g.k_group();
-  // Encodings without a kernel family of their own yet (sparse layouts, codebooks,
-  // Huffman streams) are decoded to f32 at load and run on the dense f32 family.
-  const bool decode_to_dense = wt.layout != format::Layout::kDense || wt.entropy != format::Entropy::kNone ||
-                               wt.values == Values::kCodebook;
+  if (wt.layout != format::Layout::kDense && g.groups == 1) return make_sparse_layer(n, file, options);
+  // Huffman-coded int8/int4 values are decoded once at load into the plain stream the
+  // integer kernels read (decode="load").
+  std::vector<uint8_t> decoded_values;
+  const uint8_t* value_bytes = nullptr;
+  if (wt.layout == format::Layout::kDense &&
+      (wt.values == Values::kInt8Channel || wt.values == Values::kInt4Group)) {
+    const format::Stream* vs = wt.stream(format::Role::kValues);
+    if (vs->entropy != format::Entropy::kNone) {
+      const std::vector<uint8_t> symbols = format::decode_symbols(*vs);
+      if (wt.values == Values::kInt8Channel) {
+        decoded_values = symbols;
+      } else {
+        decoded_values.assign((symbols.size() + 1) / 2, 0);
+        for (size_t i = 0; i < symbols.size(); ++i)
+          decoded_values[i / 2] |= static_cast<uint8_t>((i & 1) ? symbols[i] << 4 : symbols[i] & 0xF);
+      }
+      value_bytes = decoded_values.data();
+    } else {
+      value_bytes = vs->data;
+    }
+  }
+  // Encodings without a kernel family of their own yet (dense codebooks, Huffman-coded
+  // f32 scales, grouped sparse convolutions) are decoded to f32 at load and run on the
+  // dense f32 family.
+  const bool scales_coded = wt.stream(format::Role::kScales) &&
+                            wt.stream(format::Role::kScales)->entropy != format::Entropy::kNone;
+  const bool decode_to_dense = wt.layout != format::Layout::kDense || wt.values == Values::kCodebook || scales_coded ||
+                               ((wt.values == Values::kInt8Channel || wt.values == Values::kInt4Group) && !value_bytes);
   if (wt.values == Values::kF32 || wt.values == Values::kF16 || decode_to_dense) {
     layer->family = Family::kF32;
+    if (decode_to_dense)
+      layer->decoded_from = std::string(format::layout_name(wt.layout)) + ":" + format::values_name(wt.values) +
+                            (wt.entropy != format::Entropy::kNone ? "+huffman" : "");
     layer->f32_uk = &gemm_f32::best_ukernel();
     if (!force.empty() && force.rfind("gemm_f32", 0) == 0) {
       layer->f32_uk = gemm_f32::find_ukernel(force.c_str());
@@ -452,7 +482,7 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
       layer->qu8_uk = gemm_qu8::find_ukernel(force.c_str());
       if (!layer->qu8_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
     }
-    const auto* q = reinterpret_cast<const int8_t*>(wt.stream(format::Role::kValues)->data);
+    const auto* q = reinterpret_cast<const int8_t*>(value_bytes);
     std::vector<float> scales(static_cast<size_t>(g.cout));
     std::memcpy(scales.data(), wt.stream(format::Role::kScales)->data, scales.size() * 4);
     for (float s : scales)
@@ -480,7 +510,7 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     }
     // int4 groups run along each output channel's file order (cin/groups, kh, kw), so
     // the int4 path builds its im2col rows channel-major to match (see im2col).
-    const uint8_t* nib = wt.stream(format::Role::kValues)->data;
+    const uint8_t* nib = value_bytes;
     const float* file_scales = reinterpret_cast<const float*>(wt.stream(format::Role::kScales)->data);
     const uint64_t gs = wt.group_size, cols = wt.cols(), groups_per_row = (cols + gs - 1) / gs;
     for (uint64_t i = 0; i < static_cast<uint64_t>(g.cout) * groups_per_row; ++i)

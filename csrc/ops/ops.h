@@ -107,6 +107,9 @@ float half_to_float(uint16_t h);
 std::unique_ptr<Layer> make_conv_or_linear(const format::Node& node, const format::File& file,
                                            const LoadOptions& options);
 std::unique_ptr<Layer> make_simple_layer(const format::Node& node, const format::File& file);
+// conv2d (groups 1) / linear whose weights use a sparse layout (ops/sparse.cc).
+std::unique_ptr<Layer> make_sparse_layer(const format::Node& node, const format::File& file,
+                                         const LoadOptions& options);
 
 // Shared helpers.
 int64_t attr_int(const format::Node& n, format::Attr key, size_t i, int64_t dflt);

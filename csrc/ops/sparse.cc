@@ -1,0 +1,234 @@
+// conv2d and linear with sparse weights (csr, csr_relative, block_csr; f32, f16, int8,
+// int4 or codebook values): the spmm_f32 family, whose lanes run along the batch/pixel
+// dimension (Elsen et al.). Weights stay sparse: only their nonzeros are packed, codebook
+// values stay u8 codes into the table. Activations are moved into the transposed
+// (k, m) layout per chunk of rows and the results moved back.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "base/error.h"
+#include "format/matrix.h"
+#include "kernels/spmm_f32/spmm_f32.h"
+#include "ops/ops.h"
+
+namespace dsq::rt {
+namespace {
+
+using format::Attr;
+using format::Op;
+
+constexpr size_t kChunk = 256;  // rows (batch items or pixels) per task
+
+class SparseLayer : public Layer {
+ public:
+  bool is_linear = false;
+  int64_t cout = 0, cin = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
+  spmm_f32::PackedWeights w;
+  const spmm_f32::Ukernel* spmm_uk = nullptr;  // m > 1
+  const spmm_f32::Ukernel* spmv_uk = nullptr;  // m == 1
+  std::vector<size_t> spmv_ranges;             // row ranges balanced by nonzeros
+  uint64_t weight_read_bytes = 0;
+
+  int64_t k() const { return cin * kh * kw; }
+  bool pointwise() const { return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0); }
+
+  std::vector<Shape> infer(const std::vector<Shape>& in) const override {
+    const Shape& x = in[0];
+    if (is_linear) {
+      if (x.rank() < 2 || x.rank() == 4) fail("expects an (N, " + std::to_string(cin) + ") input, got " + x.str());
+      if (x.dims.back() != cin)
+        fail("input has " + std::to_string(x.dims.back()) + " features, the layer expects " + std::to_string(cin));
+      Shape out = x;
+      out.dims.back() = cout;
+      return {out};
+    }
+    if (x.rank() != 4) fail("expects a 4-D (N, C, H, W) input, got " + x.str());
+    if (x.dims[1] != cin)
+      fail("input has " + std::to_string(x.dims[1]) + " channels, the layer expects " + std::to_string(cin));
+    if (x.dims[2] + 2 * ph < dh * (kh - 1) + 1 || x.dims[3] + 2 * pw < dw * (kw - 1) + 1)
+      fail("input " + x.str() + " is smaller than the (dilated) kernel");
+    const int64_t oh = (x.dims[2] + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t ow = (x.dims[3] + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    return {Shape{{x.dims[0], cout, oh, ow}}};
+  }
+
+  int64_t rows_of(const Shape& out) const {
+    return is_linear ? out.numel() / cout : out.dims[0] * out.dims[2] * out.dims[3];
+  }
+
+  size_t slot_bytes() const {
+    // per task: patches (chunk x k) when not pointwise, x_t (k x chunk), y_t (cout x chunk)
+    const size_t kk = static_cast<size_t>(k());
+    return ((pointwise() ? 0 : kChunk * kk) + kk * kChunk + static_cast<size_t>(cout) * kChunk) * 4 + 64;
+  }
+
+  size_t scratch_bytes(const std::vector<Shape>&, const std::vector<Shape>& out, size_t threads) const override {
+    if (rows_of(out[0]) == 1) return 0;
+    return slot_bytes() * std::min<size_t>(threads, 64);
+  }
+
+  Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
+    Cost c = Layer::cost(in, out);
+    c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * w.nnz;
+    c.weight_bytes = weight_read_bytes;
+    return c;
+  }
+
+  std::string kernel() const override {
+    std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
+    if (!pointwise()) k += " + im2col";
+    return k;
+  }
+
+  void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
+           const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
+    const float* x = in[0];
+    float* y = out[0];
+    const int64_t M = rows_of(out_shapes[0]);
+    const size_t kk = static_cast<size_t>(k());
+    if (M == 1 && pointwise()) {
+      // Batch 1: x is already one (k x 1) column, y one (n x 1) column.
+      const size_t parts = spmv_ranges.size() - 1;
+      auto body = [&](size_t t) {
+        spmm_f32::run(*spmv_uk, w, 1, x, 4, y, 4, spmv_ranges[t], spmv_ranges[t + 1], lo, hi);
+      };
+      if (env.pool->threads() <= 1 || parts <= 1) {
+        spmm_f32::run(*spmv_uk, w, 1, x, 4, y, 4, 0, w.n, lo, hi);
+      } else {
+        env.pool->parallel_for(parts, body);
+      }
+      return;
+    }
+    const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
+    const size_t slots = std::min<size_t>({chunks, env.pool->threads(), 64});
+    auto do_chunk = [&](size_t chunk, size_t slot) {
+      const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
+      const int64_t rows = std::min<int64_t>(kChunk, M - m0);
+      float* base = reinterpret_cast<float*>(env.scratch + slot * slot_bytes());
+      float* patches = base;
+      float* x_t = base + (pointwise() ? 0 : kChunk * kk);
+      float* y_t = x_t + kk * kChunk;
+      const float* a = x + m0 * cin;
+      size_t a_stride = static_cast<size_t>(cin);
+      if (!pointwise()) {
+        im2col(x, in_shapes[0], out_shapes[0], m0, rows, patches);
+        a = patches;
+        a_stride = kk;
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        for (size_t c = 0; c < kk; ++c) x_t[c * kChunk + r] = a[r * a_stride + c];
+      spmm_f32::run(*spmm_uk, w, static_cast<size_t>(rows), x_t, kChunk * 4, y_t, kChunk * 4, 0, w.n, lo, hi);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t n = 0; n < cout; ++n) y[(m0 + r) * cout + n] = y_t[n * kChunk + r];
+    };
+    if (slots <= 1) {
+      for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);
+      return;
+    }
+    env.pool->parallel_for(slots, [&](size_t s) {
+      for (size_t c = s; c < chunks; c += slots) do_chunk(c, s);
+    });
+  }
+
+ private:
+  // Patch rows in (kh, kw, cin) order; the packed columns were remapped to match.
+  void im2col(const float* x, const Shape& xs, const Shape& ys, int64_t m0, int64_t rows, float* dst) const {
+    const int64_t H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t m = m0 + r, n = m / (OH * OW), rem = m % (OH * OW), oh = rem / OW, ow = rem % OW;
+      float* d = dst + r * k();
+      for (int64_t i = 0; i < kh; ++i) {
+        const int64_t ih = oh * sh - ph + i * dh;
+        for (int64_t j = 0; j < kw; ++j) {
+          const int64_t iw = ow * sw - pw + j * dw;
+          float* dd = d + (i * kw + j) * cin;
+          if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+            std::fill(dd, dd + cin, 0.f);
+          else
+            std::memcpy(dd, x + ((n * H + ih) * W + iw) * cin, cin * 4);
+        }
+      }
+    }
+  }
+};
+
+[[noreturn]] void bad(const format::Node& n, const std::string& what) {
+  throw UnsupportedError("node '" + n.name + "' (" + format::op_name(n.op) + "): " + what);
+}
+
+}  // namespace
+
+std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::File& file, const LoadOptions& options) {
+  auto layer = std::make_unique<SparseLayer>();
+  layer->name = n.name;
+  layer->op = n.op;
+  layer->is_linear = n.op == Op::kLinear;
+  const format::Tensor& wt = file.tensors[n.weights[0]];
+  const format::Tensor* bt = (n.weights.size() == 2 && n.weights[1] != format::kAbsent) ? &file.tensors[n.weights[1]] : nullptr;
+  layer->cout = static_cast<int64_t>(wt.dims[0]);
+  if (layer->is_linear) {
+    if (wt.dims.size() != 2) bad(n, "weight '" + wt.name + "' must be 2-D (out, in)");
+    layer->cin = static_cast<int64_t>(wt.dims[1]);
+  } else {
+    if (wt.dims.size() != 4) bad(n, "weight '" + wt.name + "' must be 4-D (out, in, kh, kw)");
+    if (attr_int(n, Attr::kGroups, 0, 1) != 1) bad(n, "sparse weights with groups > 1 are not supported yet");
+    layer->cin = static_cast<int64_t>(wt.dims[1]);
+    layer->kh = static_cast<int64_t>(wt.dims[2]);
+    layer->kw = static_cast<int64_t>(wt.dims[3]);
+    layer->sh = attr_int(n, Attr::kStride, 0, 1);
+    layer->sw = attr_int(n, Attr::kStride, 1, 1);
+    layer->ph = attr_int(n, Attr::kPadding, 0, 0);
+    layer->pw = attr_int(n, Attr::kPadding, 1, 0);
+    layer->dh = attr_int(n, Attr::kDilation, 0, 1);
+    layer->dw = attr_int(n, Attr::kDilation, 1, 1);
+    if (layer->sh < 1 || layer->sw < 1 || layer->ph < 0 || layer->pw < 0 || layer->dh < 1 || layer->dw < 1 ||
+        layer->sh > 4096 || layer->sw > 4096 || layer->ph > 4096 || layer->pw > 4096 || layer->dh > 4096 ||
+        layer->dw > 4096 || layer->kh > 4096 || layer->kw > 4096)
+      bad(n, "stride/padding/dilation/kernel out of range");
+  }
+  if (bt && bt->numel() != static_cast<uint64_t>(layer->cout))
+    bad(n, "bias '" + bt->name + "' has " + std::to_string(bt->numel()) + " values, expected " + std::to_string(layer->cout));
+  activation_range(attr_int(n, Attr::kActivation, 0, 0), &layer->lo, &layer->hi);
+  std::vector<float> bias = bt ? decode_to_f32(*bt) : std::vector<float>(static_cast<size_t>(layer->cout), 0.f);
+  layer->weights.push_back({wt.name, wt.dims, format::values_name(wt.values), format::layout_name(wt.layout),
+                            format::entropy_name(wt.entropy), wt.payload_bytes(), wt.numel() * 4});
+  if (bt)
+    layer->weights.push_back({bt->name, bt->dims, format::values_name(bt->values), format::layout_name(bt->layout),
+                              format::entropy_name(bt->entropy), bt->payload_bytes(), bt->numel() * 4});
+  format::SparseRows s = format::decode_sparse(wt);
+  if (!layer->is_linear && (layer->kh * layer->kw) > 1) {
+    // File columns run (cin, kh, kw); the patches run (kh, kw, cin).
+    const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
+    for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
+  }
+  const bool codebook = s.coded;
+  layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
+                            codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
+                            codebook ? s.table_entries : 0, s.per_row, bias.data());
+  layer->spmv_uk = &spmm_f32::best_ukernel_for(layer->w, 1);
+  layer->spmm_uk = &spmm_f32::best_ukernel_for(layer->w, 2);
+  const std::string& force = options.force_kernel;
+  if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0)) {
+    const spmm_f32::Ukernel* uk = spmm_f32::find_ukernel(force.c_str());
+    if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    if (uk->spmv) {
+      if (!spmm_f32::compatible(*uk, layer->w, 1)) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      layer->spmv_uk = uk;
+    } else {
+      if (!spmm_f32::compatible(*uk, layer->w, 2)) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      layer->spmm_uk = uk;
+      layer->spmv_uk = uk;  // an spmm kernel also runs m == 1
+    }
+  }
+  const size_t parts = std::max<size_t>(1, std::min<size_t>(hardware_threads() * 4, layer->w.n / 16 + 1));
+  const size_t align = layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles ? spmm_f32::kTileRows : 1;
+  layer->spmv_ranges = spmm_f32::balanced_row_ranges(layer->w, parts, align);
+  layer->weight_read_bytes = layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles ? layer->w.tile_bytes() : layer->w.csr_bytes();
+  layer->packed_bytes = layer->w.csr_bytes() + (layer->w.has_tiles ? layer->w.tile_bytes() : 0);
+  return layer;
+}
+
+}  // namespace dsq::rt
