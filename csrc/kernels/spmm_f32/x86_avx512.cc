@@ -1,5 +1,5 @@
 // AVX-512 sparse f32 ukernels.
-//  - spmm_(cb_)f32_32__avx512: m tile of 32 (2 zmm). Per nonzero: broadcast the weight (f32
+//  - spmm_(cb_)f32_{32,64}__avx512: m tile of 32 (2 zmm) or 64 (4 zmm). Per nonzero: broadcast the weight (f32
 //    value or table[code]), two loads of x_t[col][m0:m0+32], two FMAs. Consecutive nonzeros
 //    go to two accumulator sets (4 FMA chains) so the FMA latency does not bound a row.
 //    The m remainder uses masked loads/stores (no access past column m of x_t / y_t).
@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels/spmm_f32/ukernels.h"
 
@@ -38,9 +37,8 @@ inline __mmask16 lane_mask(size_t valid) {
 // kRowChunk rows runs over it; partial sums then live in y_t between blocks (the clamp is
 // applied after the last block). Columns are sorted within rows (pack), so a row's
 // nonzeros of one block are contiguous (lower_bound).
-static size_t kSlabBytes = getenv("SLAB") ? atoi(getenv("SLAB")) * 1024 : 256 * 1024;
+constexpr size_t kSlabBytes = 256 * 1024;
 constexpr size_t kRowChunk = 64;
-static size_t kChunk = getenv("CHUNK") ? atoi(getenv("CHUNK")) : 64;
 
 template <int NV, bool kMasked, typename Values, typename Col>
 void spmm_tile(const PackedWeights& w, const Col* cols, size_t mt, const float* x, size_t xs,
@@ -59,7 +57,7 @@ void spmm_tile(const PackedWeights& w, const Col* cols, size_t mt, const float* 
   const size_t k = w.k;
   const size_t kb = std::max<size_t>(64, kSlabBytes / (NV * 64));
   const bool blocked = k > kb;
-  const size_t chunk = blocked ? kChunk : n_end - n_begin;
+  const size_t chunk = blocked ? kRowChunk : n_end - n_begin;
   uint32_t cursor[kRowChunk];
   for (size_t c0 = n_begin; c0 < n_end; c0 += chunk) {
     const size_t c1 = std::min(n_end, c0 + chunk);
