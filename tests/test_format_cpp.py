@@ -835,8 +835,8 @@ def test_11_corrupt_files(name, make, section, facts):
 
 
 def test_11_model_runs_with_sparse_weights():
-    """A linear layer whose weight is csr_relative + codebook + Huffman runs (decoded to
-    f32 at load) and matches the dense f32 model exactly."""
+    """A linear layer whose weight is csr_relative + codebook + Huffman (or block-CSR f16)
+    runs on the sparse kernels and matches the dense f32 model up to summation order."""
     rng = np.random.default_rng(3)
     w = np.where(rng.random((8, 40)) < 0.2, rng.integers(-3, 4, (8, 40)), 0).astype(np.float32)
     x = rng.standard_normal((2, 40)).astype(np.float32)
@@ -850,5 +850,5 @@ def test_11_model_runs_with_sparse_weights():
         b.mark_output(y, "y")
         outs.append(deepsqueeze.load(F.to_bytes(b.build({})), threads=1).run(x))
     for o in outs[1:]:
-        np.testing.assert_array_equal(np.asarray(list(o.values())[0] if isinstance(o, dict) else o[0]),
-                                      np.asarray(list(outs[0].values())[0] if isinstance(outs[0], dict) else outs[0][0]))
+        np.testing.assert_allclose(np.asarray(list(o.values())[0] if isinstance(o, dict) else o[0]),
+                                      np.asarray(list(outs[0].values())[0] if isinstance(outs[0], dict) else outs[0][0]), rtol=1e-5, atol=1e-5)
