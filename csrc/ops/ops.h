@@ -99,9 +99,8 @@ class Layer {
 std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& file,
                                   const LoadOptions& options);
 
-// Weight decoding (load time): any value encoding to f32, row-major in file order.
+// Weight decoding (load time): any encoding to dense f32, row-major in file order.
 std::vector<float> decode_to_f32(const format::Tensor& t);
-float half_to_float(uint16_t h);
 
 // Per-op constructors (ops/conv.cc, ops/simple_ops.cc).
 std::unique_ptr<Layer> make_conv_or_linear(const format::Node& node, const format::File& file,
