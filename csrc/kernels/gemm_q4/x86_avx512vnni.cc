@@ -16,24 +16,13 @@
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_q4/ukernels.h"
 
+#include "kernels/common/x86_vnni.h"
+
 namespace dsq::gemm_q4 {
 namespace {
 
-inline int32_t load_u32(const uint8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-// acc += a(u8) . b(s8); inline asm keeps GCC from copying accumulators every step.
-inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
-#if defined(__GNUC__)
-  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
-  return acc;
-#else
-  return _mm512_dpbusd_epi32(acc, a, b);
-#endif
-}
+using vnni::dpbusd;
+using vnni::load_u32;
 
 template <size_t MR, size_t V>
 inline void ukernel(size_t m, const uint8_t* a, size_t a_stride, const PackedWeights& w,
