@@ -17,16 +17,24 @@ graph vocabulary:
 
 Anything else raises `UnsupportedOperationError`, naming the first unsupported module
 type or function, the fx node and where it is (module path and source line).
+
+The encoding of each conv / linear weight comes from `weights=` (a WeightSpec, see
+below): a preset for all layers, "auto" (lossless: sparse layouts, codebooks and
+Huffman where they make the layer smaller and the engine runs it fast), or a per-layer
+dict / callable of presets and encode_tensor options.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
 import operator
 import os
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from numbers import Integral
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,9 +48,12 @@ from torch.nn.modules.utils import _pair
 
 from deepsqueeze import format as dsqformat
 from deepsqueeze.builder import GraphBuilder
+from deepsqueeze.encode import check_group_size, decode_tensor, encode_tensor, payload_bytes
 
 __all__ = ["export", "export_to_bytes", "build", "UnsupportedOperationError", "PRODUCER",
-           "WEIGHT_ENCODINGS"]
+           "WEIGHT_ENCODINGS", "ENCODING_OPTIONS", "SPARSE_MAX_DENSITY_POINTWISE",
+           "SPARSE_MAX_DENSITY_KXK", "AUTO_INDEX_BITS", "AUTO_BLOCKS", "auto_encode",
+           "WeightSpec", "Encoding"]
 
 PRODUCER = "deepsqueeze.convert 0.1.0"
 
@@ -55,6 +66,295 @@ WEIGHT_ENCODINGS = {
 }
 _ACTIVATION_CODES = {"relu": 1, "relu6": 2}
 _TORCH_DIR = os.path.dirname(torch.__file__)
+
+# ---------------------------------------------------------------------------------------
+# Weight specs: the encoding of each conv / linear weight
+#
+# `weights=` of export/build is a WeightSpec:
+#   - a preset for every layer: "fp32" (= "f32"), "f16" (= "fp16"), "int8", "int4",
+#     or "auto" (see auto_encode);
+#   - one Encoding dict (its keys are all ENCODING_OPTIONS, none a module name) for
+#     every layer;
+#   - a dict {module name or fnmatch pattern: Encoding}. A layer takes the encoding of
+#     its exact fully-qualified module name (e.g. "features.3.conv"), else of the first
+#     pattern (in dict order) that matches it, else of "*", else "fp32". A key other
+#     than "*" that matches no Conv2d / Linear is an error (a typo would otherwise be
+#     silently ignored);
+#   - a callable(module, fqn) -> Encoding, called once per Conv2d / Linear (None =
+#     "fp32").
+# An Encoding is a preset string (including "auto") or a dict of encode_tensor keyword
+# arguments (ENCODING_OPTIONS); "values" also accepts the preset names ("int8", ...).
+# Biases and BatchNorm parameters are always f32. Every problem raises ValueError naming
+# the module. The encoding stored for each layer is recorded in the export_config
+# metadata ("layers": {fqn: encode_tensor arguments}).
+
+Encoding = Union[str, Mapping[str, Any]]
+WeightSpec = Union[str, Mapping[str, Encoding], Callable[[nn.Module, str], Optional[Encoding]]]
+
+ENCODING_OPTIONS = ("values", "layout", "index_bits", "block", "codebook_bits",
+                    "codebook_per_row", "huffman", "group_size")
+
+# "auto": weights are kept exactly as stored in f32 (after BatchNorm folding; no new
+# rounding) in the encoding with the smallest payload among those the engine runs fast.
+#
+# A sparse layout (csr, csr_relative, block_csr) is a candidate only when the layer's
+# density (nonzeros / numel) is at most the threshold where the engine's sparse kernel
+# family (spmm_f32: csr with f32 or codebook values, lanes along batch/pixels) beats its
+# dense GEMM: linear layers and 1x1 convolutions run the sparse matrix product directly,
+# a kxk convolution pays an im2col per chunk of pixels on top, so it needs sparser
+# weights. Grouped (including depthwise) convolutions have no sparse kernel: dense only.
+SPARSE_MAX_DENSITY_POINTWISE = 0.4  # linear, 1x1 conv
+SPARSE_MAX_DENSITY_KXK = 0.3  # kxk conv (k > 1), groups == 1
+# csr_relative gap widths tried (Deep Compression uses 4 for conv, 5 for fc layers).
+AUTO_INDEX_BITS = (4, 5)
+# block_csr shapes tried, each only when its blocks are at least AUTO_BLOCK_MIN_FILL full
+# (below that the zeros stored inside blocks cost more than csr's column indices save).
+AUTO_BLOCKS = ((1, 4), (4, 1), (4, 4))
+AUTO_BLOCK_MIN_FILL = 0.5
+_AUTO_HUFFMAN = "auto"  # Huffman-code a stream only where it saves bytes
+
+
+def _spec_error(where: str, message: str) -> ValueError:
+    return ValueError(f"weights for {where}: {message}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _normalize_encoding(enc, where: str, group_size: int):
+    """An Encoding as "auto" or a dict of encode_tensor arguments (JSON-able), checked."""
+    if enc is None:
+        enc = "fp32"
+    if isinstance(enc, str):
+        if enc == "auto":
+            return "auto"
+        if enc in WEIGHT_ENCODINGS:
+            out = {"values": WEIGHT_ENCODINGS[enc]}
+            if out["values"] == "int4_group":
+                out["group_size"] = int(group_size)
+            return out
+        raise _spec_error(where, f"unknown encoding {enc!r}: expected one of 'fp32', 'f16', "
+                                 "'int8', 'int4', 'auto' or a dict of encode_tensor options "
+                                 f"({', '.join(ENCODING_OPTIONS)})")
+    if not isinstance(enc, Mapping):
+        raise _spec_error(where, f"an encoding is a preset string or a dict, got "
+                                 f"{type(enc).__name__} {enc!r}")
+    unknown = [k for k in enc if k not in ENCODING_OPTIONS]
+    if unknown:
+        raise _spec_error(where, f"unknown encoding option(s) {', '.join(map(repr, unknown))} "
+                                 f"(known: {', '.join(ENCODING_OPTIONS)})")
+    out: Dict[str, Any] = {}
+    values = enc.get("values", "f32")
+    values = WEIGHT_ENCODINGS.get(values, values) if isinstance(values, str) else values
+    if not isinstance(values, str) or values not in dsqformat.VALUES:
+        raise _spec_error(where, f"unknown values {values!r} (known: "
+                                 f"{', '.join(dsqformat.VALUES)}, or a preset name)")
+    out["values"] = values
+    layout = enc.get("layout", "dense")
+    if not isinstance(layout, str) or layout not in dsqformat.LAYOUTS:
+        raise _spec_error(where, f"unknown layout {layout!r} (known: {', '.join(dsqformat.LAYOUTS)})")
+    out["layout"] = layout
+    if layout == "csr_relative":
+        ib = enc.get("index_bits", 4)
+        if not _is_int(ib) or not 2 <= ib <= 8:
+            raise _spec_error(where, f"index_bits must be an int in 2..8, got {ib!r}")
+        out["index_bits"] = int(ib)
+    if layout == "block_csr":
+        blk = enc.get("block", (1, 4))
+        try:
+            br, bc = blk
+            ok = _is_int(br) and _is_int(bc)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or not (1 <= br <= 16 and 1 <= bc <= 16) or (br, bc) == (1, 1):
+            raise _spec_error(where, f"block must be (block_rows, block_cols), each 1..16 and "
+                                     f"not (1, 1), got {blk!r}")
+        out["block"] = [int(br), int(bc)]
+    if values == "codebook":
+        cb = enc.get("codebook_bits")
+        if cb is not None and (not _is_int(cb) or not 1 <= cb <= 8):
+            raise _spec_error(where, f"codebook_bits must be None or an int in 1..8, got {cb!r}")
+        out["codebook_bits"] = None if cb is None else int(cb)
+        per_row = enc.get("codebook_per_row", False)
+        if not isinstance(per_row, (bool, np.bool_)):
+            raise _spec_error(where, f"codebook_per_row must be a bool, got {per_row!r}")
+        out["codebook_per_row"] = bool(per_row)
+    if values == "int4_group":
+        gs = enc.get("group_size", group_size)
+        try:
+            out["group_size"] = check_group_size(gs)
+        except (ValueError, TypeError) as e:
+            raise _spec_error(where, str(e)) from None
+    huff = enc.get("huffman", False)
+    if not (huff is True or huff is False or huff == "auto"):
+        raise _spec_error(where, f"huffman must be False, True or 'auto', got {huff!r}")
+    out["huffman"] = huff
+    return out
+
+
+def _layer_modules(module: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The Conv2d / Linear modules whose weights the exporter writes, by name."""
+    return [(name, m) for name, m in module.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+
+
+def _describe_spec(weights) -> Any:
+    if isinstance(weights, str):
+        return weights
+    if callable(weights):
+        return f"callable {getattr(weights, '__qualname__', type(weights).__name__)}"
+    def plain(v):
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, (np.bool_, bool)):
+            return bool(v)
+        if isinstance(v, Integral):
+            return int(v)
+        return v if v is None or isinstance(v, (str, float)) else repr(v)
+
+    return plain(weights)
+
+
+def _resolve_weights(module: nn.Module, weights, group_size: int) -> Dict[str, Any]:
+    """{fqn: "auto" | encode_tensor arguments} for every Conv2d / Linear of `module`."""
+    layers = _layer_modules(module)
+    plan: Dict[str, Any] = {}
+    if isinstance(weights, str):
+        if weights != "auto" and weights not in WEIGHT_ENCODINGS:
+            raise ValueError(f"weights={weights!r}: expected one of 'fp32', 'f16', 'int8', 'int4', "
+                             "'auto', a dict {module name or pattern: encoding} or a "
+                             "callable(module, name) -> encoding")
+        for name, m in layers:
+            plan[name] = _normalize_encoding(weights, f"module {name!r}", group_size)
+        return plan
+    if isinstance(weights, Mapping):
+        for key in weights:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"weights: keys are module names or fnmatch patterns, got {key!r}")
+        names = [n for n, _ in layers]
+        if weights and all(k in ENCODING_OPTIONS and k not in names for k in weights):
+            # one encoding (a dict of encode_tensor arguments) for every layer
+            for name, m in layers:
+                plan[name] = _normalize_encoding(weights, f"module {name!r} ({type(m).__name__})",
+                                                 group_size)
+            return plan
+        for key in weights:
+            if key != "*" and key not in names and not any(fnmatch.fnmatchcase(n, key) for n in names):
+                raise ValueError(f"weights: key {key!r} names no Conv2d / Linear module of "
+                                 f"{type(module).__name__} (modules: {', '.join(names) or 'none'})")
+        patterns = [k for k in weights if k != "*" and any(c in k for c in "*?[")]
+        for name, m in layers:
+            if name in weights:
+                enc = weights[name]
+            else:
+                enc = next((weights[p] for p in patterns if fnmatch.fnmatchcase(name, p)),
+                           weights.get("*", "fp32"))
+            plan[name] = _normalize_encoding(enc, f"module {name!r} ({type(m).__name__})", group_size)
+        return plan
+    if callable(weights):
+        for name, m in layers:
+            try:
+                enc = weights(m, name)
+            except Exception as e:
+                raise ValueError(f"weights: the callable failed for module {name!r} "
+                                 f"({type(m).__name__}): {type(e).__name__}: {e}") from e
+            plan[name] = _normalize_encoding(enc, f"module {name!r} ({type(m).__name__})", group_size)
+        return plan
+    raise ValueError(f"weights={weights!r}: expected a preset string, a dict or a callable")
+
+
+def _padded_bytes(t: dsqformat.Tensor) -> int:
+    """The bytes the tensor's streams take in the payload section (each 64-aligned)."""
+    return sum(-(-int(np.asarray(s.data).nbytes) // 64) * 64 for s in t.streams)
+
+
+def _exact(decoded: np.ndarray, w: np.ndarray) -> bool:
+    return bool(np.array_equal(decoded, w, equal_nan=True))
+
+
+def auto_encode(name: str, array, sparse_max_density: Optional[float]):
+    """The "auto" encoding of one weight: the values exactly as given in f32 (no
+    rounding), in the smallest payload (streams padded to 64 bytes, as in the file)
+    among these candidates, each with huffman="auto":
+
+    - dense f32; dense f16 when every value is exactly an f16; dense codebook with
+      b = ceil(log2(distinct values)) <= 8 bits, one table per tensor or per row
+      (per row only when it needs fewer bits);
+    - when density <= sparse_max_density (None: no sparse layout): csr, csr_relative
+      with AUTO_INDEX_BITS, block_csr with AUTO_BLOCKS (only when blocks are at least
+      AUTO_BLOCK_MIN_FILL full), each with the same value options (the codebook over the
+      nonzeros only).
+
+    Ties go to the earlier candidate (dense f32 first). The result decodes exactly to
+    the f32 weight (checked). Returns (Tensor, encode_tensor arguments, facts) where facts
+    holds density, distinct values (per tensor, max per row) and candidates tried.
+    """
+    w = np.ascontiguousarray(np.asarray(array), dtype=np.float32)
+    rows, cols = dsqformat.tensor_matrix_shape(w.shape)
+    m = w.reshape(rows, cols)
+    numel = int(m.size)
+    nz = m != 0
+    nnz = int(np.count_nonzero(nz))
+    density = nnz / numel
+    bitsof = m.view(np.uint32)
+    distinct = int(np.unique(bitsof).size)
+    distinct_nz = int(np.unique(bitsof[nz]).size)
+    srt = np.sort(bitsof, axis=1)
+    row_distinct = int(((srt[:, 1:] != srt[:, :-1]).sum(axis=1) + 1).max())
+    # per-row distinct nonzeros: zeros (either sign) become one sentinel, then discounted
+    zs = np.sort(np.where(nz, bitsof, np.uint32(0)), axis=1)
+    zcount = (zs[:, 1:] != zs[:, :-1]).sum(axis=1) + 1 - (~nz).any(axis=1)
+    row_distinct_nz = int(max(int(zcount.max()), 1))
+
+    def bits_for(n: int) -> int:
+        return max(1, math.ceil(math.log2(max(n, 1))))
+
+    f16_exact = bool(np.array_equal(w.astype(np.float16).astype(np.float32).view(np.uint32),
+                                    w.view(np.uint32)))
+
+    def value_options(n_tensor: int, n_row: int) -> List[Dict[str, Any]]:
+        opts: List[Dict[str, Any]] = [{"values": "f32"}]
+        if f16_exact:
+            opts.append({"values": "f16"})
+        bt = bits_for(n_tensor) if n_tensor <= 256 else None
+        if bt is not None:
+            opts.append({"values": "codebook", "codebook_bits": bt, "codebook_per_row": False})
+        if rows > 1 and n_row <= 256:
+            br = bits_for(n_row)
+            if bt is None or br < bt:
+                opts.append({"values": "codebook", "codebook_bits": br, "codebook_per_row": True})
+        return opts
+
+    candidates: List[Dict[str, Any]] = [dict(o, layout="dense") for o in value_options(distinct, row_distinct)]
+    sparse = sparse_max_density is not None and 0 < nnz and density <= sparse_max_density
+    if sparse:
+        layouts: List[Dict[str, Any]] = [{"layout": "csr"}]
+        layouts += [{"layout": "csr_relative", "index_bits": b} for b in AUTO_INDEX_BITS]
+        for br, bc in AUTO_BLOCKS:
+            nbr, nbc = dsqformat.block_grid(rows, cols, br, bc)
+            padded = np.zeros((nbr * br, nbc * bc), dtype=bool)
+            padded[:rows, :cols] = nz
+            blocks = int(padded.reshape(nbr, br, nbc, bc).any(axis=(1, 3)).sum())
+            if nnz >= AUTO_BLOCK_MIN_FILL * blocks * br * bc:
+                layouts.append({"layout": "block_csr", "block": [br, bc]})
+        for lay in layouts:
+            candidates += [dict(o, **lay) for o in value_options(distinct_nz, row_distinct_nz)]
+
+    scored = []
+    for k, cand in enumerate(candidates):
+        kwargs = dict(cand, huffman=_AUTO_HUFFMAN)
+        t = encode_tensor(name, w, **kwargs)
+        scored.append((_padded_bytes(t), payload_bytes(t), k, t, kwargs))
+    scored.sort(key=lambda s: s[:3])
+    facts = {"density": density, "distinct": distinct, "distinct_per_row": row_distinct,
+             "candidates": len(candidates)}
+    for _, _, _, t, kwargs in scored:
+        if _exact(decode_tensor(t), w):
+            return t, kwargs, facts
+    # Unreachable unless an encoder bug loses a value: never store anything inexact.
+    raise AssertionError(f"tensor {name!r}: no auto candidate decodes exactly")  # pragma: no cover
 
 
 class UnsupportedOperationError(ValueError):
@@ -227,14 +527,16 @@ def _is_num(x, v) -> bool:
 
 
 class _Converter:
-    def __init__(self, module: nn.Module, example: Tuple[torch.Tensor, ...], encoding: str,
+    def __init__(self, module: nn.Module, example: Tuple[torch.Tensor, ...], plan: Dict[str, Any],
                  group_size: int, input_names, output_names, dynamic_batch: bool,
                  input_ranges: Optional[Dict[str, Tuple[float, float]]]):
         self.module = module
         self.root_name = type(module).__name__
         self.example = example
-        self.encoding = encoding
+        self.plan = plan  # fqn -> "auto" | encode_tensor arguments (_resolve_weights)
         self.group_size = group_size
+        self.layer_encodings: Dict[str, Dict[str, Any]] = {}  # fqn -> arguments stored
+        self.auto_facts: Dict[str, Dict[str, Any]] = {}
         self.input_names = input_names
         self.output_names = output_names
         self.dynamic_batch = dynamic_batch
@@ -368,6 +670,39 @@ class _Converter:
             kwargs["group_size"] = self.group_size
         idx = self.b.add_weight(self.unique_tensor_name(name),
                                 np.ascontiguousarray(array, dtype=np.float32), values=values, **kwargs)
+        self.tensor_cache[key] = idx
+        return idx
+
+    def add_layer_weight(self, key, fqn: str, m: nn.Module, array: np.ndarray) -> int:
+        """The weight of Conv2d / Linear `fqn` (after BatchNorm folding) in the encoding
+        the weight spec gives it."""
+        if key in self.tensor_cache:
+            return self.tensor_cache[key]
+        enc = self.plan.get(fqn)
+        if enc is None:  # pragma: no cover - every Conv2d / Linear is planned
+            enc = {"values": "f32", "layout": "dense", "huffman": False}
+        name = self.unique_tensor_name(fqn + ".weight")
+        w32 = np.ascontiguousarray(array, dtype=np.float32)
+        where = f"module {fqn!r} ({type(m).__name__})"
+        if enc == "auto":
+            limit: Optional[float] = SPARSE_MAX_DENSITY_POINTWISE
+            if isinstance(m, nn.Conv2d):
+                if m.groups != 1:
+                    limit = None  # no sparse kernel for grouped / depthwise convolutions
+                elif tuple(_pair(m.kernel_size)) != (1, 1):
+                    limit = SPARSE_MAX_DENSITY_KXK
+            tensor, stored, facts = auto_encode(name, w32, limit)
+            self.auto_facts[fqn] = dict(facts, sparse_max_density=limit)
+        else:
+            stored = dict(enc)
+            try:
+                tensor = encode_tensor(name, w32, **stored)
+            except ValueError as e:
+                raise ValueError(f"weights for {where}: {e}") from None
+            if tensor.values == "codebook":
+                stored["codebook_bits"] = int(tensor.codebook_bits)
+        self.layer_encodings.setdefault(fqn, stored)
+        idx = self.b.add_tensor(tensor)
         self.tensor_cache[key] = idx
         return idx
 
@@ -548,10 +883,11 @@ class _Converter:
         chain += consumed
         if act:
             attrs["activation"] = [act]
-        if self.input_ranges is not None and name in self.input_ranges:
+        if self.input_ranges is not None and name in self.input_ranges and \
+                _integer_values(self.plan.get(name)):
             attrs["input_quant"] = list(_input_quant(*self.input_ranges[name]))
         key = (name, bn_name)
-        w_idx = self.add_tensor(key + ("weight",), name + ".weight", w.numpy(), self.encoding)
+        w_idx = self.add_layer_weight(key + ("weight",), name, m, w.numpy())
         weights = [w_idx]
         if bias is not None:
             weights.append(self.add_tensor(key + ("bias",), name + ".bias", bias.numpy(), "f32"))
@@ -896,64 +1232,109 @@ def _calibrate(module: nn.Module, batches: Iterable) -> Tuple[Dict[str, Tuple[fl
     return {k: (v[0], v[1]) for k, v in ranges.items()}, n
 
 
-def build(module: nn.Module, example_inputs, weights: str = "fp32", calibration=None,
+def _integer_values(enc) -> bool:
+    return isinstance(enc, Mapping) and enc.get("values") in ("int8_channel", "int4_group")
+
+
+def build(module: nn.Module, example_inputs, weights: WeightSpec = "fp32", calibration=None,
           group_size: int = 64, input_names: Optional[Sequence[str]] = None,
           output_names: Optional[Sequence[str]] = None, dynamic_batch: bool = True):
     """Trace and convert `module`; returns the DsqFile without writing it."""
-    encoding = _encoding_of(weights)
-    if encoding == "int4_group" and (group_size < 8 or group_size > 65536 or
-                                     group_size & (group_size - 1)):
-        raise ValueError(f"group_size={group_size}: must be a power of two in 8..65536")
+    if isinstance(weights, str):
+        encoding = "auto" if weights == "auto" else _encoding_of(weights)
+        if encoding == "int4_group" and (group_size < 8 or group_size > 65536 or
+                                         group_size & (group_size - 1)):
+            raise ValueError(f"group_size={group_size}: must be a power of two in 8..65536")
+    elif not isinstance(weights, Mapping) and not callable(weights):
+        raise ValueError(f"weights={weights!r}: expected one of 'fp32', 'f16', 'int8', 'int4', "
+                         "'auto', a dict {module name or pattern: encoding} or a "
+                         "callable(module, name) -> encoding")
     example = _as_input_tuple(example_inputs)
     if input_names is not None and len(input_names) != len(example):
         raise ValueError(f"input_names has {len(input_names)} names for {len(example)} inputs")
     if not isinstance(module, nn.Module):
         raise TypeError(f"module is a {type(module).__name__}, expected a torch.nn.Module")
+    plan = _resolve_weights(module, weights, group_size)
     modes = {m: m.training for m in module.modules()}
     module.eval()
     try:
         ranges, n_batches = None, 0
         if calibration is not None:
-            if encoding in ("int8_channel", "int4_group"):
+            if any(_integer_values(e) for e in plan.values()):
                 ranges, n_batches = _calibrate(module, calibration)
             else:
-                warnings.warn(f"calibration is ignored with weights={weights!r} (activations are "
-                              "quantized only with integer weight encodings)", stacklevel=3)
-        conv = _Converter(module, example, encoding, group_size, input_names, output_names,
+                warnings.warn(f"calibration is ignored with weights={_describe_spec(weights)!r} "
+                              "(activations are quantized only with integer weight encodings)",
+                              stacklevel=3)
+        conv = _Converter(module, example, plan, group_size, input_names, output_names,
                           dynamic_batch, ranges)
         conv.run()
     finally:
         for m, mode in modes.items():
             m.training = mode
+    if isinstance(weights, str) and weights != "auto":
+        weight_values = _encoding_of(weights)
+    else:
+        kinds = {e["values"] for e in conv.layer_encodings.values()}
+        weight_values = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
     config = {
-        "weights": weights,
-        "weight_values": encoding,
+        "weights": _describe_spec(weights),
+        "weight_values": weight_values,
         "group_size": int(group_size),
         "calibrated": ranges is not None,
         "calibration_batches": int(n_batches),
         "dynamic_batch": bool(dynamic_batch),
         "bn_folded": conv.stats["bn_folded"],
         "activations_fused": conv.stats["activations_fused"],
+        # the encode_tensor arguments each conv / linear weight was stored with
+        "layers": conv.layer_encodings,
     }
+    if conv.auto_facts:
+        config["auto"] = {
+            "sparse_max_density_pointwise": SPARSE_MAX_DENSITY_POINTWISE,
+            "sparse_max_density_kxk": SPARSE_MAX_DENSITY_KXK,
+            "layers": {k: {"density": round(v["density"], 6), "distinct": v["distinct"],
+                           "distinct_per_row": v["distinct_per_row"]}
+                       for k, v in conv.auto_facts.items()},
+        }
     metadata = {
         "dsq.producer": PRODUCER,
         "dsq.source_model": type(module).__name__,
-        "dsq.export_config": json.dumps(config, sort_keys=True),
+        "dsq.export_config": json.dumps(config, sort_keys=True, default=repr),
     }
     return conv.b.build(metadata)
 
 
-def export(module: nn.Module, example_inputs, path, weights: str = "fp32", calibration=None,
+def export(module: nn.Module, example_inputs, path, weights: WeightSpec = "fp32", calibration=None,
            group_size: int = 64, input_names: Optional[Sequence[str]] = None,
            output_names: Optional[Sequence[str]] = None, dynamic_batch: bool = True):
     """Export `module` to the .dsq file `path` and return the DsqFile written.
 
-    weights: encoding of conv/linear weights: "fp32", "f16", "int8" (per output channel)
-    or "int4" (per group of `group_size` along each row). Biases and BatchNorm
-    parameters are always f32.
+    weights: the encoding of conv/linear weights (a WeightSpec):
+      - "fp32", "f16", "int8" (per output channel) or "int4" (per group of `group_size`
+        along each row) for every layer;
+      - "auto": every weight exactly as it is (after BatchNorm folding; no rounding
+        beyond f32) in the smallest encoding the engine runs fast: csr / csr_relative /
+        block_csr when the layer is sparse enough for the sparse kernel
+        (SPARSE_MAX_DENSITY_POINTWISE for linear and 1x1 conv, SPARSE_MAX_DENSITY_KXK for
+        kxk conv; grouped convs stay dense), a b-bit codebook when the layer holds at
+        most 2^b distinct values, Huffman-coded streams where they save bytes
+        (see auto_encode);
+      - a dict {module name or fnmatch pattern: encoding} ("*": the default, else
+        "fp32"; an exact name wins over patterns, then the first matching pattern),
+        or a callable(module, name) -> encoding (None: "fp32"). An encoding is one of
+        the strings above or a dict of encode_tensor arguments (values, layout,
+        index_bits, block, codebook_bits, codebook_per_row, huffman, group_size), e.g.
+        {"layout": "csr_relative", "values": "codebook", "huffman": True}; such a dict
+        may also be given directly as `weights` for every layer. A codebook never
+        rounds: a request that would lose values raises ValueError.
+    Invalid specs raise ValueError naming the module. Biases and BatchNorm parameters
+    are always f32. The encoding of each layer is recorded in the "dsq.export_config"
+    metadata ("layers").
     calibration: None, or an iterable of example input batches (tensors or tuples of
     tensors); with int8/int4 weights, the min/max of every conv/linear input over these
-    batches sets a static u8 input quantization (`input_quant`).
+    batches sets a static u8 input quantization (`input_quant`) of the layers with
+    integer weights.
     dynamic_batch: the graph inputs accept any batch size (dim 0 = -1).
     """
     dsq = build(module, example_inputs, weights=weights, calibration=calibration,

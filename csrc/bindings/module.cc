@@ -15,6 +15,7 @@
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
+#include "kernels/spmm_f32/spmm_f32.h"
 #include "runtime/model.h"
 
 namespace py = pybind11;
@@ -303,6 +304,7 @@ PYBIND11_MODULE(_core, m) {
     for (const auto& k : gemm_f32::all_ukernels()) add("gemm_f32", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : gemm_qu8::all_ukernels()) add("gemm_qu8", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : gemm_q4::all_ukernels()) add("gemm_q4", k.name, k.isa, k.mr, k.nr);
+    for (const auto& k : spmm_f32::all_ukernels()) add("spmm_f32", k.name, k.isa, k.mr, 1);
     return out;
   });
 

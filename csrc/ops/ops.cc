@@ -1,5 +1,6 @@
 #include "ops/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -78,5 +79,17 @@ std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& 
 }
 
 std::vector<float> decode_to_f32(const format::Tensor& t) { return format::decode_dense(t); }
+
+void transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols) {
+  constexpr size_t kBlock = 32;
+  for (size_t rb = 0; rb < rows; rb += kBlock) {
+    const size_t re = std::min(rb + kBlock, rows);
+    for (size_t cb = 0; cb < cols; cb += kBlock) {
+      const size_t ce = std::min(cb + kBlock, cols);
+      for (size_t c = cb; c < ce; ++c)
+        for (size_t r = rb; r < re; ++r) dst[c * dst_stride + r] = src[r * src_stride + c];
+    }
+  }
+}
 
 }  // namespace dsq::rt

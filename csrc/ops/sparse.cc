@@ -66,7 +66,7 @@ class SparseLayer : public Layer {
   }
 
   size_t scratch_bytes(const std::vector<Shape>&, const std::vector<Shape>& out, size_t threads) const override {
-    if (rows_of(out[0]) == 1) return 0;
+    if (rows_of(out[0]) == 1 && pointwise()) return 0;  // the batch-1 path needs no scratch
     return slot_bytes() * std::min<size_t>(threads, 64);
   }
 
@@ -118,11 +118,10 @@ class SparseLayer : public Layer {
         a = patches;
         a_stride = kk;
       }
-      for (int64_t r = 0; r < rows; ++r)
-        for (size_t c = 0; c < kk; ++c) x_t[c * kChunk + r] = a[r * a_stride + c];
+      transpose(a, a_stride, x_t, kChunk, static_cast<size_t>(rows), kk);
       spmm_f32::run(*spmm_uk, w, static_cast<size_t>(rows), x_t, kChunk * 4, y_t, kChunk * 4, 0, w.n, lo, hi);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t n = 0; n < cout; ++n) y[(m0 + r) * cout + n] = y_t[n * kChunk + r];
+      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout),
+                static_cast<size_t>(rows));
     };
     if (slots <= 1) {
       for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);

@@ -12,25 +12,14 @@ namespace {
 // (C x HW) <-> (HW x C) matrix, split over the pool by blocks of rows.
 constexpr int64_t kBlock = 32;
 
-void transpose_image(const float* x, float* y, int64_t rows, int64_t cols, int64_t r0, int64_t r1) {
-  // y[c][r] = x[r][c] for r in [r0, r1)
-  for (int64_t rb = r0; rb < r1; rb += kBlock) {
-    const int64_t re = std::min(rb + kBlock, r1);
-    for (int64_t cb = 0; cb < cols; cb += kBlock) {
-      const int64_t ce = std::min(cb + kBlock, cols);
-      for (int64_t c = cb; c < ce; ++c)
-        for (int64_t r = rb; r < re; ++r) y[c * rows + r] = x[r * cols + c];
-    }
-  }
-}
-
 void transpose_batch(const float* x, float* y, int64_t N, int64_t rows, int64_t cols, ThreadPool& pool) {
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
   const int64_t tasks = N * row_blocks;
   auto body = [&](size_t t) {
     const int64_t n = static_cast<int64_t>(t) / row_blocks, b = static_cast<int64_t>(t) % row_blocks;
-    transpose_image(x + n * rows * cols, y + n * rows * cols, rows, cols, b * kBlock,
-                    std::min(rows, (b + 1) * kBlock));
+    const int64_t r0 = b * kBlock, r1 = std::min(rows, (b + 1) * kBlock);
+    transpose(x + (n * rows + r0) * cols, static_cast<size_t>(cols), y + n * rows * cols + r0,
+              static_cast<size_t>(rows), static_cast<size_t>(r1 - r0), static_cast<size_t>(cols));
   };
   if (pool.threads() <= 1 || N * rows * cols < (1 << 15)) {
     for (int64_t t = 0; t < tasks; ++t) body(static_cast<size_t>(t));

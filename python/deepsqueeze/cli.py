@@ -43,7 +43,7 @@ def cmd_inspect(args) -> int:
     for o in model.outputs:
         print(f"  output {o['name']}: {tuple('N' if d is None else d for d in o['shape'])} {o['dtype']}")
     print()
-    print(layer_table(model.layers(), file_bytes=os.path.getsize(args.file)))
+    print(layer_table(model.layers(), file_bytes=os.path.getsize(args.file), tensors=args.file))
     return 0
 
 

@@ -54,7 +54,7 @@ def run_demo(out_dir: str = "deepsqueeze-demo", threads=None, batch: int = 64) -
         export(net, example, path, weights=weights)
         model = deepsqueeze.load(path, threads=threads)
         print(f"== {path}")
-        print(layer_table(model.layers(), file_bytes=os.path.getsize(path)))
+        print(layer_table(model.layers(), file_bytes=os.path.getsize(path), tensors=path))
         y = model.run(xn)
         err = float(np.abs(y - reference).max() / np.abs(reference).max())
         agree = float((y.argmax(1) == reference.argmax(1)).mean())

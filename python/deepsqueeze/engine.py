@@ -82,7 +82,7 @@ class Model:
         """A per-layer table: op, output shape, weight encoding, payload bytes, kernel."""
         from .inspect import layer_table
 
-        return layer_table(self.layers(input_shapes))
+        return layer_table(self.layers(input_shapes), tensors=self.path)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{i['name']}{tuple('N' if d is None else d for d in i['shape'])}" for i in self._inputs)
