@@ -143,6 +143,15 @@ int main() {
   if (m) check_model(m, "buffer");
   dsq_model_free(m);
 
+  // From a buffer that is not even 4-byte aligned (armv7 faults on unaligned VFP loads).
+  std::vector<uint8_t> shifted(bytes.size() + 3);
+  std::memcpy(shifted.data() + 3, bytes.data(), bytes.size());
+  m = nullptr;
+  st = dsq_model_load_buffer(shifted.data() + 3, bytes.size(), 1, &m);
+  DSQ_CHECK(st == DSQ_OK && m, "load_buffer (unaligned): %s %s", dsq_status_name(st), dsq_last_error());
+  if (m) check_model(m, "unaligned buffer");
+  dsq_model_free(m);
+
   char path[] = "/tmp/dsq_c_api_XXXXXX";
   const int fd = mkstemp(path);
   DSQ_CHECK(fd >= 0, "mkstemp");
