@@ -3,9 +3,11 @@
 #include <cstdlib>
 #include <cstring>
 
+// The build passes DSQ_X86=0/1; decide from the compiler's target here (an #ifdef on
+// DSQ_X86 is true on Arm too, where it is defined as 0).
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <cpuid.h>
-#define DSQ_X86 1
+#define DSQ_CPU_X86 1
 #endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -14,7 +16,7 @@
 namespace dsq {
 namespace {
 
-#ifdef DSQ_X86
+#ifdef DSQ_CPU_X86
 unsigned long long read_xcr0() {
   unsigned int eax, edx;
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
@@ -24,7 +26,7 @@ unsigned long long read_xcr0() {
 
 CpuFeatures detect() {
   CpuFeatures f;
-#ifdef DSQ_X86
+#ifdef DSQ_CPU_X86
   unsigned int eax, ebx, ecx, edx;
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;
   const bool osxsave = ecx & (1u << 27);

@@ -511,8 +511,12 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     // int4 groups run along each output channel's file order (cin/groups, kh, kw), so
     // the int4 path builds its im2col rows channel-major to match (see im2col).
     const uint8_t* nib = value_bytes;
-    const float* file_scales = reinterpret_cast<const float*>(wt.stream(format::Role::kScales)->data);
     const uint64_t gs = wt.group_size, cols = wt.cols(), groups_per_row = (cols + gs - 1) / gs;
+    // Copied out of the file bytes: a caller's buffer (dsq_model_load_buffer) need not be
+    // 4-byte aligned, and armv7 VFP loads from an unaligned float* fault (SIGBUS).
+    std::vector<float> scale_copy(static_cast<size_t>(static_cast<uint64_t>(g.cout) * groups_per_row));
+    std::memcpy(scale_copy.data(), wt.stream(format::Role::kScales)->data, scale_copy.size() * 4);
+    const float* file_scales = scale_copy.data();
     for (uint64_t i = 0; i < static_cast<uint64_t>(g.cout) * groups_per_row; ++i)
       if (!std::isfinite(file_scales[i])) bad(n, "weight '" + wt.name + "' has a non-finite scale");
     for (int64_t grp = 0; grp < g.groups; ++grp) {

@@ -1,6 +1,7 @@
 #include "runtime/model.h"
 
 #include <algorithm>
+#include <limits>
 #include <cstring>
 
 #include "base/error.h"
@@ -30,7 +31,9 @@ void transpose_batch(const float* x, float* y, int64_t N, int64_t rows, int64_t 
 
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
-constexpr int64_t kMaxElements = int64_t(1) << 36;  // per activation tensor
+// Per activation tensor. On 32-bit targets (armv7) the byte size must fit size_t:
+// 2^28 floats = 1 GiB, so numel * 4 and the arena offsets below cannot wrap.
+constexpr int64_t kMaxElements = sizeof(size_t) >= 8 ? int64_t(1) << 36 : int64_t(1) << 28;
 
 }  // namespace
 
@@ -158,6 +161,9 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
       if (offset + bytes <= b.first) break;
       offset = std::max(offset, b.second);
     }
+    if (offset > std::numeric_limits<size_t>::max() - bytes)
+      throw InputError("the activations for input shapes " + input_shapes[0].str() +
+                       " do not fit this target's address space");
     placed.push_back({offset, bytes, first[v], last[v]});
     plan.value_offset[v] = static_cast<int64_t>(offset);
     plan.arena_bytes = std::max(plan.arena_bytes, offset + bytes);
