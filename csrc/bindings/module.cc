@@ -32,6 +32,7 @@ py::dict cost_dict(const rt::Cost& c) {
   d["macs_int4"] = c.macs_int4;
   d["weight_bytes"] = c.weight_bytes;
   d["activation_bytes"] = c.activation_bytes;
+  d["skipped_macs"] = c.skipped_macs;
   return d;
 }
 

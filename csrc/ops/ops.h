@@ -42,18 +42,27 @@ struct Cost {
   uint64_t macs_f32 = 0, macs_int8 = 0, macs_int4 = 0;
   uint64_t weight_bytes = 0;      // weight bytes the kernel reads per run
   uint64_t activation_bytes = 0;  // activation bytes read + written
+  // Dynamic: MACs (counted in macs_f32) not executed because their input activation was
+  // zero (batch-1 zero-skipping of sparse layers). A plan's static cost has 0 here; runs
+  // report it through RunEnv::skipped_macs.
+  uint64_t skipped_macs = 0;
   void add(const Cost& o) {
     macs_f32 += o.macs_f32;
     macs_int8 += o.macs_int8;
     macs_int4 += o.macs_int4;
     weight_bytes += o.weight_bytes;
     activation_bytes += o.activation_bytes;
+    skipped_macs += o.skipped_macs;
   }
 };
 
 struct RunEnv {
   ThreadPool* pool;
   uint8_t* scratch;  // 64-byte aligned, scratch_bytes() long
+  // Dynamic counters of this run (one RunEnv per run, layers run one after another):
+  // a layer adds from the thread that called run(), after its parallel_for (tasks count
+  // into locals), so no atomics are needed. Model::execute adds them to Model.counters.
+  uint64_t* skipped_macs = nullptr;
 };
 
 struct WeightInfo {

@@ -194,7 +194,8 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
       ptr[v] = inputs[i];
     }
   }
-  RunEnv env{&pool, scratch};
+  uint64_t skipped_macs = 0;
+  RunEnv env{&pool, scratch, &skipped_macs};
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& node = graph_.nodes[i];
     auto& in = tables.node_in[i];
@@ -217,6 +218,7 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
   std::lock_guard<std::mutex> lock(counters_mutex_);
   ++counters_.runs;
   counters_.total.add(plan.total_cost);
+  counters_.total.skipped_macs += skipped_macs;
 }
 
 const Plan& Context::prepare(const std::vector<Shape>& input_shapes) {

@@ -97,9 +97,11 @@ Sparse make_sparse(size_t n, size_t k, double density, size_t empty_every, bool 
 
 PackedWeights pack_sparse(const Sparse& s, bool with_bias) {
   const bool cb = !s.codes.empty();
-  return pack(s.n, s.k, s.row_ptr.data(), s.col.data(), cb ? nullptr : s.values.data(),
-              cb ? s.codes.data() : nullptr, cb ? s.table.data() : nullptr, s.entries, s.per_row,
-              with_bias ? s.bias.data() : nullptr);
+  PackedWeights pw = pack(s.n, s.k, s.row_ptr.data(), s.col.data(), cb ? nullptr : s.values.data(),
+                          cb ? s.codes.data() : nullptr, cb ? s.table.data() : nullptr, s.entries,
+                          s.per_row, with_bias ? s.bias.data() : nullptr);
+  build_csc(pw);  // the zero-skipping (kCsc) kernels run through the same cases
+  return pw;
 }
 
 #if defined(__linux__)

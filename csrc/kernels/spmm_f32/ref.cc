@@ -83,7 +83,74 @@ void spmv_dispatch(const PackedWeights& w, const float* x, size_t xs, float* y, 
   }
 }
 
+// Batch-1 zero-skipping (EIE): y = bias; for each k with x[k] != 0, y[row] += w * x[k]
+// over column k of the CSC copy; then clamp. Each y[row] is one sequential sum in
+// increasing k, so the result does not depend on how the caller threads its work (the
+// layer runs it on one thread: a split by columns would need per-thread partial sums
+// whose float total depends on the split). kFull: rows [n_begin, n_end) = all rows (no
+// per-nonzero range test).
+template <typename Row, bool kCodebook, bool kFull>
+void spmv_csc(const PackedWeights& w, const Row* rows, const float* x, size_t xs, float* y,
+              size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  const uint32_t* cp = w.cp();
+  const float* bias = w.bias_ptr();
+  const float* vals = kCodebook ? nullptr : w.csc_values.as<float>();
+  const uint8_t* codes = kCodebook ? w.csc_codes.as<uint8_t>() : nullptr;
+  const float* tab = kCodebook ? w.tab() : nullptr;
+  const size_t tstride = (kCodebook && w.table_per_row) ? w.table_stride : 0;
+  const bool contiguous_y = ys == sizeof(float);
+  for (size_t n = n_begin; n < n_end; ++n) *row_of(y, ys, n) = bias[n];
+  const char* xb = reinterpret_cast<const char*>(x);
+  auto scatter = [&](auto yat) {
+    for (size_t k = 0; k < w.k; ++k) {
+      const float xv = *reinterpret_cast<const float*>(xb + k * xs);
+      if (xv == 0.f) continue;
+      const uint32_t e = cp[k + 1];
+      for (uint32_t p = cp[k]; p < e; ++p) {
+        const size_t r = rows[p];
+        if (!kFull && (r < n_begin || r >= n_end)) continue;
+        const float wv = kCodebook ? tab[r * tstride + codes[p]] : vals[p];
+        yat(r) += wv * xv;
+      }
+    }
+  };
+  if (contiguous_y)
+    scatter([y](size_t r) -> float& { return y[r]; });
+  else
+    scatter([y, ys](size_t r) -> float& { return *row_of(y, ys, r); });
+  for (size_t n = n_begin; n < n_end; ++n) {
+    float* yr = row_of(y, ys, n);
+    *yr = std::min(std::max(*yr, lo), hi);
+  }
+}
+
+template <bool kCodebook>
+void spmv_csc_dispatch(const PackedWeights& w, const float* x, size_t xs, float* y, size_t ys,
+                       size_t n_begin, size_t n_end, float lo, float hi) {
+  const bool full = n_begin == 0 && n_end == w.n;
+  if (w.csc_rows_u16) {
+    const uint16_t* r = w.csc_rows.as<uint16_t>();
+    if (full) spmv_csc<uint16_t, kCodebook, true>(w, r, x, xs, y, ys, n_begin, n_end, lo, hi);
+    else spmv_csc<uint16_t, kCodebook, false>(w, r, x, xs, y, ys, n_begin, n_end, lo, hi);
+  } else {
+    const uint32_t* r = w.csc_rows.as<uint32_t>();
+    if (full) spmv_csc<uint32_t, kCodebook, true>(w, r, x, xs, y, ys, n_begin, n_end, lo, hi);
+    else spmv_csc<uint32_t, kCodebook, false>(w, r, x, xs, y, ys, n_begin, n_end, lo, hi);
+  }
+}
+
 }  // namespace
+
+void spmv_csc_f32__scalar(const PackedWeights& w, size_t, const float* x, size_t xs, float* y,
+                          size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  spmv_csc_dispatch<false>(w, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
+
+void spmv_csc_cb_f32__scalar(const PackedWeights& w, size_t, const float* x, size_t xs,
+                             float* y, size_t ys, size_t n_begin, size_t n_end, float lo,
+                             float hi) {
+  spmv_csc_dispatch<true>(w, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
 
 void spmm_f32_4__scalar(const PackedWeights& w, size_t m, const float* x, size_t xs, float* y,
                         size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
@@ -120,6 +187,55 @@ size_t PackedWeights::csr_bytes() const {
 }
 size_t PackedWeights::tile_bytes() const {
   return has_tiles ? (groups() + 1) * 4 + tile_steps * (2 + kTileRows * 2) + n * 4 : 0;
+}
+
+size_t PackedWeights::csc_bytes() const {
+  return has_csc ? (k + 1) * 4 + nnz * (csc_rows_u16 ? 2 : 4) + nnz * (codebook ? 1 : 4) : 0;
+}
+
+void build_csc(PackedWeights& w) {
+  if (w.has_csc) return;
+  const size_t n = w.n, k = w.k, nnz = w.nnz;
+  w.csc_rows_u16 = n <= 65536;
+  w.csc_col_ptr.resize((k + 1) * sizeof(uint32_t));
+  uint32_t* cp = w.csc_col_ptr.as<uint32_t>();
+  std::fill(cp, cp + k + 1, 0u);
+  auto col_at = [&](size_t p) -> uint32_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  for (size_t p = 0; p < nnz; ++p) ++cp[col_at(p) + 1];
+  for (size_t c = 0; c < k; ++c) cp[c + 1] += cp[c];
+  w.csc_rows.resize(std::max<size_t>(nnz, 1) * (w.csc_rows_u16 ? 2 : 4));
+  if (w.codebook) w.csc_codes.resize(std::max<size_t>(nnz, 1));
+  else w.csc_values.resize(std::max<size_t>(nnz, 1) * sizeof(float));
+  std::vector<uint32_t> next(cp, cp + k);
+  const uint32_t* rp = w.rp();
+  for (size_t r = 0; r < n; ++r)  // rows in order: rows within a column come out increasing
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) {
+      const uint32_t d = next[col_at(p)]++;
+      if (w.csc_rows_u16) w.csc_rows.as<uint16_t>()[d] = static_cast<uint16_t>(r);
+      else w.csc_rows.as<uint32_t>()[d] = static_cast<uint32_t>(r);
+      if (w.codebook) w.csc_codes.as<uint8_t>()[d] = w.code()[p];
+      else w.csc_values.as<float>()[d] = w.vals()[p];
+    }
+  w.has_csc = true;
+}
+
+size_t count_zeros(const float* x, size_t xs, size_t k) {
+  size_t z = 0;
+  if (xs == sizeof(float)) {
+    for (size_t i = 0; i < k; ++i) z += x[i] == 0.f;
+  } else {
+    for (size_t i = 0; i < k; ++i) z += *row_of(x, xs, i) == 0.f;
+  }
+  return z;
+}
+
+uint64_t skipped_macs(const PackedWeights& w, const float* x, size_t xs) {
+  if (!w.has_csc) throw std::invalid_argument("spmm_f32::skipped_macs: no CSC copy (build_csc)");
+  const uint32_t* cp = w.cp();
+  uint64_t s = 0;
+  for (size_t i = 0; i < w.k; ++i)
+    if (*row_of(x, xs, i) == 0.f) s += cp[i + 1] - cp[i];
+  return s;
 }
 
 PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col,
@@ -245,6 +361,7 @@ bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m) {
   if (uk.codebook != w.codebook) return false;
   if (uk.spmv && m != 1) return false;
   if (uk.layout == Layout::kRowTiles && !w.has_tiles) return false;
+  if (uk.layout == Layout::kCsc && !w.has_csc) return false;
   return true;
 }
 
@@ -314,6 +431,7 @@ const Ukernel& best_ukernel(bool codebook, bool spmv) {
   const Ukernel* b = nullptr;
   for (const Ukernel& uk : all_ukernels()) {
     if (!isa_supported(uk.isa) || uk.codebook != codebook || (uk.spmv && !spmv)) continue;
+    if (uk.layout == Layout::kCsc) continue;  // zero-skipping: best_csc_ukernel()
     if (!b || better(uk, *b, spmv)) b = &uk;
   }
   return *b;  // the scalar references cover every kind
@@ -327,6 +445,7 @@ const Ukernel& best_ukernel_for(const PackedWeights& w, size_t m) {
   const Ukernel* b = nullptr;
   for (const Ukernel& uk : all_ukernels()) {
     if (!isa_supported(uk.isa) || !compatible(uk, w, m)) continue;
+    if (uk.layout == Layout::kCsc) continue;  // zero-skipping: best_csc_ukernel()
     if (!b) {
       b = &uk;
       continue;
@@ -340,6 +459,15 @@ const Ukernel& best_ukernel_for(const PackedWeights& w, size_t m) {
     if (better(uk, *b, m == 1)) b = &uk;
   }
   return *b;
+}
+
+const Ukernel& best_csc_ukernel(const PackedWeights& w) {
+  const Ukernel* b = nullptr;
+  for (const Ukernel& uk : all_ukernels()) {
+    if (!isa_supported(uk.isa) || uk.layout != Layout::kCsc || uk.codebook != w.codebook) continue;
+    if (!b || static_cast<int>(uk.isa) > static_cast<int>(b->isa)) b = &uk;
+  }
+  return *b;  // the scalar references cover both value kinds
 }
 
 const Ukernel* find_ukernel(const char* name) {

@@ -49,6 +49,15 @@ struct PackedWeights {
   AlignedBuffer tile_window;    // u16[steps]: window index (first column / 32)
   AlignedBuffer tile_slots;     // u16[steps * 16]
   size_t tile_steps = 0;
+  // Column-major copy (CSC, built by build_csc() for layers that zero-skip at batch 1):
+  // csc_col_ptr u32[k + 1]; row indices u16 when n <= 65536, else u32; values f32[nnz]
+  // or u8 codes[nnz] (same table as the CSR). Within a column rows are increasing.
+  bool has_csc = false;
+  AlignedBuffer csc_col_ptr;
+  AlignedBuffer csc_rows;
+  bool csc_rows_u16 = true;
+  AlignedBuffer csc_values;
+  AlignedBuffer csc_codes;
 
   const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
   const uint16_t* col16() const { return cols.as<uint16_t>(); }
@@ -57,10 +66,12 @@ struct PackedWeights {
   const uint8_t* code() const { return codes.as<uint8_t>(); }
   const float* tab() const { return table.as<float>(); }
   const float* bias_ptr() const { return bias.as<float>(); }
+  const uint32_t* cp() const { return csc_col_ptr.as<uint32_t>(); }
   size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
   // Bytes a batch-1 call reads for the weights with the CSR layout / the row tiles.
   size_t csr_bytes() const;
   size_t tile_bytes() const;
+  size_t csc_bytes() const;  // 0 without the CSC copy
 };
 
 // Builds the kernel layouts once at load. row_ptr: u32[n + 1] (row_ptr[0] = 0, non
@@ -74,13 +85,27 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
                    size_t table_entries, bool table_per_row, const float* bias,
                    bool build_tiles = true);
 
+// Adds the column-major (CSC) copy the zero-skipping kernels (Layout::kCsc) read; the
+// values/codes are the CSR's, reordered. Idempotent.
+void build_csc(PackedWeights& w);
+
+// Zero-skipping statistics of one input column x (k floats, x_stride bytes apart):
+// the number of k with x[k] == 0 (+0 or -0).
+size_t count_zeros(const float* x, size_t x_stride, size_t k);
+// The MACs a CSC kernel skips for x: sum over k with x[k] == 0 of the nonzeros of column
+// k. Needs build_csc().
+uint64_t skipped_macs(const PackedWeights& w, const float* x, size_t x_stride);
+
 // Computes rows [n_begin, n_end) of y_t for all m columns (single thread; the op layer
 // splits rows between threads with balanced_row_ranges()).
 using UkernelFn = void (*)(const PackedWeights& w, size_t m, const float* x_t, size_t x_stride,
                            float* y_t, size_t y_stride, size_t n_begin, size_t n_end, float lo,
                            float hi);
 
-enum class Layout : int { kCsr = 0, kRowTiles = 1 };
+// kCsc: batch-1 zero-skipping kernels (EIE-style): y = bias, then for each k with
+// x[k] != 0 scatter-add column k (y[row] += w * x[k]), then clamp. Never chosen by
+// best_ukernel()/best_ukernel_for() (they serve the row path); see best_csc_ukernel().
+enum class Layout : int { kCsr = 0, kRowTiles = 1, kCsc = 2 };
 
 struct Ukernel {
   const char* name;  // e.g. "spmm_cb_f32_32__avx512", "spmv_f32__avx512"
@@ -102,6 +127,8 @@ bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m);
 const Ukernel& best_ukernel(bool codebook, bool spmv);
 // The best supported variant that is compatible with these weights and m.
 const Ukernel& best_ukernel_for(const PackedWeights& w, size_t m);
+// The best supported zero-skipping (kCsc) variant for the value kind of w.
+const Ukernel& best_csc_ukernel(const PackedWeights& w);
 // Look up by name; nullptr when not built or not supported by this CPU.
 const Ukernel* find_ukernel(const char* name);
 
