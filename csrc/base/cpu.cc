@@ -69,6 +69,7 @@ int max_isa_from_env() {
   if (!std::strcmp(v, "avx512")) return static_cast<int>(Isa::kAvx512);
   if (!std::strcmp(v, "avx512vnni")) return static_cast<int>(Isa::kAvx512Vnni);
   if (!std::strcmp(v, "neon")) return static_cast<int>(Isa::kNeon);
+  if (!std::strcmp(v, "neondot")) return static_cast<int>(Isa::kNeonDot);
   return 1000;
 }
 
@@ -86,6 +87,7 @@ bool isa_supported(Isa isa) {
   if (isa == Isa::kScalar) return true;
   if (level < 10 && level > max_isa) return false;
   if (level >= 10 && max_isa < 10 && max_isa != 1000) return false;
+  if (level >= 10 && max_isa >= 10 && level > max_isa) return false;  // neon caps neondot
   switch (isa) {
     case Isa::kAvx2: return f.avx2 && f.fma && f.f16c;
     case Isa::kAvx512: return f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl;

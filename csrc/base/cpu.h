@@ -31,7 +31,7 @@ struct CpuFeatures {
 const CpuFeatures& cpu_features();
 
 // True when this CPU can execute kernels written for `isa`. Respects the
-// DSQ_MAX_ISA environment variable (scalar|avx2|avx512|avx512vnni) so tests and
+// DSQ_MAX_ISA environment variable (scalar|avx2|avx512|avx512vnni|neon|neondot) so tests and
 // benchmarks can force a lower path.
 bool isa_supported(Isa isa);
 
