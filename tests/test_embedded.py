@@ -1,6 +1,8 @@
 """Cross-builds the C++ core for embedded Linux targets (aarch64, armv7-a + NEON), runs
 its C++ tests under qemu-user, and checks that the cross-built dsq-run (static) gives the
-host engine's results: integer paths bit-exact, f32 within 1e-5 relative.
+host engine's results on every weight encoding (f32, int8, int4 groups, CSR / relative CSR
+with a 5-bit Huffman-coded codebook, block CSR): integer paths bit-exact, float paths
+within 1e-5 relative.
 
 Needs Debian/Ubuntu's cross compilers and qemu-user; skipped (with the install command)
 when they are missing."""
@@ -86,32 +88,113 @@ def _models(tmp_path):
     return np, paths, xin
 
 
-def test_cross_dsq_run_matches_host(cross_build, tmp_path):
-    np, paths, xin = _models(tmp_path)
+# Every weight encoding the engine has, on a small LeNet-5-like graph (conv -> maxpool ->
+# conv -> maxpool -> flatten -> linear -> linear). Sparse variants are pruned to ~20%
+# nonzeros (Deep Compression style); the codebook one is quantized to 31 levels + 0 so a
+# 5-bit table holds it. (encode kwargs, integer path: compare bit for bit)
+LENET_ENCODINGS = {
+    "f32": (dict(values="f32"), False),
+    "int8_channel": (dict(values="int8_channel"), True),
+    "int4_group": (dict(values="int4_group", group_size=16), True),
+    "csr_relative_cb5_huffman": (dict(values="codebook", layout="csr_relative", index_bits=4,
+                                      codebook_bits=5, huffman=True), False),
+    "csr_f32": (dict(values="f32", layout="csr"), False),
+    "block_csr_f32": (dict(values="f32", layout="block_csr", block=(1, 4)), False),
+}
+
+
+def _lenet_models(tmp_path):
+    np = pytest.importorskip("numpy")
+    from deepsqueeze import format as fmt
+    from deepsqueeze.builder import GraphBuilder
+
+    rng = np.random.default_rng(11)
+
+    def prune(a, block):
+        r, c = block
+        a2 = a.reshape(a.shape[0], -1)
+        keep = rng.random((-(-a2.shape[0] // r), -(-a2.shape[1] // c))) < 0.2
+        keep = np.repeat(np.repeat(keep, r, 0), c, 1)[:a2.shape[0], :a2.shape[1]]
+        return (a2 * keep).reshape(a.shape).astype(np.float32)
+
+    paths = {}
+    for kind, (enc, _) in LENET_ENCODINGS.items():
+        layout = enc.get("layout", "dense")
+
+        def weight(shape, s):
+            a = (rng.standard_normal(shape) * s).astype(np.float32)
+            if layout != "dense":
+                a = prune(a, enc.get("block", (1, 1)))
+            if enc["values"] == "codebook":
+                levels = np.linspace(-1, 1, 31).astype(np.float32) * np.abs(a).max()
+                q = levels[np.abs(a[..., None] - levels).argmin(-1)]
+                a = np.where(a != 0, q, 0).astype(np.float32)
+            return a
+
+        def bias(n):
+            return (rng.standard_normal(n) * 0.1).astype(np.float32)
+
+        b = GraphBuilder()
+        x = b.add_input("x", (-1, 1, 16, 16))
+        y = b.add_node("conv2d", [x], weights=[b.add_weight("c1.w", weight((6, 1, 5, 5), 0.4), **enc),
+                                               b.add_weight("c1.b", bias(6))],
+                       attrs={"padding": [2, 2], "activation": [1]})
+        y = b.add_node("max_pool2d", [y], attrs={"kernel": [2, 2]})
+        y = b.add_node("conv2d", [y], weights=[b.add_weight("c2.w", weight((16, 6, 3, 3), 0.3), **enc),
+                                               b.add_weight("c2.b", bias(16))],
+                       attrs={"padding": [1, 1], "activation": [1]})
+        y = b.add_node("max_pool2d", [y], attrs={"kernel": [2, 2]})
+        y = b.add_node("flatten", [y])
+        y = b.add_node("linear", [y], weights=[b.add_weight("f1.w", weight((32, 256), 0.1), **enc),
+                                               b.add_weight("f1.b", bias(32))],
+                       attrs={"activation": [1]})
+        y = b.add_node("linear", [y], weights=[b.add_weight("f2.w", weight((10, 32), 0.2), **enc), None])
+        b.mark_output(y, "y")
+        paths[kind] = tmp_path / f"lenet_{kind}.dsq"
+        fmt.write(b.build({"dsq.producer": "test_embedded"}), str(paths[kind]))
+    xin = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x_lenet.npy", xin)
+    return paths, xin
+
+
+def _check_dsq_run(np, cross_build, tmp_path, path, x_path, xin, exact, label):
     import deepsqueeze
 
+    expected = deepsqueeze.load(str(path)).run(xin)
+    for cpu in cross_build["cpus"]:
+        out = tmp_path / f"y_{label}_{cpu}.npy"
+        r = subprocess.run([cross_build["qemu"], "-cpu", cpu, "-L", cross_build["libdir"],
+                            str(cross_build["build"] / "dsq-run"), str(path), "--input", str(x_path),
+                            "--output", str(out), "--threads", "2", "--repeat", "2"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{label} on {cpu}: {r.stderr}"
+        got = np.load(out)
+        assert got.shape == expected.shape
+        where = f"{label} on {cross_build['name']} {cpu}"
+        if exact:  # integer weights, dynamic activation quantization: bit-exact
+            assert np.array_equal(got, expected), f"{where}: max diff {np.abs(got - expected).max()}"
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()),
+                                       err_msg=where)
+
+
+def test_cross_dsq_run_matches_host(cross_build, tmp_path):
+    np, paths, xin = _models(tmp_path)
     dsq_run = cross_build["build"] / "dsq-run"
     file_out = subprocess.run(["file", str(dsq_run)], capture_output=True, text=True).stdout \
         if shutil.which("file") else ""
     if file_out:
         assert "statically linked" in file_out or "static-pie" in file_out, file_out
     for kind, path in paths.items():
-        expected = deepsqueeze.load(str(path)).run(xin)
-        for cpu in cross_build["cpus"]:
-            out = tmp_path / f"y_{kind}_{cpu}.npy"
-            r = subprocess.run([cross_build["qemu"], "-cpu", cpu, "-L", cross_build["libdir"], str(dsq_run),
-                                str(path), "--input", str(tmp_path / "x.npy"), "--output", str(out),
-                                "--threads", "2", "--repeat", "2"],
-                               capture_output=True, text=True, timeout=120)
-            assert r.returncode == 0, f"{kind} on {cpu}: {r.stderr}"
-            got = np.load(out)
-            assert got.shape == expected.shape
-            if kind == "f32":
-                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()),
-                                           err_msg=f"f32 on {cross_build['name']} {cpu}")
-            else:  # int8 weights, dynamic activation quantization: integer path, bit-exact
-                assert np.array_equal(got, expected), f"int8 on {cross_build['name']} {cpu}: " \
-                    f"max diff {np.abs(got - expected).max()}"
+        _check_dsq_run(np, cross_build, tmp_path, path, tmp_path / "x.npy", xin, kind != "f32", kind)
+
+
+@pytest.mark.parametrize("kind", sorted(LENET_ENCODINGS))
+def test_cross_dsq_run_lenet_encodings(cross_build, tmp_path, kind):
+    np = pytest.importorskip("numpy")
+    paths, xin = _lenet_models(tmp_path)
+    _check_dsq_run(np, cross_build, tmp_path, paths[kind], tmp_path / "x_lenet.npy", xin,
+                   LENET_ENCODINGS[kind][1], f"lenet_{kind}")
 
 
 def test_cross_c_example(cross_build, tmp_path):
