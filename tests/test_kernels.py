@@ -56,8 +56,8 @@ def test_kernel_list_is_sane():
         assert scalar_of(fam)["supported"]
     for k in KERNELS:
         assert k["mr"] >= 1 and k["nr"] >= 1
-        # the sparse family's kernels say their variant: spmm_*, spmm_cb_*, spmv_*
-        prefixes = ("spmm_", "spmv_") if k["family"] == "spmm_f32" else (k["family"],)
+        # the sparse family's kernels say their variant: spmm_*, spmm_cb_*, spmv_*, gemv_cb_*
+        prefixes = ("spmm_", "spmv_", "gemv_cb_") if k["family"] == "spmm_f32" else (k["family"],)
         assert k["name"].startswith(prefixes)
         assert isinstance(k["supported"], bool)
 

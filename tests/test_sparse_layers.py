@@ -673,8 +673,10 @@ def spmm_kernels():
 
 
 def kernel_info(name):
-    """(name, codebook, spmv, row tiles) from the naming scheme of kernels.inc."""
-    return name, "_cb_" in name, name.startswith("spmv"), bool(re.search(r"_\d+x\d+__", name))
+    """(name, codebook, spmv, row tiles) from the naming scheme of kernels.inc (gemv_cb_*:
+    batch-1 dense codebook kernels, tested in test_dense_codebook.py)."""
+    return (name, "_cb_" in name or name.startswith("gemv_cb"), name.startswith(("spmv", "gemv")),
+            bool(re.search(r"_\d+x\d+__", name)))
 
 
 def test_kernels_lists_spmm_family():
@@ -733,6 +735,8 @@ def _compatible(kernel, case):
     _, op, vals, _, _, _ = case
     values, _, cb_bits, per_row = VALUES[vals]
     is_cb = values == "codebook"
+    if name.startswith("gemv_cb"):
+        return f"{name} reads dense codebook tiles, the weights are sparse"
     if cb != is_cb:
         return f"{name} reads {'codebook codes' if cb else 'f32 values'}, the weights are {values}"
     if spmv and op == "conv3x3":

@@ -428,6 +428,11 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   }
   const int64_t cog = g.cout_group(), kg = g.k_group();
   if (wt.layout != format::Layout::kDense && g.groups == 1) return make_sparse_layer(n, file, options);
+  // Dense codebooks (k-means weight sharing, no pruning) keep their u8 codes: the spmm_f32
+  // family's dense tiles at batch 1 (gemv_cb_*), its CSR codebook kernels above. A forced
+  // gemm_f32 kernel keeps the decode-to-dense path.
+  if (wt.values == Values::kCodebook && g.groups == 1 && !(force.rfind("gemm_f32", 0) == 0))
+    return make_sparse_layer(n, file, options);
   // Huffman-coded int8/int4 values are decoded once at load into the plain stream the
   // integer kernels read (decode="load").
   std::vector<uint8_t> decoded_values;
@@ -449,8 +454,8 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
       value_bytes = vs->data;
     }
   }
-  // Encodings without a kernel family of their own yet (dense codebooks, Huffman-coded
-  // f32 scales, grouped sparse convolutions) are decoded to f32 at load and run on the
+  // Encodings without a kernel family of their own yet (grouped dense codebooks,
+  // Huffman-coded f32 scales, grouped sparse convolutions) are decoded to f32 at load and run on the
   // dense f32 family.
   const bool scales_coded = wt.stream(format::Role::kScales) &&
                             wt.stream(format::Role::kScales)->entropy != format::Entropy::kNone;

@@ -2,7 +2,8 @@
 // int4 or codebook values): the spmm_f32 family, whose lanes run along the batch/pixel
 // dimension (Elsen et al.). Weights stay sparse: only their nonzeros are packed, codebook
 // values stay u8 codes into the table. Activations are moved into the transposed
-// (k, m) layout per chunk of rows and the results moved back.
+// (k, m) layout per chunk of rows and the results moved back. Dense codebooks (groups 1)
+// run here too: batch 1 on the dense code tiles (gemv_cb_*), batch > 1 on the CSR.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -234,13 +235,18 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
     for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
   }
   const bool codebook = s.coded;
+  // Dense codebook (weight sharing without pruning): batch 1 runs the gemv_cb kernels on
+  // the dense u8 code tiles (1 byte per weight, no column indices); batch > 1 the CSR
+  // spmm_cb kernels. No row tiles (the dense tiles replace them), no zero-skipping copy.
+  const bool dense_cb = codebook && wt.layout == format::Layout::kDense;
   layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
                             codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
-                            codebook ? s.table_entries : 0, s.per_row, bias.data());
+                            codebook ? s.table_entries : 0, s.per_row, bias.data(), !dense_cb);
+  if (dense_cb) spmm_f32::build_dense_tiles(layer->w);
   layer->spmv_uk = &spmm_f32::best_ukernel_for(layer->w, 1);
   layer->spmm_uk = &spmm_f32::best_ukernel_for(layer->w, 2);
   const std::string& force = options.force_kernel;
-  if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0)) {
+  if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0 || force.rfind("gemv_cb", 0) == 0)) {
     const spmm_f32::Ukernel* uk = spmm_f32::find_ukernel(force.c_str());
     if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
     if (uk->layout == spmm_f32::Layout::kCsc) {
@@ -261,16 +267,21 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   }
   // Zero-skipping for batch-1 pointwise layers (not when a row kernel is forced by name:
   // the forced kernel is what runs).
-  if (force.empty() && layer->pointwise()) {
+  if (force.empty() && layer->pointwise() && !dense_cb) {
     spmm_f32::build_csc(layer->w);
     layer->csc_uk = &spmm_f32::best_csc_ukernel(layer->w);
   }
   const size_t parts = std::max<size_t>(1, std::min<size_t>(hardware_threads() * 4, layer->w.n / 16 + 1));
   if (layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles) layer->zero_skip_min_fraction = kZeroSkipMinFractionVsRowTiles;
-  const size_t align = layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles ? spmm_f32::kTileRows : 1;
+  const spmm_f32::Layout spmv_layout = layer->spmv_uk->layout;
+  const size_t align = (spmv_layout == spmm_f32::Layout::kRowTiles || spmv_layout == spmm_f32::Layout::kDenseTiles)
+                           ? spmm_f32::kTileRows : 1;
   layer->spmv_ranges = spmm_f32::balanced_row_ranges(layer->w, parts, align);
-  layer->weight_read_bytes = layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles ? layer->w.tile_bytes() : layer->w.csr_bytes();
-  layer->packed_bytes = layer->w.csr_bytes() + (layer->w.has_tiles ? layer->w.tile_bytes() : 0) + layer->w.csc_bytes();
+  layer->weight_read_bytes = spmv_layout == spmm_f32::Layout::kRowTiles     ? layer->w.tile_bytes()
+                             : spmv_layout == spmm_f32::Layout::kDenseTiles ? layer->w.dense_bytes()
+                                                                            : layer->w.csr_bytes();
+  layer->packed_bytes = layer->w.csr_bytes() + (layer->w.has_tiles ? layer->w.tile_bytes() : 0) + layer->w.csc_bytes() +
+                        layer->w.dense_bytes();
   return layer;
 }
 

@@ -179,8 +179,58 @@ void spmv_cb_f32__scalar(const PackedWeights& w, size_t, const float* x, size_t 
   spmv_dispatch<detail::CodebookValues>(w, x, xs, y, ys, n_begin, n_end, lo, hi);
 }
 
+// Dense codebook reference: reads the dense tiles (code of row n, column c), one table per
+// tensor or per row, 8 independent accumulators over the columns.
+void gemv_cb_f32__scalar(const PackedWeights& w, size_t, const float* x, size_t xs, float* y,
+                         size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+  const uint8_t* codes = w.dense_codes.as<uint8_t>();
+  const float* bias = w.bias_ptr();
+  const size_t k = w.k, wins = w.dense_windows;
+  for (size_t n = n_begin; n < n_end; ++n) {
+    const float* t = w.tab() + (w.table_per_row ? n * w.table_stride : 0);
+    const uint8_t* rowc = codes + (n / kTileRows) * wins * kTileCols * kTileRows + n % kTileRows;
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (size_t c = 0; c < k; ++c)
+      a[c % 8] += t[rowc[c * kTileRows]] * *row_of(x, xs, c);
+    const float s = bias[n] + (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+    *row_of(y, ys, n) = std::min(std::max(s, lo), hi);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Packing.
+
+size_t PackedWeights::dense_bytes() const {
+  if (!has_dense) return 0;
+  const size_t tables = table_per_row ? n : 1;
+  return groups() * dense_windows * kTileCols * kTileRows + n * 4 + tables * table_entries * 4;
+}
+
+void build_dense_tiles(PackedWeights& w) {
+  if (w.has_dense) return;
+  if (!w.codebook) throw std::invalid_argument("spmm_f32::build_dense_tiles: not a codebook");
+  if (w.nnz != w.n * w.k) throw std::invalid_argument("spmm_f32::build_dense_tiles: rows are not dense");
+  const uint32_t* rp = w.rp();
+  for (size_t r = 0; r < w.n; ++r) {
+    if (rp[r] != r * w.k) throw std::invalid_argument("spmm_f32::build_dense_tiles: rows are not dense");
+    for (size_t c = 0; c < w.k; ++c) {  // columns are sorted by pack(): must be 0..k-1
+      const size_t col = w.cols_u16 ? w.col16()[rp[r] + c] : w.col32()[rp[r] + c];
+      if (col != c) throw std::invalid_argument("spmm_f32::build_dense_tiles: rows are not dense");
+    }
+  }
+  const size_t wins = (w.k + kTileCols - 1) / kTileCols;
+  const size_t bytes = std::max<size_t>(1, w.groups() * wins * kTileCols * kTileRows);
+  w.dense_codes.resize(bytes);
+  uint8_t* d = w.dense_codes.as<uint8_t>();
+  std::memset(d, 0, bytes);
+  for (size_t r = 0; r < w.n; ++r) {
+    uint8_t* rowc = d + (r / kTileRows) * wins * kTileCols * kTileRows + r % kTileRows;
+    const uint8_t* src = w.code() + rp[r];
+    for (size_t c = 0; c < w.k; ++c) rowc[c * kTileRows] = src[c];
+  }
+  w.dense_windows = wins;
+  w.has_dense = true;
+}
 
 size_t PackedWeights::csr_bytes() const {
   return (n + 1) * 4 + nnz * (cols_u16 ? 2 : 4) + nnz * (codebook ? 1 : 4) + n * 4;
@@ -362,6 +412,7 @@ bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m) {
   if (uk.spmv && m != 1) return false;
   if (uk.layout == Layout::kRowTiles && !w.has_tiles) return false;
   if (uk.layout == Layout::kCsc && !w.has_csc) return false;
+  if (uk.layout == Layout::kDenseTiles && !w.has_dense) return false;
   return true;
 }
 
@@ -422,7 +473,10 @@ bool better(const Ukernel& a, const Ukernel& b, bool spmv) {
   if (spmv && a.spmv != b.spmv) return a.spmv;
   const int la = static_cast<int>(a.isa), lb = static_cast<int>(b.isa);
   if (la != lb) return la > lb;
-  if (a.layout != b.layout) return a.layout == Layout::kRowTiles;
+  if (a.layout != b.layout) {
+    if (a.layout == Layout::kDenseTiles || b.layout == Layout::kDenseTiles) return a.layout == Layout::kDenseTiles;
+    return a.layout == Layout::kRowTiles;
+  }
   return a.mr > b.mr;
 }
 }  // namespace
@@ -432,6 +486,7 @@ const Ukernel& best_ukernel(bool codebook, bool spmv) {
   for (const Ukernel& uk : all_ukernels()) {
     if (!isa_supported(uk.isa) || uk.codebook != codebook || (uk.spmv && !spmv)) continue;
     if (uk.layout == Layout::kCsc) continue;  // zero-skipping: best_csc_ukernel()
+    if (uk.layout == Layout::kDenseTiles) continue;  // needs build_dense_tiles()
     if (!b || better(uk, *b, spmv)) b = &uk;
   }
   return *b;  // the scalar references cover every kind

@@ -58,6 +58,14 @@ struct PackedWeights {
   bool csc_rows_u16 = true;
   AlignedBuffer csc_values;
   AlignedBuffer csc_codes;
+  // Dense codebook tiles (built by build_dense_tiles() when every row holds all k entries:
+  // k-means weight sharing without pruning) for gemv_cb_*: u8 codes, no column indices.
+  // Tile (g, win) = rows 16g..16g+15 x columns 32win..32win+31, stored column by column
+  // (16 codes per column, lane j = row 16g + j) at byte ((g * dense_windows + win) * 32 +
+  // c) * 16; rows >= n and columns >= k hold code 0.
+  bool has_dense = false;
+  size_t dense_windows = 0;   // ceil(k / 32)
+  AlignedBuffer dense_codes;
 
   const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
   const uint16_t* col16() const { return cols.as<uint16_t>(); }
@@ -72,6 +80,7 @@ struct PackedWeights {
   size_t csr_bytes() const;
   size_t tile_bytes() const;
   size_t csc_bytes() const;  // 0 without the CSC copy
+  size_t dense_bytes() const;  // codes + bias (+ table) a gemv_cb call reads; 0 without tiles
 };
 
 // Builds the kernel layouts once at load. row_ptr: u32[n + 1] (row_ptr[0] = 0, non
@@ -89,6 +98,11 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
 // values/codes are the CSR's, reordered. Idempotent.
 void build_csc(PackedWeights& w);
 
+// Adds the dense codebook tiles (Layout::kDenseTiles) from the CSR codes. Needs a codebook
+// whose rows each hold all k columns (nnz == n * k); throws std::invalid_argument
+// otherwise. Idempotent.
+void build_dense_tiles(PackedWeights& w);
+
 // Zero-skipping statistics of one input column x (k floats, x_stride bytes apart):
 // the number of k with x[k] == 0 (+0 or -0).
 size_t count_zeros(const float* x, size_t x_stride, size_t k);
@@ -105,7 +119,9 @@ using UkernelFn = void (*)(const PackedWeights& w, size_t m, const float* x_t, s
 // kCsc: batch-1 zero-skipping kernels (EIE-style): y = bias, then for each k with
 // x[k] != 0 scatter-add column k (y[row] += w * x[k]), then clamp. Never chosen by
 // best_ukernel()/best_ukernel_for() (they serve the row path); see best_csc_ukernel().
-enum class Layout : int { kCsr = 0, kRowTiles = 1, kCsc = 2 };
+// kDenseTiles: batch-1 dense codebook kernels (gemv_cb_*), preferred by best_ukernel_for()
+// when the tiles exist; never chosen by best_ukernel().
+enum class Layout : int { kCsr = 0, kRowTiles = 1, kCsc = 2, kDenseTiles = 3 };
 
 struct Ukernel {
   const char* name;  // e.g. "spmm_cb_f32_32__avx512", "spmv_f32__avx512"

@@ -7,6 +7,10 @@
 //    (see spmm_f32.h): lane j = row 16g + j; per step the 32-column x window sits in two zmm
 //    and vpermt2ps picks each lane's x, a second vpermt2ps looks the codes up in the
 //    table (two zmm), one masked FMA. No gathers (slow on Zen 4), no per-nonzero scalar loads.
+//  - gemv_cb_f32_16x32__avx512: batch 1, dense codebook tiles (spmm_f32.h): per column of
+//    a 16-row tile, 16 u8 codes widened to dwords, table lookup (vpermt2ps on two zmm for a
+//    per-tensor table of <= 32 entries; else a gather, offset by lane * table_stride for
+//    per-row tables), x[c] broadcast, one FMA; 4 accumulators.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -225,6 +229,89 @@ void spmm_cb_f32_64__avx512(const PackedWeights& w, size_t m, const float* x, si
                             float* y, size_t ys, size_t n_begin, size_t n_end, float lo,
                             float hi) {
   spmm_cols<4, detail::CodebookValues>(w, m, x, xs, y, ys, n_begin, n_end, lo, hi);
+}
+
+}  // namespace dsq::spmm_f32
+
+namespace dsq::spmm_f32 {
+namespace {
+
+enum class CbLookup { kPerm, kGather };
+
+template <CbLookup kLookup>
+void gemv_cb_groups(const PackedWeights& w, const float* x, float* y, size_t ys, size_t n_begin,
+                    size_t n_end, float lo, float hi) {
+  const uint8_t* codes = w.dense_codes.as<uint8_t>();
+  const float* bias = w.bias_ptr();
+  const float* tab = w.tab();
+  const __m512 t0 = _mm512_loadu_ps(tab), t1 = _mm512_loadu_ps(tab + 16);
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  const size_t k = w.k, wins = w.dense_windows;
+  const size_t full = k / kTileCols;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  auto lookup = [&](const uint8_t* p, __m512i off) {
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+    if (kLookup == CbLookup::kPerm) return _mm512_permutex2var_ps(t0, c, t1);
+    return _mm512_i32gather_ps(_mm512_add_epi32(c, off), tab, 4);
+  };
+  for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
+    const size_t n0 = g * kTileRows;
+    const size_t first = n0 < n_begin ? n_begin - n0 : 0;
+    const size_t last = std::min(kTileRows, n_end - n0);
+    // Per-row tables: lane j reads table n0 + j (lanes past n read table 0).
+    __m512i off = _mm512_setzero_si512();
+    if (kLookup == CbLookup::kGather && w.table_per_row) {
+      const __mmask16 real = lane_mask(std::min(kTileRows, w.n - n0));
+      off = _mm512_maskz_mullo_epi32(real, _mm512_add_epi32(lane, _mm512_set1_epi32(int(n0))),
+                                     _mm512_set1_epi32(int(w.table_stride)));
+    }
+    const uint8_t* gc = codes + g * wins * kTileCols * kTileRows;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t win = 0; win < wins; ++win) {
+      const uint8_t* tc = gc + win * kTileCols * kTileRows;
+      const float* xw = x + win * kTileCols;
+      if (win < full) {
+#pragma GCC unroll 2
+        for (size_t c = 0; c < kTileCols; c += 4) {
+          a0 = _mm512_fmadd_ps(lookup(tc + c * kTileRows, off), _mm512_set1_ps(xw[c]), a0);
+          a1 = _mm512_fmadd_ps(lookup(tc + (c + 1) * kTileRows, off), _mm512_set1_ps(xw[c + 1]), a1);
+          a2 = _mm512_fmadd_ps(lookup(tc + (c + 2) * kTileRows, off), _mm512_set1_ps(xw[c + 2]), a2);
+          a3 = _mm512_fmadd_ps(lookup(tc + (c + 3) * kTileRows, off), _mm512_set1_ps(xw[c + 3]), a3);
+        }
+      } else {  // last, partial window: no read past x[k - 1]
+        const size_t cols = k - win * kTileCols;
+        for (size_t c = 0; c < cols; ++c)
+          a0 = _mm512_fmadd_ps(lookup(tc + c * kTileRows, off), _mm512_set1_ps(xw[c]), a0);
+      }
+    }
+    const __mmask16 inside = __mmask16(lane_mask(last) & ~lane_mask(first));
+    const __m512 b = _mm512_maskz_loadu_ps(inside, bias + n0);
+    const __m512 r = _mm512_min_ps(
+        _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), b), vlo),
+        vhi);
+    if (ys == sizeof(float)) {
+      _mm512_mask_storeu_ps(y + n0, inside, r);
+    } else {
+      alignas(64) float tmp[kTileRows];
+      _mm512_store_ps(tmp, r);
+      for (size_t j = first; j < last; ++j) *row_of(y, ys, n0 + j) = tmp[j];
+    }
+  }
+}
+
+}  // namespace
+
+void gemv_cb_f32_16x32__avx512(const PackedWeights& w, size_t m, const float* x, size_t xs,
+                               float* y, size_t ys, size_t n_begin, size_t n_end, float lo,
+                               float hi) {
+  if (xs != sizeof(float)) {  // broadcasts read contiguous x
+    gemv_cb_f32__scalar(w, m, x, xs, y, ys, n_begin, n_end, lo, hi);
+    return;
+  }
+  if (!w.table_per_row && w.table_entries <= 32)
+    gemv_cb_groups<CbLookup::kPerm>(w, x, y, ys, n_begin, n_end, lo, hi);
+  else
+    gemv_cb_groups<CbLookup::kGather>(w, x, y, ys, n_begin, n_end, lo, hi);
 }
 
 }  // namespace dsq::spmm_f32
