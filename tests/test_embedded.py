@@ -207,3 +207,29 @@ def test_cross_c_example(cross_build, tmp_path):
     r = subprocess.run([cross_build["qemu"], "-L", cross_build["libdir"], str(exe), str(tmp_path / "none.dsq")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "DSQ_ERR_IO" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8", "deep_compression"])
+def test_cross_dsq_run_exported_lenet5(cross_build, tmp_path, weights):
+    """Caffe's LeNet-5 through the real exporter; 'deep_compression' = pruned to 20% and
+    shared to 32 values per layer, exported with weights='auto' (sparse + codebook + Huffman)."""
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    from deepsqueeze.convert import export, models
+
+    net = models.lenet5(seed=11).eval()
+    if weights == "deep_compression":
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.dim() < 2:
+                    continue
+                keep = p.abs() > p.abs().flatten().kthvalue(int(p.numel() * 0.8)).values
+                p.mul_(keep)
+                nz = p[keep]
+                centroids = torch.linspace(float(nz.min()), float(nz.max()), 32)
+                p[keep] = centroids[(nz.unsqueeze(1) - centroids).abs().argmin(1)]
+    path = tmp_path / f"lenet5_{weights}.dsq"
+    export(net, torch.randn(1, 1, 28, 28), str(path), weights="auto" if weights == "deep_compression" else weights)
+    xin = np.random.default_rng(5).random((2, 1, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "x5.npy", xin)
+    _check_dsq_run(np, cross_build, tmp_path, path, tmp_path / "x5.npy", xin, weights == "int8", f"lenet5_{weights}")
