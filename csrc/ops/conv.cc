@@ -27,17 +27,6 @@ enum class Family { kF32, kQu8, kQ4, kDepthwiseF32 };
 constexpr size_t kRowsPerTask = 256;  // im2col rows per task: keeps the patch block in L2
 constexpr size_t kMaxSlots = 64;      // most scratch slots a layer uses at once
 
-struct ConvGeometry {
-  int64_t cout = 0, cin = 0, kh = 1, kw = 1;
-  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
-  bool is_linear = false;
-  bool pointwise() const {  // the input rows are the GEMM rows: no im2col
-    return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0);
-  }
-  int64_t k_group() const { return (cin / groups) * kh * kw; }
-  int64_t cout_group() const { return cout / groups; }
-};
-
 class ConvLayer : public Layer {
  public:
   ConvGeometry g;
@@ -427,12 +416,12 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     return layer;
   }
   const int64_t cog = g.cout_group(), kg = g.k_group();
-  if (wt.layout != format::Layout::kDense && g.groups == 1) return make_sparse_layer(n, file, options);
+  if (wt.layout != format::Layout::kDense && g.groups == 1) return make_sparse_layer(n, file, options, g);
   // Dense codebooks (k-means weight sharing, no pruning) keep their u8 codes: the spmm_f32
   // family's dense tiles at batch 1 (gemv_cb_*), its CSR codebook kernels above. A forced
   // gemm_f32 kernel keeps the decode-to-dense path.
   if (wt.values == Values::kCodebook && g.groups == 1 && !(force.rfind("gemm_f32", 0) == 0))
-    return make_sparse_layer(n, file, options);
+    return make_sparse_layer(n, file, options, g);
   // Huffman-coded int8/int4 values are decoded once at load into the plain stream the
   // integer kernels read (decode="load").
   std::vector<uint8_t> decoded_values;

@@ -115,9 +115,23 @@ std::vector<float> decode_to_f32(const format::Tensor& t);
 std::unique_ptr<Layer> make_conv_or_linear(const format::Node& node, const format::File& file,
                                            const LoadOptions& options);
 std::unique_ptr<Layer> make_simple_layer(const format::Node& node, const format::File& file);
-// conv2d (groups 1) / linear whose weights use a sparse layout (ops/sparse.cc).
+// The shape of a conv2d / linear, parsed and range-checked from the node and its weight
+// once at load (ops/conv.cc) and shared by every kernel family that runs it.
+struct ConvGeometry {
+  int64_t cout = 0, cin = 0, kh = 1, kw = 1;
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+  bool is_linear = false;
+  bool pointwise() const {  // the input rows are the GEMM rows: no im2col
+    return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0);
+  }
+  int64_t k_group() const { return (cin / groups) * kh * kw; }
+  int64_t cout_group() const { return cout / groups; }
+};
+
+// conv2d (groups 1) / linear whose weights use a sparse layout or a codebook
+// (ops/sparse.cc); `g` is the geometry make_conv_or_linear already validated.
 std::unique_ptr<Layer> make_sparse_layer(const format::Node& node, const format::File& file,
-                                         const LoadOptions& options);
+                                         const LoadOptions& options, const ConvGeometry& g);
 
 // Shared helpers.
 int64_t attr_int(const format::Node& n, format::Attr key, size_t i, int64_t dflt);

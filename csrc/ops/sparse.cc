@@ -191,34 +191,25 @@ class SparseLayer : public Layer {
 
 }  // namespace
 
-std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::File& file, const LoadOptions& options) {
+std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::File& file, const LoadOptions& options,
+                                         const ConvGeometry& g) {
+  if (g.groups != 1) bad(n, "sparse weights with groups > 1 are not supported yet");
   auto layer = std::make_unique<SparseLayer>();
   layer->name = n.name;
   layer->op = n.op;
-  layer->is_linear = n.op == Op::kLinear;
+  layer->is_linear = g.is_linear;
+  layer->cout = g.cout;
+  layer->cin = g.cin;
+  layer->kh = g.kh;
+  layer->kw = g.kw;
+  layer->sh = g.sh;
+  layer->sw = g.sw;
+  layer->ph = g.ph;
+  layer->pw = g.pw;
+  layer->dh = g.dh;
+  layer->dw = g.dw;
   const format::Tensor& wt = file.tensors[n.weights[0]];
   const format::Tensor* bt = (n.weights.size() == 2 && n.weights[1] != format::kAbsent) ? &file.tensors[n.weights[1]] : nullptr;
-  layer->cout = static_cast<int64_t>(wt.dims[0]);
-  if (layer->is_linear) {
-    if (wt.dims.size() != 2) bad(n, "weight '" + wt.name + "' must be 2-D (out, in)");
-    layer->cin = static_cast<int64_t>(wt.dims[1]);
-  } else {
-    if (wt.dims.size() != 4) bad(n, "weight '" + wt.name + "' must be 4-D (out, in, kh, kw)");
-    if (attr_int(n, Attr::kGroups, 0, 1) != 1) bad(n, "sparse weights with groups > 1 are not supported yet");
-    layer->cin = static_cast<int64_t>(wt.dims[1]);
-    layer->kh = static_cast<int64_t>(wt.dims[2]);
-    layer->kw = static_cast<int64_t>(wt.dims[3]);
-    layer->sh = attr_int(n, Attr::kStride, 0, 1);
-    layer->sw = attr_int(n, Attr::kStride, 1, 1);
-    layer->ph = attr_int(n, Attr::kPadding, 0, 0);
-    layer->pw = attr_int(n, Attr::kPadding, 1, 0);
-    layer->dh = attr_int(n, Attr::kDilation, 0, 1);
-    layer->dw = attr_int(n, Attr::kDilation, 1, 1);
-    if (layer->sh < 1 || layer->sw < 1 || layer->ph < 0 || layer->pw < 0 || layer->dh < 1 || layer->dw < 1 ||
-        layer->sh > 4096 || layer->sw > 4096 || layer->ph > 4096 || layer->pw > 4096 || layer->dh > 4096 ||
-        layer->dw > 4096 || layer->kh > 4096 || layer->kw > 4096)
-      bad(n, "stride/padding/dilation/kernel out of range");
-  }
   if (bt && bt->numel() != static_cast<uint64_t>(layer->cout))
     bad(n, "bias '" + bt->name + "' has " + std::to_string(bt->numel()) + " values, expected " + std::to_string(layer->cout));
   activation_range(attr_int(n, Attr::kActivation, 0, 0), &layer->lo, &layer->hi);
