@@ -108,8 +108,18 @@ def has_parametrization(module: nn.Module, name: str = "weight") -> bool:
 
 def remove_weight_parametrizations(module: nn.Module, name: str = "weight") -> None:
     """Make `module.<name>` a plain Parameter holding its current constrained value."""
-    if parametrize.is_parametrized(module, name):
+    if not parametrize.is_parametrized(module, name):
+        return
+    value = getattr(module, name).detach().clone()
+    others = [n for n in module.parametrizations.keys() if n != name]
+    if others:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        return
+    # Not parametrize.remove_parametrizations: it deletes the property from the
+    # injected class, which deep copies of the module share, breaking every copy.
+    module.__class__ = module.__class__.__bases__[0]
+    del module._modules["parametrizations"]
+    module.register_parameter(name, nn.Parameter(value))
 
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
@@ -120,9 +130,8 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
 def bake(model: nn.Module) -> nn.Module:
     """Turn every weight constraint of `model` into plain weights (in place)."""
     for m in list(model.modules()):
-        if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+        while parametrize.is_parametrized(m):
+            remove_weight_parametrizations(m, next(iter(m.parametrizations.keys())))
     return model
 
 

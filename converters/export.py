@@ -48,6 +48,7 @@ from torch.nn.modules.utils import _pair
 
 from deepsqueeze import format as dsqformat
 from deepsqueeze.builder import GraphBuilder
+from .core import baked_copy, compression_record
 from deepsqueeze.encode import check_group_size, decode_tensor, encode_tensor, payload_bytes
 
 __all__ = ["export", "export_to_bytes", "build", "UnsupportedOperationError", "PRODUCER",
@@ -1254,6 +1255,10 @@ def build(module: nn.Module, example_inputs, weights: WeightSpec = "fp32", calib
         raise ValueError(f"input_names has {len(input_names)} names for {len(example)} inputs")
     if not isinstance(module, nn.Module):
         raise TypeError(f"module is a {type(module).__name__}, expected a torch.nn.Module")
+    # Compression constraints (masks, shared values, fake quantization) are weight
+    # parametrizations: trace a copy whose weights are their constrained values.
+    compression = compression_record(module)
+    module = baked_copy(module)
     plan = _resolve_weights(module, weights, group_size)
     modes = {m: m.training for m in module.modules()}
     module.eval()
@@ -1302,6 +1307,9 @@ def build(module: nn.Module, example_inputs, weights: WeightSpec = "fp32", calib
         "dsq.source_model": type(module).__name__,
         "dsq.export_config": json.dumps(config, sort_keys=True, default=repr),
     }
+    if compression:
+        # what the toolkit's verbs did to the model, with their configs
+        metadata["dsq.compression"] = json.dumps(compression, sort_keys=True, default=repr)
     return conv.b.build(metadata)
 
 
