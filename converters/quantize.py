@@ -1,0 +1,221 @@
+"""Uniform weight quantization: post-training (`quantize`) and quantization-aware
+training (`quantize_aware_training`), both built on one pure function,
+`quantize_tensor`, that returns the dequantized ("fake-quantized") weight.
+
+Grids (b bits, step s > 0):
+- symmetric: levels k * s for k in -(2^(b-1)-1) .. 2^(b-1)-1 (2^b - 1 levels, the
+  most negative code left unused so the grid is symmetric and 0 is a level);
+- asymmetric: levels (k - z) * s for k in 0 .. 2^b-1, with an integer zero point z, so
+  0.0 is always exactly a level (pruned zeros stay zero).
+The range [low, high] a grid covers is chosen per tensor, per output channel (dim 0) or
+per bucket of `bucket_size` consecutive elements of the flattened tensor (Polino et al.
+2018), by min-max, a percentile of the values, or the clip ratio that minimizes the
+squared error (calibration "mse"). Values outside the range are clamped to it; values
+inside it are rounded to the nearest level, so their error is at most s / 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .core import (LayerSelection, TrainConfig, fit, record, select_layers)
+
+__all__ = ["QuantizeConfig", "QuantizedTensor", "quantize_tensor", "quantize_tensor_detail",
+           "fake_quantize", "FakeQuantize", "SCHEMES", "GRANULARITIES", "CALIBRATIONS"]
+
+SCHEMES = ("symmetric", "asymmetric")
+GRANULARITIES = ("tensor", "channel", "bucket")
+CALIBRATIONS = ("minmax", "percentile", "mse")
+# calibration="mse": clip ratios tried (fractions of the min-max range).
+MSE_CLIP_RATIOS = tuple(0.10 + 0.90 * i / 45 for i in range(46))
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize a weight tensor.
+
+    bits: 2..8 (8, 4 and 2 are the usual choices). scheme: "symmetric" (levels
+    -(2^(b-1)-1)..2^(b-1)-1 times a step) or "asymmetric" (2^b levels with an integer
+    zero point; 0.0 exact). granularity: one range per "tensor", per output "channel"
+    (dim 0) or per "bucket" of bucket_size consecutive elements of the flattened
+    tensor. calibration: "minmax", "percentile" (the `percentile`-th percentile of |w|,
+    or of w and -w for asymmetric) or "mse" (the clip ratio of the min-max range with the
+    least squared error).
+    """
+    bits: int = 8
+    scheme: str = "symmetric"
+    granularity: str = "channel"
+    bucket_size: int = 256
+    calibration: str = "minmax"
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise TypeError(f"QuantizeConfig.bits must be an int, got {type(self.bits).__name__}")
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"QuantizeConfig.bits must be in 2..8, got {self.bits}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"QuantizeConfig.scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"QuantizeConfig.granularity must be one of {GRANULARITIES}, "
+                             f"got {self.granularity!r}")
+        if isinstance(self.bucket_size, bool) or not isinstance(self.bucket_size, int) \
+                or self.bucket_size < 1:
+            raise ValueError(f"QuantizeConfig.bucket_size must be an int >= 1, got {self.bucket_size!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"QuantizeConfig.calibration must be one of {CALIBRATIONS}, "
+                             f"got {self.calibration!r}")
+        if not (50.0 < float(self.percentile) <= 100.0):
+            raise ValueError(f"QuantizeConfig.percentile must be in (50, 100], got {self.percentile}")
+
+    @property
+    def levels(self) -> int:
+        """How many distinct values a quantized group can hold."""
+        return 2 ** self.bits - 1 if self.scheme == "symmetric" else 2 ** self.bits
+
+
+class QuantizedTensor(NamedTuple):
+    """`values`: the dequantized tensor; `step`, `low`, `high`: per element, the grid
+    step and the clip range of the group the element belongs to (same shape as values)."""
+    values: torch.Tensor
+    step: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+def _check_config(config: Any) -> QuantizeConfig:
+    if not isinstance(config, QuantizeConfig):
+        raise TypeError(f"expected a QuantizeConfig, got {type(config).__name__}")
+    return config
+
+
+def _as_groups(w: torch.Tensor, config: QuantizeConfig) -> List[torch.Tensor]:
+    """The tensor as 2-D blocks whose rows are the groups sharing one range (in order:
+    concatenating the flattened blocks gives the flattened tensor back)."""
+    flat = w.reshape(-1)
+    if config.granularity == "tensor" or w.dim() == 0:
+        return [flat.reshape(1, -1)]
+    if config.granularity == "channel":
+        return [w.reshape(w.shape[0], -1)]
+    n, size = flat.numel(), config.bucket_size
+    full = (n // size) * size
+    blocks = [flat[:full].reshape(-1, size)] if full else []
+    if full < n:  # the last, shorter bucket
+        blocks.append(flat[full:].reshape(1, -1))
+    return blocks
+
+
+def _grid(low: torch.Tensor, high: torch.Tensor, config: QuantizeConfig):
+    """(step, zero point, min code, max code) for per-row ranges [low, high] (column
+    tensors); the range always contains 0."""
+    tiny = torch.finfo(torch.float32).tiny
+    if config.scheme == "symmetric":
+        qmax = 2 ** (config.bits - 1) - 1
+        amax = torch.maximum(low.abs(), high.abs())
+        step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        return step.clamp_min(tiny), torch.zeros_like(step), -qmax, qmax
+    qmax = 2 ** config.bits - 1
+    width = high - low
+    step = torch.where(width > 0, width / qmax, torch.ones_like(width)).clamp_min(tiny)
+    zero = torch.round(-low / step).clamp(0, qmax)
+    return step, zero, 0, qmax
+
+
+def _round_to_grid(g: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                   config: QuantizeConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    step, zero, qmin, qmax = _grid(low, high, config)
+    codes = torch.clamp(torch.round(g / step) + zero, qmin, qmax)
+    return (codes - zero) * step, step
+
+
+def _ranges(g: torch.Tensor, config: QuantizeConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-row clip range [low, high] (column tensors), widened to contain 0."""
+    if config.calibration == "percentile" and config.percentile < 100.0:
+        p = float(config.percentile) / 100.0
+        if config.scheme == "symmetric":
+            amax = torch.quantile(g.abs(), p, dim=1, keepdim=True)
+            low, high = -amax, amax
+        else:
+            low = torch.quantile(g, 1.0 - p, dim=1, keepdim=True)
+            high = torch.quantile(g, p, dim=1, keepdim=True)
+    else:
+        low = g.amin(dim=1, keepdim=True)
+        high = g.amax(dim=1, keepdim=True)
+        if config.scheme == "symmetric":
+            amax = torch.maximum(low.abs(), high.abs())
+            low, high = -amax, amax
+    low, high = low.clamp_max(0.0), high.clamp_min(0.0)
+    if config.calibration == "mse":
+        best_err = torch.full_like(low, float("inf"))
+        best_low, best_high = low.clone(), high.clone()
+        for r in MSE_CLIP_RATIOS:
+            lo, hi = low * r, high * r
+            deq, _ = _round_to_grid(g, lo, hi, config)
+            err = ((deq - g) ** 2).sum(dim=1, keepdim=True)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_low = torch.where(better, lo, best_low)
+            best_high = torch.where(better, hi, best_high)
+        low, high = best_low, best_high
+    return low, high
+
+
+@torch.no_grad()
+def quantize_tensor_detail(w: torch.Tensor, config: QuantizeConfig) -> QuantizedTensor:
+    """`quantize_tensor` plus, per element, the grid step and the clip range used."""
+    config = _check_config(config)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"quantize_tensor: expected a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"quantize_tensor: expected a floating-point tensor, got {w.dtype}")
+    if w.numel() == 0:
+        empty = w.detach().clone()
+        return QuantizedTensor(empty, empty.clone(), empty.clone(), empty.clone())
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("quantize_tensor: the tensor holds NaN or infinite values")
+    g32 = w.detach().to(torch.float32)
+    values, steps, lows, highs = [], [], [], []
+    for g in _as_groups(g32, config):
+        low, high = _ranges(g, config)
+        deq, step = _round_to_grid(g, low, high, config)
+        values.append(deq.reshape(-1))
+        steps.append(step.expand_as(g).reshape(-1))
+        lows.append(low.expand_as(g).reshape(-1))
+        highs.append(high.expand_as(g).reshape(-1))
+
+    def whole(parts):
+        return torch.cat(parts).reshape(w.shape).to(w.dtype)
+    return QuantizedTensor(whole(values), whole(steps), whole(lows), whole(highs))
+
+
+def quantize_tensor(w: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
+    """The dequantized (fake-quantized) copy of `w`: same shape and dtype, every group
+    (tensor / output channel / bucket) rounded to its uniform grid of at most 2^bits
+    levels (see the module docstring). No gradient flows through it; for training use
+    `fake_quantize`."""
+    return quantize_tensor_detail(w, config).values
+
+
+def fake_quantize(w: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
+    """Straight-through estimator: the forward value is quantize_tensor(w), the gradient
+    with respect to w is the identity (Bengio et al. 2013; as in QAT and Polino et al.)."""
+    return w + (quantize_tensor(w, config) - w).detach()
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization of a weight: forward = fake_quantize(weight, config)."""
+
+    def __init__(self, config: QuantizeConfig):
+        super().__init__()
+        self.config = _check_config(config)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(w, self.config)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"bits={c.bits}, scheme={c.scheme}, granularity={c.granularity}"
