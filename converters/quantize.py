@@ -25,7 +25,8 @@ from torch.nn.utils import parametrize
 from .core import (LayerSelection, TrainConfig, fit, record, select_layers)
 
 __all__ = ["QuantizeConfig", "QuantizedTensor", "quantize_tensor", "quantize_tensor_detail",
-           "fake_quantize", "FakeQuantize", "SCHEMES", "GRANULARITIES", "CALIBRATIONS"]
+           "fake_quantize", "FakeQuantize", "quantize", "quantize_aware_training",
+           "ActivationQuantizer", "SCHEMES", "GRANULARITIES", "CALIBRATIONS"]
 
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel", "bucket")
@@ -219,3 +220,138 @@ class FakeQuantize(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return f"bits={c.bits}, scheme={c.scheme}, granularity={c.granularity}"
+
+
+# ---------------------------------------------------------------------------------------
+# Post-training quantization
+
+
+def _pruning_mask_only(module: nn.Module) -> bool:
+    """True when the weight's only constraint is a pruning mask (or it has none)."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return True
+    from .prune import PruneMask  # prune does not import quantize: no cycle
+    plist = module.parametrizations.weight
+    return len(plist) == 1 and isinstance(plist[0], PruneMask)
+
+
+def _check_layers(model: nn.Module, chosen, verb: str) -> None:
+    if not chosen:
+        raise ValueError(f"{verb}: no Conv2d / Linear layer of {type(model).__name__} is selected")
+    for name, m in chosen:
+        if not _pruning_mask_only(m):
+            kinds = [type(p).__name__ for p in m.parametrizations.weight]
+            raise ValueError(f"{verb}: layer {name!r} already has weight constraints {kinds}; "
+                             "only a pruning mask can stay under quantization (bake the others "
+                             "first with core.bake)")
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, config: QuantizeConfig, layers: LayerSelection = None) -> nn.Module:
+    """Post-training weight quantization of the selected Conv2d / Linear layers, in place:
+    each weight is replaced by quantize_tensor(weight, config) (its dequantized values,
+    so the model still runs in float and the exporter can store the grid losslessly).
+    A pruning mask stays in place and its zeros stay zero (0 is a level of every grid)."""
+    _check_config(config)
+    chosen = select_layers(model, layers)
+    _check_layers(model, chosen, "quantize")
+    for name, m in chosen:
+        q = quantize_tensor(m.weight.detach(), config)
+        if parametrize.is_parametrized(m, "weight"):
+            # weight = original * mask; q is already 0 where the mask is 0
+            m.parametrizations.weight.original.copy_(q)
+        else:
+            m.weight.copy_(q)
+    record(model, "quantize", config, method="post_training", layers=[n for n, _ in chosen])
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Quantization-aware training
+
+
+class ActivationQuantizer:
+    """Forward pre-hook that fake-quantizes a layer's input (asymmetric, per tensor,
+    `bits` bits, straight-through gradient) over a range tracked by an exponential
+    moving average of the batch min / max while training (fixed in eval mode)."""
+
+    def __init__(self, bits: int, momentum: float = 0.1):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"activation_bits must be an int in 2..8, got {bits!r}")
+        self.config = QuantizeConfig(bits=bits, scheme="asymmetric", granularity="tensor")
+        self.momentum = momentum
+        self.low: Optional[float] = None
+        self.high: Optional[float] = None
+
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = float(x.detach().min()), float(x.detach().max())
+        if self.low is None:
+            self.low, self.high = lo, hi
+        else:
+            self.low += self.momentum * (lo - self.low)
+            self.high += self.momentum * (hi - self.high)
+
+    def __call__(self, module: nn.Module, args):
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+            return None
+        x = args[0]
+        if module.training:
+            self.observe(x)
+        if self.low is None:
+            return None
+        lo = torch.tensor([[min(self.low, 0.0)]], dtype=torch.float32)
+        hi = torch.tensor([[max(self.high, 0.0)]], dtype=torch.float32)
+        flat = x.detach().to(torch.float32).reshape(1, -1)
+        deq, _ = _round_to_grid(flat, lo, hi, self.config)
+        q = x + (deq.reshape(x.shape).to(x.dtype) - x).detach()
+        return (q,) + tuple(args[1:])
+
+
+def quantize_aware_training(model: nn.Module, config: QuantizeConfig, train_loader: Iterable,
+                            train: TrainConfig = TrainConfig(), val_loader: Optional[Iterable] = None,
+                            activation_bits: Optional[int] = None, layers: LayerSelection = None,
+                            loss=None) -> Dict[str, Any]:
+    """Fine-tune `model` with fake-quantized weights (straight-through estimator) and
+    leave it with quantized weights, in place; returns core.fit's history.
+
+    Each selected layer's weight gets a FakeQuantize parametrization (stacked on a
+    pruning mask when there is one, so pruned weights stay zero). With activation_bits,
+    each selected layer's input is fake-quantized too (ActivationQuantizer pre-hooks,
+    removed afterwards: the exported model keeps float activations). At the end the
+    fake quantization is baked: module.weight holds quantize_tensor of the trained
+    weight (a pruning mask is kept)."""
+    _check_config(config)
+    if not isinstance(train, TrainConfig):
+        raise TypeError(f"quantize_aware_training: train must be a TrainConfig, got {type(train).__name__}")
+    chosen = select_layers(model, layers)
+    _check_layers(model, chosen, "quantize_aware_training")
+    hooks = []
+    if activation_bits is not None:
+        for _, m in chosen:
+            hooks.append(m.register_forward_pre_hook(ActivationQuantizer(activation_bits)))
+    for _, m in chosen:
+        parametrize.register_parametrization(m, "weight", FakeQuantize(config))
+    try:
+        history = fit(model, train_loader, train, loss=loss, val_loader=val_loader, desc="qat")
+    finally:
+        for h in hooks:
+            h.remove()
+        for _, m in chosen:
+            _bake_fake_quant(m)
+    record(model, "quantize", config, method="qat", activation_bits=activation_bits, train=train,
+           layers=[n for n, _ in chosen])
+    return history
+
+
+@torch.no_grad()
+def _bake_fake_quant(module: nn.Module) -> None:
+    """Replace the weight's constraints by their current value, keeping a pruning mask
+    (as a fresh mask over the baked value, which is already zero where it is zero)."""
+    from .prune import PruneMask
+    mask = None
+    for p in module.parametrizations.weight:
+        if isinstance(p, PruneMask):
+            mask = p.mask.detach().clone()
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    if mask is not None:
+        parametrize.register_parametrization(module, "weight", PruneMask(mask))
