@@ -353,7 +353,8 @@ def _follow_chain(gm: torch.fx.GraphModule, name: str, node: torch.fx.Node,
     spatial = 1
     cur = node
     while True:
-        users = list(cur.users)
+        # shape queries (x.size(0) for a view) read no values: not consumers
+        users = [u for u in cur.users if not _is_shape_query(u)]
         if not users:
             raise _Refused(f"prune_channels: layer {name!r}: its output is the model's output; "
                            "removing its channels would change the output's shape")
@@ -406,6 +407,13 @@ def _follow_chain(gm: torch.fx.GraphModule, name: str, node: torch.fx.Node,
                            "a chain of channel-wise ops / BatchNorm / pooling / flatten to one "
                            "Conv2d / Linear can be shrunk")
         cur = nxt
+
+
+def _is_shape_query(node: torch.fx.Node) -> bool:
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    return node.op == "call_function" and node.target is getattr and \
+        len(node.args) > 1 and node.args[1] in ("shape", "ndim")
 
 
 def _flatten_spatial(name: str, src: torch.fx.Node, node: torch.fx.Node, spatial: int,

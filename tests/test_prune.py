@@ -175,7 +175,7 @@ class ConvBN(nn.Module):
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))
-        x = torch.flatten(x, 1)
+        x = x.view(x.size(0), -1)
         return self.fc2(F.relu(self.fc1(x)))
 
 
