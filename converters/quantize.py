@@ -133,16 +133,23 @@ def _round_to_grid(g: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
     return (codes - zero) * step, step
 
 
+def _row_quantile(g: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-row nearest-rank quantile (kthvalue: no size limit, unlike torch.quantile)."""
+    n = g.shape[1]
+    k = min(n, max(1, int(round(p * (n - 1))) + 1))
+    return torch.kthvalue(g, k, dim=1, keepdim=True).values
+
+
 def _ranges(g: torch.Tensor, config: QuantizeConfig) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-row clip range [low, high] (column tensors), widened to contain 0."""
     if config.calibration == "percentile" and config.percentile < 100.0:
         p = float(config.percentile) / 100.0
         if config.scheme == "symmetric":
-            amax = torch.quantile(g.abs(), p, dim=1, keepdim=True)
+            amax = _row_quantile(g.abs(), p)
             low, high = -amax, amax
         else:
-            low = torch.quantile(g, 1.0 - p, dim=1, keepdim=True)
-            high = torch.quantile(g, p, dim=1, keepdim=True)
+            low = _row_quantile(g, 1.0 - p)
+            high = _row_quantile(g, p)
     else:
         low = g.amin(dim=1, keepdim=True)
         high = g.amax(dim=1, keepdim=True)
@@ -166,8 +173,7 @@ def _ranges(g: torch.Tensor, config: QuantizeConfig) -> Tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def quantize_tensor_detail(w: torch.Tensor, config: QuantizeConfig) -> QuantizedTensor:
-    """`quantize_tensor` plus, per element, the grid step and the clip range used."""
+def _quantize(w: torch.Tensor, config: QuantizeConfig, detail: bool):
     config = _check_config(config)
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"quantize_tensor: expected a torch.Tensor, got {type(w).__name__}")
@@ -175,7 +181,7 @@ def quantize_tensor_detail(w: torch.Tensor, config: QuantizeConfig) -> Quantized
         raise TypeError(f"quantize_tensor: expected a floating-point tensor, got {w.dtype}")
     if w.numel() == 0:
         empty = w.detach().clone()
-        return QuantizedTensor(empty, empty.clone(), empty.clone(), empty.clone())
+        return QuantizedTensor(empty, empty.clone(), empty.clone(), empty.clone()) if detail else empty
     if not bool(torch.isfinite(w).all()):
         raise ValueError("quantize_tensor: the tensor holds NaN or infinite values")
     g32 = w.detach().to(torch.float32)
@@ -184,13 +190,21 @@ def quantize_tensor_detail(w: torch.Tensor, config: QuantizeConfig) -> Quantized
         low, high = _ranges(g, config)
         deq, step = _round_to_grid(g, low, high, config)
         values.append(deq.reshape(-1))
-        steps.append(step.expand_as(g).reshape(-1))
-        lows.append(low.expand_as(g).reshape(-1))
-        highs.append(high.expand_as(g).reshape(-1))
+        if detail:  # per-element copies cost memory: only when asked for
+            steps.append(step.expand_as(g).reshape(-1))
+            lows.append(low.expand_as(g).reshape(-1))
+            highs.append(high.expand_as(g).reshape(-1))
 
     def whole(parts):
         return torch.cat(parts).reshape(w.shape).to(w.dtype)
+    if not detail:
+        return whole(values)
     return QuantizedTensor(whole(values), whole(steps), whole(lows), whole(highs))
+
+
+def quantize_tensor_detail(w: torch.Tensor, config: QuantizeConfig) -> QuantizedTensor:
+    """`quantize_tensor` plus, per element, the grid step and the clip range used."""
+    return _quantize(w, config, detail=True)
 
 
 def quantize_tensor(w: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
@@ -198,7 +212,7 @@ def quantize_tensor(w: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
     (tensor / output channel / bucket) rounded to its uniform grid of at most 2^bits
     levels (see the module docstring). No gradient flows through it; for training use
     `fake_quantize`."""
-    return quantize_tensor_detail(w, config).values
+    return _quantize(w, config, detail=False)
 
 
 def fake_quantize(w: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
