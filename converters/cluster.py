@@ -123,6 +123,33 @@ def _init_centroids(sv: torch.Tensor, cnt: torch.Tensor, k: int, init: str,
     return torch.sort(c, dim=1).values
 
 
+def _few_distinct(sv: torch.Tensor, cnt: torch.Tensor, k: int
+                  ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """Rows of sv (sorted nonzeros, then +inf) with at most k distinct values, and an
+    (R, k) float64 table holding each such row's distinct values ascending (the last one
+    repeated to fill k slots). None when no row qualifies."""
+    n = sv.shape[1]
+    valid = torch.arange(n)[None, :] < cnt[:, None]
+    starts = torch.ones_like(valid)
+    if n > 1:
+        starts[:, 1:] = sv[:, 1:] != sv[:, :-1]
+    starts &= valid
+    distinct = starts.sum(dim=1)
+    exact = (distinct <= k) & (cnt > 0)
+    if not bool(exact.any()):
+        return None
+    rank = (starts.cumsum(dim=1) - 1).clamp(0, k - 1)
+    # writing every valid value at its rank leaves each slot with its distinct value (all
+    # writers of a slot agree); the +inf padding goes to a spare column k, then dropped
+    table = torch.zeros(sv.shape[0], k + 1, dtype=torch.float64)
+    table.scatter_(1, torch.where(valid, rank, torch.full_like(rank, k)), sv.double())
+    table = table[:, :k]
+    slot = torch.arange(k)[None, :]
+    last = table.gather(1, (distinct - 1).clamp(min=0)[:, None])
+    table = torch.where(slot < distinct[:, None], table, last)
+    return exact, table
+
+
 def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
                  seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """1-D Lloyd k-means of the nonzeros of each row of w2 (R, N) float32.
@@ -145,11 +172,21 @@ def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
     hi = sv.gather(1, (cnt - 1).clamp(min=0)[:, None]).squeeze(1).double()
     span = float(torch.where(cnt > 0, hi - lo, torch.zeros_like(lo)).max()) if sv.numel() else 0.0
     threshold = tol * (span if span > 0 else 1.0)
+    # A row with at most k distinct nonzeros takes them as its centroids (lossless; Lloyd
+    # could merge two of them and leave a cluster empty); the other rows run Lloyd.
+    small = _few_distinct(sv, cnt, k)
+    if small is not None:
+        exact, table = small
+        c[exact] = table[exact]
+    else:
+        exact = torch.zeros(sv.shape[0], dtype=torch.bool)
     # Lloyd iterations on the rows still moving (per-channel rows converge at different
     # speeds; a converged row's assignment no longer changes)
-    active = torch.arange(sv.shape[0])
+    active = torch.nonzero(~exact & (cnt > 0)).flatten()
     previous = torch.full((sv.shape[0], k + 1), -1, dtype=torch.long)
     for _ in range(max_iter):
+        if active.numel() == 0:
+            break
         ca = c[active]
         # bounds[:, j]: how many values have a cluster < j (the values <= mids[:, j-1]);
         # while many rows move, searching all rows beats copying the moving ones out of sv
@@ -179,12 +216,13 @@ def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
     if k == 1:
         codes = torch.zeros(w2.shape, dtype=torch.long)
     else:
-        mids = ((c[:, 1:] + c[:, :-1]) / 2).to(sv.dtype).contiguous()
-        # code = number of midpoints strictly below the value: its nearest centroid
+        # code = number of midpoints strictly below the value: its nearest centroid (in
+        # float64: a float32 midpoint of two adjacent floats could round onto one of them)
+        mids = ((c[:, 1:] + c[:, :-1]) / 2).contiguous()
         if mids.shape[0] == 1:
-            codes = torch.bucketize(w2, mids[0], right=False)
+            codes = torch.bucketize(w2.double(), mids[0], right=False)
         else:
-            codes = torch.searchsorted(mids, w2.contiguous(), right=False)
+            codes = torch.searchsorted(mids, w2.double().contiguous(), right=False)
     codes = torch.where(nz, codes, torch.full_like(codes, -1))
     return centroids, codes
 
