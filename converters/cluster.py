@@ -58,6 +58,10 @@ class ClusterConfig:
     max_iter, tol: Lloyd iterations stop after max_iter or when no centroid moves by more
         than tol times the range of the weights.
     seed: the random init's seed (the result is deterministic for a given seed).
+    fill_empty: a centroid whose cluster empties moves into the cluster with the largest
+        squared error (splitting it) instead of staying unused. Linear init on pruned
+        weights needs it: their two tails leave most linearly spaced centroids in the
+        empty gap around 0 (with 5 bits, as few as 4 used values without it).
     """
     bits: Union[int, Mapping[str, int]] = 5
     init: str = "linear"
@@ -65,6 +69,7 @@ class ClusterConfig:
     max_iter: int = 100
     tol: float = 1e-6
     seed: int = 0
+    fill_empty: bool = True
 
     def __post_init__(self):
         if isinstance(self.bits, Mapping):
@@ -85,6 +90,8 @@ class ClusterConfig:
             raise ValueError(f"ClusterConfig.max_iter must be an int >= 1, got {self.max_iter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise ValueError(f"ClusterConfig.tol must be a number >= 0, got {self.tol!r}")
+        if not isinstance(self.fill_empty, bool):
+            raise TypeError(f"ClusterConfig.fill_empty must be a bool, got {self.fill_empty!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"ClusterConfig.seed must be an int, got {self.seed!r}")
 
@@ -150,8 +157,28 @@ def _few_distinct(sv: torch.Tensor, cnt: torch.Tensor, k: int
     return exact, table
 
 
+def _refill_empty(c: torch.Tensor, counts: torch.Tensor, sumsq: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Move each empty cluster's centroid into the cluster with the largest squared error
+    (the q-th empty slot of a row splits its q-th worst cluster), half a standard
+    deviation above that cluster's mean, so no codebook entry is wasted (linear init on
+    pruned, two-sided weights otherwise leaves most centroids in the gap around 0).
+    Returns the centroids and which rows changed."""
+    n = counts.double()
+    sse = (sumsq - c * c * n).clamp(min=0)  # c holds the means of the non-empty clusters
+    sse = torch.where(counts > 0, sse, torch.full_like(sse, -1.0))
+    order = torch.argsort(sse, dim=1, descending=True)
+    empty = counts == 0
+    q = (empty.long().cumsum(dim=1) - 1).clamp(min=0)
+    target = order.gather(1, q)
+    ok = empty & (sse.gather(1, target) > 0)
+    std = (sse / n.clamp(min=1)).clamp(min=0).sqrt()
+    moved_to = c.gather(1, target) + 0.5 * std.gather(1, target)
+    return torch.where(ok, moved_to, c), ok.any(dim=1)
+
+
 def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
-                 seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                 seed: int, fill_empty: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """1-D Lloyd k-means of the nonzeros of each row of w2 (R, N) float32.
 
     Sorted 1-D k-means: in sorted order each cluster is a contiguous run bounded by the
@@ -164,7 +191,9 @@ def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
     # numpy's sort is several times faster than torch's on one long row
     sv = torch.from_numpy(np.sort(torch.where(nz, w2, inf).numpy(), axis=1))  # nonzeros, then +inf
     finite = torch.where(torch.isinf(sv), torch.zeros((), dtype=torch.float64), sv.double())
-    prefix = torch.cat([torch.zeros(sv.shape[0], 1, dtype=torch.float64), finite.cumsum(dim=1)], dim=1)
+    zero_col = torch.zeros(sv.shape[0], 1, dtype=torch.float64)
+    prefix = torch.cat([zero_col, finite.cumsum(dim=1)], dim=1)
+    prefix_sq = torch.cat([zero_col, (finite * finite).cumsum(dim=1)], dim=1) if fill_empty else None
     del finite
     gen = torch.Generator().manual_seed(seed)
     c = _init_centroids(sv, cnt, k, init, gen)
@@ -205,8 +234,13 @@ def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
         sums = at[:, 1:] - at[:, :-1]
         counts = bounds[:, 1:] - bounds[:, :-1]
         new = torch.where(counts > 0, sums / counts.clamp(min=1).double(), ca)  # empty: stays
+        refilled = torch.zeros(len(active), dtype=torch.bool)
+        if prefix_sq is not None and bool((counts == 0).any()):
+            at_sq = prefix_sq.view(-1)[flat]
+            new, refilled = _refill_empty(new, counts, at_sq[:, 1:] - at_sq[:, :-1])
         new = torch.sort(new, dim=1).values
-        moved = (new - ca).abs().amax(dim=1) > threshold
+        moved = ((new - ca).abs().amax(dim=1) > threshold) | refilled
+        changed |= refilled
         c[active] = new
         # a row whose assignment did not change has reached its fixed point
         active = active[changed & moved]
@@ -228,15 +262,17 @@ def _kmeans_rows(w2: torch.Tensor, k: int, init: str, max_iter: int, tol: float,
 
 
 def cluster_tensor(w: torch.Tensor, bits: int, init: str = "linear", per_channel: bool = False,
-                   max_iter: int = 100, tol: float = 1e-6, seed: int = 0
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+                   max_iter: int = 100, tol: float = 1e-6, seed: int = 0,
+                   fill_empty: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """k-means of the nonzero entries of `w` into k = 2^bits centroids.
 
     Returns (centroids, indices): centroids (k,) sorted ascending, or (w.shape[0], k) with
     per_channel (one codebook per output channel); indices an int64 tensor of w's shape
     with each weight's centroid, and -1 where w is 0 (zeros are not clustered and stay
-    0). A centroid whose cluster ends up empty keeps its last position. Deterministic for
-    a given seed; the dtype of the centroids is w's.
+    0). A row with at most k distinct nonzeros gets exactly those values (lossless).
+    fill_empty: see ClusterConfig; without it (or when nothing is left to split) an empty
+    cluster's centroid keeps its last position. Deterministic for a given seed; the
+    dtype of the centroids is w's.
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"cluster_tensor: w must be a torch.Tensor, got {type(w).__name__}")
@@ -255,7 +291,7 @@ def cluster_tensor(w: torch.Tensor, bits: int, init: str = "linear", per_channel
     k = 1 << bits
     w32 = w.detach().to("cpu", torch.float32)
     w2 = w32.reshape(w.shape[0], -1) if per_channel else w32.reshape(1, -1)
-    centroids, codes = _kmeans_rows(w2, k, init, max_iter, float(tol), seed)
+    centroids, codes = _kmeans_rows(w2, k, init, max_iter, float(tol), seed, fill_empty)
     if not per_channel:
         centroids = centroids[0]
     return centroids.to(w.dtype), codes.reshape(w.shape)
@@ -354,7 +390,8 @@ def cluster(model: nn.Module, config: ClusterConfig = ClusterConfig(),
         if config.per_channel and w.dim() < 2:
             raise ValueError(f"cluster: layer {name!r}: per_channel needs a weight with >= 2 dims")
         centroids, indices = cluster_tensor(w, bits, config.init, config.per_channel,
-                                            config.max_iter, config.tol, config.seed)
+                                            config.max_iter, config.tol, config.seed,
+                                            config.fill_empty)
         shared = SharedWeights(indices, centroids, config.per_channel).to(w.device)
         parametrize.register_parametrization(module, "weight", shared)
         with torch.no_grad():

@@ -95,6 +95,25 @@ def test_cluster_tensor_is_lossless_with_few_distinct_values():
     assert torch.equal(rec, w)
 
 
+def test_empty_clusters_are_refilled_on_pruned_two_sided_weights():
+    # the two tails of magnitude-pruned weights: linear init puts most of 32 centroids in
+    # the gap around 0, where no weight is
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand(100, 100, generator=g) * 2 - 1
+    w[w.abs() < 0.9] = 0
+    c0, i0 = cluster_tensor(w, 5, "linear", fill_empty=False)
+    c1, i1 = cluster_tensor(w, 5, "linear")
+
+    def used_and_mse(c, i):
+        rec = torch.where(i >= 0, c[i.clamp(min=0)], torch.zeros(()))
+        return int(torch.unique(i[i >= 0]).numel()), float(((rec - w) ** 2).mean())
+
+    used0, mse0 = used_and_mse(c0, i0)
+    used1, mse1 = used_and_mse(c1, i1)
+    assert used0 < 16 and used1 == 32
+    assert mse1 < mse0 / 4
+
+
 def test_cluster_tensor_deterministic_and_seeded():
     w = torch.randn(50, 50, generator=torch.Generator().manual_seed(5))
     a = cluster_tensor(w, 4, "random", seed=7)
@@ -124,7 +143,7 @@ def test_cluster_tensor_all_zero_row_per_channel():
     (dict(bits=0), ValueError), (dict(bits=9), ValueError), (dict(bits=2.0), ValueError),
     (dict(init="kmeans++"), ValueError), (dict(bits={"fc1": 12}), ValueError),
     (dict(bits={3: 4}), TypeError), (dict(max_iter=0), ValueError), (dict(tol=-1.0), ValueError),
-    (dict(per_channel=1), TypeError),
+    (dict(per_channel=1), TypeError), (dict(fill_empty=None), TypeError),
 ])
 def test_config_rejects_bad_values(bad, err):
     with pytest.raises(err):
