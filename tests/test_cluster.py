@@ -328,3 +328,18 @@ def test_exported_clustered_model_runs_in_engine_and_is_small(mnist_batch):
     # the shared values are stored exactly: only summation order differs
     bound = 1e-4 * (1 + np.abs(want).max())
     assert np.abs(got - want).max() <= bound
+
+
+def test_after_the_prune_verb(mnist_batch):
+    from deepsqueeze.convert.prune import PruneConfig, prune
+    model = prune(_lenet(), PruneConfig(sparsity=0.9))
+    zeros = {n: (getattr(model, n).weight == 0).clone() for n in ("fc1", "fc2", "fc3")}
+    cluster(model, ClusterConfig(bits=5))
+    x, y = mnist_batch
+    fine_tune_centroids(model, [(x, y)] * 3, core.TrainConfig(lr=1e-2, progress=False))
+    for n, z in zeros.items():
+        w = getattr(model, n).weight
+        assert torch.equal(w == 0, z), n
+        assert _distinct(w[w != 0]) <= 32
+    assert [r["verb"] for r in core.compression_record(model)] == ["prune", "cluster",
+                                                                   "fine_tune_centroids"]
