@@ -121,15 +121,22 @@ class DifferentiableQuantConfig:
     group's weights). per_layer: one set of points per layer; otherwise one per bucket of
     `bucket_size` consecutive elements of the flattened weight, or per output channel
     (dim 0) when bucket_size is None (the exporter stores that as a per-row codebook).
-    distill: the loss the points are trained with.
+    keep_zeros: weights exactly 0 at the start (pruned ones) stay exactly 0 and take no
+    point; the points are placed over the nonzero weights only (as k-means weight
+    sharing after pruning). A layer then holds at most 2^bits nonzero values per group,
+    plus 0. distill: the loss the points are trained with.
     """
     bits: int = 4
     init: str = "uniform"
     per_layer: bool = True
     bucket_size: Optional[int] = None
+    keep_zeros: bool = True
     distill: DistillConfig = DistillConfig()
 
     def __post_init__(self):
+        if not isinstance(self.keep_zeros, bool):
+            raise TypeError("DifferentiableQuantConfig.keep_zeros must be a bool, got "
+                            f"{type(self.keep_zeros).__name__}")
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise TypeError(f"DifferentiableQuantConfig.bits must be an int, got "
                             f"{type(self.bits).__name__}")
@@ -364,7 +371,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: Iterable,
             config: DistillConfig = DistillConfig(), train: TrainConfig = TrainConfig(),
             val_loader: Optional[Iterable] = None) -> Dict[str, Any]:
     """Train `student` (in place, all its trainable parameters) with the distillation
-    loss against `teacher` (unchanged); returns core.fit's history."""
+    loss against `teacher` (unchanged); returns core.fit's history, plus with hints
+    "hint_loss_first" and "hint_loss" (the hint term at the first and the last step)."""
     _check_models(student, teacher)
     if not isinstance(config, DistillConfig):
         raise TypeError(f"distill: config must be a DistillConfig, got {type(config).__name__}")
@@ -464,8 +472,12 @@ class LearnedPoints(nn.Module):
         self.group_size = max(1, min(size, numel))
         self.groups = -(-numel // self.group_size)
         grouped, valid = self._grouped(weight.detach().to(torch.float32))
+        if config.keep_zeros:
+            valid = valid & (grouped != 0)
         self.points = nn.Parameter(self._init_points(grouped, valid, config))
         self.register_buffer("index", self.nearest(weight).to(torch.uint8))
+        # None: every element takes its point; else the elements that do (the rest are 0)
+        self.register_buffer("keep", None if bool(valid.all()) else valid)
 
     def _grouped(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(groups, group_size) view of w, the short last bucket padded; plus the mask
@@ -483,12 +495,17 @@ class LearnedPoints(nn.Module):
                      config: DifferentiableQuantConfig) -> torch.Tensor:
         k = config.points
         if config.init == "uniform":
-            lo = g.amin(dim=1, keepdim=True)
-            hi = g.amax(dim=1, keepdim=True)
+            inf = torch.tensor(float("inf"))
+            lo = torch.where(valid, g, inf).amin(dim=1, keepdim=True)
+            hi = torch.where(valid, g, -inf).amax(dim=1, keepdim=True)
+            empty = ~valid.any(dim=1, keepdim=True)  # an all-zero group: points at 0
+            lo, hi = lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0)
             frac = torch.linspace(0.0, 1.0, k, dtype=torch.float32)
             return lo + (hi - lo) * frac
         q = (torch.arange(k, dtype=torch.float32) + 0.5) / k
-        return torch.stack([torch.quantile(g[i][valid[i]], q) for i in range(self.groups)])
+        rows = [torch.quantile(g[i][valid[i]], q) if bool(valid[i].any()) else torch.zeros(k)
+                for i in range(self.groups)]
+        return torch.stack(rows)
 
     @torch.no_grad()
     def nearest(self, w: torch.Tensor) -> torch.Tensor:
@@ -500,8 +517,10 @@ class LearnedPoints(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if tuple(w.shape) != self.shape:
             raise ValueError(f"LearnedPoints: weight of shape {tuple(w.shape)}, built for {self.shape}")
-        q = torch.gather(self.points, 1, self.index.long()).to(w.dtype)
-        return q.reshape(-1)[: w.numel()].reshape(w.shape)
+        q = torch.gather(self.points, 1, self.index.long())
+        if self.keep is not None:
+            q = q * self.keep  # exact zeros, and no gradient from them to the points
+        return q.to(w.dtype).reshape(-1)[: w.numel()].reshape(w.shape)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, groups={self.groups}, group_size={self.group_size}"
@@ -516,7 +535,9 @@ def differentiable_quantization(student: nn.Module, teacher: nn.Module, train_lo
     fixed, replaced by their nearest learned point, and only the points are trained with
     the distillation loss (everything else in the student is left as it is). At the end
     every selected weight is a plain tensor whose values are all points of its group
-    (at most 2^bits distinct values per layer / channel / bucket)."""
+    (at most 2^bits distinct values per layer / channel / bucket), or 0 where the weight
+    was 0 (config.keep_zeros). history["points"] holds each layer's (groups, 2^bits)
+    points."""
     _check_models(student, teacher)
     if not isinstance(config, DifferentiableQuantConfig):
         raise TypeError("differentiable_quantization: config must be a "

@@ -304,6 +304,25 @@ def test_differentiable_quantization_per_channel_points_only_trains_points(mnist
     assert torch.equal(student[1].bias, bias)
 
 
+@pytest.mark.parametrize("init", ["uniform", "quantile"])
+def test_differentiable_quantization_keeps_pruned_weights_at_zero(mnist, teacher, init):
+    student = mlp(16, seed=23)
+    with torch.no_grad():
+        w = student[1].weight
+        w.mul_((torch.rand_like(w) > 0.8).float())  # 80% pruned
+        w[3] = 0.0  # a row with nothing left: its points start at 0
+    zeros = student[1].weight.detach() == 0
+    cfg = D.DifferentiableQuantConfig(bits=2, init=init, per_layer=False)
+    history = D.differentiable_quantization(student, teacher, mnist.train, cfg, quiet(max_steps=5))
+    w = student[1].weight.detach()
+    assert torch.equal(w == 0, zeros)
+    for row, pts in zip(w, history["points"]["1"]):
+        assert bool(torch.isin(row[row != 0], pts).all())
+    # the points sit among the nonzero weights, not pulled toward the pruned zeros
+    pts = history["points"]["1"][0]
+    assert torch.unique(pts).numel() == 4
+
+
 # ------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs,match", [
