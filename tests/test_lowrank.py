@@ -263,3 +263,27 @@ def test_lowrank_and_finetune_lowers_the_loss():
     assert after < before - 1e-3
     assert net.fc1[0].weight.shape[0] == truncated.fc1[0].weight.shape[0]
     assert [r["verb"] for r in core.compression_record(net)] == ["lowrank", "lowrank_finetune"]
+
+
+def test_tucker2_energy_finds_the_multilinear_ranks_and_spatial_ratio():
+    g = _gen(8)
+    a = torch.linalg.qr(torch.randn(16, 4, generator=g))[0]
+    b = torch.linalg.qr(torch.randn(12, 3, generator=g))[0]
+    kern = torch.einsum("rsij,or,cs->ocij", torch.randn(4, 3, 3, 3, generator=g), a, b)
+    net = nn.Sequential(nn.Conv2d(12, 16, 3, padding=1))
+    with torch.no_grad():
+        net[0].weight.copy_(kern)
+    x = torch.randn(2, 12, 8, 8, generator=g)
+    with torch.no_grad():
+        want = net(x)
+    lowrank(net, LowRankConfig(energy=0.9999))
+    info = core.compression_record(net)[-1]["layers"]["0"]
+    assert info["rank"] == [4, 3] and info["energy_kept"][0] == pytest.approx(1.0)
+    with torch.no_grad():
+        assert torch.allclose(net(x), want, atol=1e-4)
+
+    spatial = nn.Sequential(nn.Conv2d(12, 16, 3))
+    lowrank(spatial, LowRankConfig(ratio=0.3, conv_method="spatial_svd"))
+    info = core.compression_record(spatial)[-1]["layers"]["0"]
+    # largest r with r * (C*kh + O*kw) <= 0.3 * O*C*kh*kw: 0.3 * 1728 / 84 = 6.17
+    assert info["rank"] == 6 and info["params_after"] == 6 * 84 == _weights(spatial)
