@@ -152,7 +152,7 @@ def _few_distinct(sv: torch.Tensor, cnt: torch.Tensor, k: int
     table.scatter_(1, torch.where(valid, rank, torch.full_like(rank, k)), sv.double())
     table = table[:, :k]
     slot = torch.arange(k)[None, :]
-    last = table.gather(1, (distinct - 1).clamp(min=0)[:, None])
+    last = table.gather(1, (distinct - 1).clamp(0, k - 1)[:, None])  # rows with more: unused
     table = torch.where(slot < distinct[:, None], table, last)
     return exact, table
 

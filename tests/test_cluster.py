@@ -2,6 +2,8 @@
 centroid gradients, fine-tuning, and the exported file in the engine."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
 import deepsqueeze  # noqa: E402
+from deepsqueeze import format as dsqformat  # noqa: E402
 from deepsqueeze.convert import core, export_to_bytes, models  # noqa: E402
 from deepsqueeze.convert.cluster import (ClusterConfig, SharedWeights, cluster,  # noqa: E402
                                          cluster_tensor, codebook, fine_tune_centroids)
@@ -93,6 +96,18 @@ def test_cluster_tensor_is_lossless_with_few_distinct_values():
     c, idx = cluster_tensor(w, 3, "linear")
     rec = torch.where(idx >= 0, c[idx.clamp(min=0)], torch.zeros(()))
     assert torch.equal(rec, w)
+
+
+def test_per_channel_mixes_exact_rows_and_clustered_rows():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 50, generator=g)
+    w[1] = torch.tensor([0.5, -0.25, 0.0, 1.5])[torch.randint(0, 4, (50,), generator=g)]
+    w[4, 3:] = 0  # three nonzeros
+    c, idx = cluster_tensor(w, 2, per_channel=True)
+    rec = torch.where(idx >= 0, c.gather(1, idx.clamp(min=0)), torch.zeros(()))
+    assert torch.equal(rec[1], w[1]) and torch.equal(rec[4], w[4])  # <= 4 distinct: exact
+    assert all(torch.unique(rec[r]).numel() <= 4 for r in range(6))
+    assert not torch.equal(rec[0], w[0])
 
 
 def test_empty_clusters_are_refilled_on_pruned_two_sided_weights():
@@ -311,11 +326,12 @@ def test_reassigning_the_weight_projects_onto_the_clusters():
 # export
 # ---------------------------------------------------------------------------------------
 
-def test_exported_clustered_model_runs_in_engine_and_is_small(mnist_batch):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_exported_clustered_model_runs_in_engine_and_is_small(mnist_batch, per_channel):
     model = _lenet()
     for n in ("fc1", "fc2", "fc3"):
         _prune(getattr(model, n), 0.9)
-    cluster(model, ClusterConfig(bits=4))
+    cluster(model, ClusterConfig(bits=4, per_channel=per_channel))
     model.eval()
     x, _ = mnist_batch
     x = x[:64]
@@ -325,6 +341,8 @@ def test_exported_clustered_model_runs_in_engine_and_is_small(mnist_batch):
     with torch.no_grad():
         want = model(x).numpy()
     got = deepsqueeze.load(packed, threads=1).run(x.numpy())
+    encodings = json.loads(dsqformat.from_bytes(packed).metadata["dsq.export_config"])["layers"]
+    assert encodings["fc1"]["values"] == "codebook" and encodings["fc1"]["codebook_bits"] <= 4
     # the shared values are stored exactly: only summation order differs
     bound = 1e-4 * (1 + np.abs(want).max())
     assert np.abs(got - want).max() <= bound
