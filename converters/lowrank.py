@@ -163,7 +163,8 @@ def factorize_conv_tucker2(conv: nn.Conv2d, rank_out: int, rank_in: int) -> nn.S
     w = core.dense_weight(conv)
     o, c, kh, kw = w.shape
     (u_out, _), (u_in, _) = _unfoldings(w)
-    r_out, r_in = min(rank_out, o), min(rank_in, c)
+    # an unfolding's rank can be below the channel count (O > C*kh*kw): cap at it
+    r_out, r_in = min(rank_out, o, u_out.shape[1]), min(rank_in, c, u_in.shape[1])
     eye_o, eye_c = torch.eye(o, dtype=torch.float64), torch.eye(c, dtype=torch.float64)
     a = u_out[:, :r_out] if r_out < o else eye_o  # (O, r_out)
     b = u_in[:, :r_in] if r_in < c else eye_c     # (C, r_in)

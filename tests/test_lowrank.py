@@ -287,3 +287,13 @@ def test_tucker2_energy_finds_the_multilinear_ranks_and_spatial_ratio():
     info = core.compression_record(spatial)[-1]["layers"]["0"]
     # largest r with r * (C*kh + O*kw) <= 0.3 * O*C*kh*kw: 0.3 * 1728 / 84 = 6.17
     assert info["rank"] == 6 and info["params_after"] == 6 * 84 == _weights(spatial)
+
+
+def test_tucker2_caps_ranks_at_the_unfolding_rank():
+    # 12 output channels but the output unfolding is 12 x 9: rank 9 at most, still exact
+    conv = nn.Conv2d(1, 12, 3, padding=1)
+    x = torch.randn(2, 1, 7, 7, generator=_gen(9))
+    with torch.no_grad():
+        f = factorize_conv_tucker2(conv, 12, 1)
+        assert [tuple(m.weight.shape) for m in f] == [(9, 1, 3, 3), (12, 9, 1, 1)]
+        assert torch.allclose(f(x), conv(x), atol=1e-5)
