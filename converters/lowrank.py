@@ -103,10 +103,11 @@ def _rank_from(config: LowRankConfig, s: torch.Tensor, per_rank: int, full: int)
     return svd_rank(s, config.energy)
 
 
-def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
-    """Two linears from the rank-`rank` truncated SVD of layer's weight (out, in)."""
+def factorize_linear(layer: nn.Linear, rank: int, factors=None) -> nn.Sequential:
+    """Two linears from the rank-`rank` truncated SVD of layer's weight (out, in).
+    factors: the SVD (u, s, vh) of the weight if already computed."""
     w = core.dense_weight(layer)
-    u, s, vh = _svd(w)
+    u, s, vh = factors if factors is not None else _svd(w)
     r = min(rank, len(s))
     root = s[:r].sqrt()
     first = nn.Linear(layer.in_features, r, bias=False)
@@ -129,11 +130,11 @@ def _conv(conv: nn.Conv2d, cin: int, cout: int, kernel: Tuple[int, int], stride,
                      bias=bias, padding_mode=conv.padding_mode)
 
 
-def _factorize_pointwise(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+def _factorize_pointwise(conv: nn.Conv2d, rank: int, factors=None) -> nn.Sequential:
     """1x1 conv: two 1x1 convs from the SVD of its (O, C) matrix."""
     w = core.dense_weight(conv)
     o, c = w.shape[:2]
-    u, s, vh = _svd(w.reshape(o, c))
+    u, s, vh = factors if factors is not None else _svd(w.reshape(o, c))
     r = min(rank, len(s))
     root = s[:r].sqrt()
     first = _conv(conv, c, r, (1, 1), conv.stride, conv.padding, conv.dilation, False)
@@ -154,15 +155,17 @@ def _unfoldings(w: torch.Tensor):
     return (u_out, s_out), (u_in, s_in)
 
 
-def factorize_conv_tucker2(conv: nn.Conv2d, rank_out: int, rank_in: int) -> nn.Sequential:
+def factorize_conv_tucker2(conv: nn.Conv2d, rank_out: int, rank_in: int,
+                           factors=None) -> nn.Sequential:
     """Tucker-2 of a kxk conv by HOSVD: 1x1 (C->rank_in), kxk core, 1x1 (rank_out->O).
 
     A mode kept at full rank has a square orthogonal factor that saves nothing: it is
     folded into the core, and its 1x1 conv left out (Sequential of 2 convs; of 1 when
-    both ranks are full, which is the original conv)."""
+    both ranks are full, which is the original conv). factors: _unfoldings(weight) if
+    already computed."""
     w = core.dense_weight(conv)
     o, c, kh, kw = w.shape
-    (u_out, _), (u_in, _) = _unfoldings(w)
+    (u_out, _), (u_in, _) = factors if factors is not None else _unfoldings(w)
     # an unfolding's rank can be below the channel count (O > C*kh*kw): cap at it
     r_out, r_in = min(rank_out, o, u_out.shape[1]), min(rank_in, c, u_in.shape[1])
     eye_o, eye_c = torch.eye(o, dtype=torch.float64), torch.eye(c, dtype=torch.float64)
@@ -194,11 +197,12 @@ def _spatial_matrix(w: torch.Tensor) -> torch.Tensor:
     return w.permute(1, 2, 0, 3).reshape(c * kh, o * kw)
 
 
-def factorize_conv_spatial(conv: nn.Conv2d, rank: int) -> nn.Sequential:
-    """Spatial SVD of a kxk conv: kh x 1 conv (C->rank) then 1 x kw conv (rank->O)."""
+def factorize_conv_spatial(conv: nn.Conv2d, rank: int, factors=None) -> nn.Sequential:
+    """Spatial SVD of a kxk conv: kh x 1 conv (C->rank) then 1 x kw conv (rank->O).
+    factors: the SVD (u, s, vh) of its (C*kh, O*kw) matrix if already computed."""
     w = core.dense_weight(conv)
     o, c, kh, kw = w.shape
-    u, s, vh = _svd(_spatial_matrix(w))
+    u, s, vh = factors if factors is not None else _svd(_spatial_matrix(w))
     r = min(rank, len(s))
     root = s[:r].sqrt()
     vert = (u[:, :r] * root[None, :]).reshape(c, kh, r).permute(2, 0, 1)      # (r, C, kh)
@@ -256,31 +260,35 @@ def _plan(name: str, module: nn.Module, config: LowRankConfig):
     original = w.numel()
     if isinstance(module, nn.Linear):
         out_f, in_f = w.shape
-        _, s, _ = _svd(w)
+        f = _svd(w)  # computed once: for the rank and for the factors
+        s = f[1]
         r = _rank_from(config, s, in_f + out_f, original)
         after = r * (in_f + out_f)
         details = {"method": "svd", "rank": r, "energy_kept": _energy(s, r)}
-        return (lambda: factorize_linear(module, r)), details, original, after
+        return (lambda: factorize_linear(module, r, f)), details, original, after
     assert isinstance(module, nn.Conv2d)
     if module.groups != 1:
         return None, f"grouped conv (groups={module.groups}) is not factorized", original, original
     o, c, kh, kw = w.shape
     if kh == 1 and kw == 1:
-        _, s, _ = _svd(w.reshape(o, c))
+        f = _svd(w.reshape(o, c))
+        s = f[1]
         r = _rank_from(config, s, o + c, original)
         details = {"method": "svd", "rank": r, "energy_kept": _energy(s, r)}
-        return (lambda: _factorize_pointwise(module, r)), details, original, r * (o + c)
+        return (lambda: _factorize_pointwise(module, r, f)), details, original, r * (o + c)
     if config.conv_method == "spatial_svd":
-        _, s, _ = _svd(_spatial_matrix(w))
+        f = _svd(_spatial_matrix(w))
+        s = f[1]
         r = _rank_from(config, s, c * kh + o * kw, original)
         details = {"method": "spatial_svd", "rank": r, "energy_kept": _energy(s, r)}
-        return (lambda: factorize_conv_spatial(module, r)), details, original, r * (c * kh + o * kw)
-    (_, s_out), (_, s_in) = _unfoldings(w)
+        return (lambda: factorize_conv_spatial(module, r, f)), details, original, r * (c * kh + o * kw)
+    modes = _unfoldings(w)
+    (_, s_out), (_, s_in) = modes
     r_out, r_in = _tucker_ranks(config, w, s_out, s_in)
     details = {"method": "tucker2", "rank": [r_out, r_in],
                "energy_kept": [_energy(s_out, r_out), _energy(s_in, r_in)]}
     after = _tucker_params(o, c, kh * kw, r_out, r_in)
-    return (lambda: factorize_conv_tucker2(module, r_out, r_in)), details, original, after
+    return (lambda: factorize_conv_tucker2(module, r_out, r_in, modes)), details, original, after
 
 
 def _energy(s: torch.Tensor, r: int) -> float:
