@@ -19,6 +19,11 @@ Initialization (`ClusterConfig.init`): "linear" spaces the centroids linearly be
 the min and max of the weights (Han et al. found it best: it keeps the rare large
 weights), "density" places them at equal-mass quantiles of the weights (the centers of
 2^bits bins of the CDF), "random" picks 2^bits of the weights at random (Forgy).
+Then Lloyd iterations; an emptied cluster's centroid is moved to split the worst cluster
+(`fill_empty`); a layer (or row) with at most 2^bits distinct nonzeros keeps exactly
+those values. A clustered weight therefore never holds more than 2^bits distinct nonzero
+values per layer (per row with per_channel), which the exporter's weights="auto" stores
+losslessly as a b-bit codebook.
 """
 from __future__ import annotations
 
