@@ -1305,11 +1305,12 @@ def build(module: nn.Module, example_inputs, weights: WeightSpec = "fp32", calib
     metadata = {
         "dsq.producer": PRODUCER,
         "dsq.source_model": type(module).__name__,
-        "dsq.export_config": json.dumps(config, sort_keys=True, default=repr),
+        "dsq.export_config": json.dumps(config, sort_keys=True, default=repr, separators=(",", ":")),
     }
     if compression:
         # what the toolkit's verbs did to the model, with their configs
-        metadata["dsq.compression"] = json.dumps(compression, sort_keys=True, default=repr)
+        metadata["dsq.compression"] = json.dumps(compression, sort_keys=True, default=repr,
+                                                separators=(",", ":"))
     return conv.b.build(metadata)
 
 

