@@ -146,7 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=os.path.join(RESULTS, "deep_compression_files"))
     ap.add_argument("--json", default=os.path.join(RESULTS, "deep_compression_mnist.json"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared machine more threads only fight)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for n in names:
         if n not in SETTINGS:

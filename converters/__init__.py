@@ -29,7 +29,7 @@ from .export import (AUTO_BLOCKS, AUTO_INDEX_BITS, ENCODING_OPTIONS, PRODUCER,
                      SPARSE_MAX_DENSITY_KXK, SPARSE_MAX_DENSITY_POINTWISE, WEIGHT_ENCODINGS,
                      Encoding, UnsupportedOperationError, WeightSpec, auto_encode, build, export,
                      export_to_bytes)
-from .lowrank import LowRankConfig, lowrank
+from .lowrank import LowRankConfig, lowrank, lowrank_and_finetune
 from .prune import (PruneConfig, StructuredPruneConfig, masks, prune, prune_channels,
                     prune_gradually, sparsity)
 from .quantize import QuantizeConfig, fake_quantize, quantize, quantize_aware_training, quantize_tensor
@@ -49,7 +49,8 @@ __all__ = [
     "PruneConfig", "StructuredPruneConfig", "prune", "prune_gradually", "prune_channels",
     "sparsity", "masks", "QuantizeConfig", "quantize", "quantize_aware_training",
     "quantize_tensor", "fake_quantize", "ClusterConfig", "cluster", "cluster_tensor",
-    "fine_tune_centroids", "codebook", "LowRankConfig", "lowrank", "DistillConfig",
+    "fine_tune_centroids", "codebook", "LowRankConfig", "lowrank", "lowrank_and_finetune",
+    "DistillConfig",
     "QuantizedDistillConfig", "DifferentiableQuantConfig", "distill", "quantized_distillation",
     "differentiable_quantization", "size_report", "format_size_report",
     # recipes
