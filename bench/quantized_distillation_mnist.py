@@ -176,10 +176,10 @@ def main(argv=None) -> int:
         dq = copy.deepcopy(student)
         log(f"differentiable quantization at {bits} bits (points only)")
         h = differentiable_quantization(dq, teacher, data.train,
-                                        DifferentiableQuantConfig(bits=bits, init="quantile",
+                                        DifferentiableQuantConfig(bits=bits, init="uniform",
                                                                   per_layer=False, distill=dcfg),
                                         train(args.dq_epochs, lr=1e-4))
-        add(f"student {bits}-bit DQ", dq, "differentiable quantization (per channel points)",
+        add(f"student {bits}-bit DQ", dq, "differentiable quantization (per channel points, uniform init)",
             bits, h["seconds"], teacher)
 
     result = {
@@ -215,7 +215,9 @@ def markdown(result: Dict[str, Any]) -> str:
         "with `weights=\"auto\"` and run in the engine on the "
         f"{s['test_images']} test images; size = the .dsq file's bytes (weights, biases, graph, "
         "metadata). Quantization is asymmetric per output channel; PTQ and DQ start from the "
-        "student trained on labels, QD from the same initialization with the same epochs.",
+        "student trained on labels, QD from the same initialization with the same epochs. DQ "
+        "starts with 2^bits points evenly spread over each row's min..max (the min-max grid "
+        "without PTQ's snapping of one level to 0) and trains only the points.",
         "",
         "| model | method | bits | .dsq bytes | vs fp32 student | test error (engine) | "
         "KL to teacher | weight encodings |",
