@@ -3,6 +3,7 @@ distillation and differentiable quantization (Polino et al. 2018) on tiny models
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 
@@ -15,7 +16,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
 import deepsqueeze  # noqa: E402
-from deepsqueeze.convert import distill as D  # noqa: E402
+# by module path: the package re-exports the verb `distill`, which hides the submodule
+D = importlib.import_module("deepsqueeze.convert.distill")
 from deepsqueeze.convert.core import TrainConfig, compression_record, evaluate, fit  # noqa: E402
 from deepsqueeze.convert.export import export  # noqa: E402
 from deepsqueeze.convert.quantize import QuantizeConfig  # noqa: E402
