@@ -17,6 +17,11 @@ The compression toolkit, one verb per technique, each configured by a frozen dat
 `recipes` chains them (deep_compression, quantized_distillation, lowrank_int8); `core`
 holds the shared training loop (`fit`, `TrainConfig`, `evaluate`); `models` the reference
 networks; `data` the MNIST loaders.
+
+The verbs `prune`, `quantize`, `cluster`, `lowrank` and `distill` share their names with
+the submodules that define them; the package attribute is the verb. Everything else of
+a submodule is imported from it by name (`from deepsqueeze.convert.prune import
+schedule_targets`).
 """
 from __future__ import annotations
 

@@ -38,13 +38,15 @@ class DeepCompressionConfig:
 
     sparsity: the final fraction of zero weights, for every layer or per layer name /
     pattern (a dict). prune_steps: pruning is reached in that many steps on a cubic
-    schedule (Zhu & Gupta), each followed by `prune_train` fine-tuning. conv_bits /
+    schedule (Zhu & Gupta), each followed by `prune_train` fine-tuning; `retrain`, if
+    given, is a longer fine-tuning of the final sparse network (mask fixed). conv_bits /
     fc_bits: k-means codebook sizes (2^bits shared values, non-zeros only) with linear
     initialization, then `centroid_train` fine-tunes the shared values (mask fixed).
     """
     sparsity: Sparsity = 0.9
     prune_steps: int = 3
     prune_train: TrainConfig = TrainConfig(epochs=2, lr=5e-4, lr_schedule="cosine")
+    retrain: Optional[TrainConfig] = None
     conv_bits: int = 8
     fc_bits: int = 5
     cluster_init: str = "linear"
@@ -103,6 +105,8 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
                               train=config.prune_train, steps=config.prune_steps,
                               schedule="polynomial" if config.prune_steps > 1 else "one_shot",
                               val_loader=None, layers=config.layers)
+    if config.retrain is not None:
+        core.fit(model, train_loader, config.retrain, desc="retrain pruned")
     err = _eval(model, val_loader)
     result.stage("prune", time.perf_counter() - t, sparsity=sparsity(model), error=err)
     log(f"pruned: sparsity {sparsity(model)['total']:.3f}"
@@ -120,7 +124,7 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
     err = _eval(model, val_loader)
     result.stage("centroid fine-tune", time.perf_counter() - t, error=err)
     log("centroids fine-tuned" + (f": error {err:.4f}" if err is not None else ""))
-    core.record(model, "recipe", name="deep_compression")
+    core.record(model, "recipe", name="deep_compression", retrain=config.retrain)
 
     if path is not None:
         if example_inputs is None:
