@@ -16,9 +16,12 @@ namespace dsq::rt {
 struct Shape {
   std::vector<int64_t> dims;
   int rank() const { return static_cast<int>(dims.size()); }
+  // Saturates at INT64_MAX (a shape from a file may claim more than int64 holds; the
+  // planner rejects anything above its element limit).
   int64_t numel() const {
     int64_t n = 1;
-    for (int64_t d : dims) n *= d;
+    for (int64_t d : dims)
+      if (__builtin_mul_overflow(n, d, &n)) return INT64_MAX;
     return n;
   }
   bool operator==(const Shape& o) const { return dims == o.dims; }

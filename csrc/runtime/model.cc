@@ -51,6 +51,18 @@ std::shared_ptr<Model> Model::load_bytes(const uint8_t* data, size_t size, const
   return model;
 }
 
+// What building a layer from this tensor allocates at least, checked before it is
+// built: the decoded streams; a sparse layout's row pointers and per-column arrays (so
+// a tiny file claiming 10^8 columns is refused before they exist); a dense codebook's
+// per-element index and code.
+static uint64_t unpack_bytes_lower_bound(const format::Tensor& t) {
+  uint64_t b = 0;
+  for (const auto& s : t.streams) b += format::elem_bytes(s.elem_type, s.count, s.bits);
+  if (t.layout != format::Layout::kDense) b += 4 * (t.rows() + 1) + 4 * (t.cols() + 1);
+  else if (t.values == format::Values::kCodebook) b += 5 * t.numel();
+  return b;
+}
+
 static std::string mib(uint64_t bytes) {
   return std::to_string(bytes) + " bytes (" + std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB)";
 }
@@ -70,6 +82,12 @@ void Model::init(const format::File& file, const LoadOptions& options) {
   if (decoded > max_memory_)
     throw LimitError("the weights decode to " + mib(decoded) + ", more than max_memory " + mib(max_memory_));
   for (const auto& node : graph_.nodes) {
+    uint64_t unpack = 0;
+    for (uint32_t w : node.weights)
+      if (w != format::kAbsent) unpack += unpack_bytes_lower_bound(file.tensors[w]);
+    if (weight_memory_ + unpack > max_memory_)
+      throw LimitError("node '" + node.name + "': its weights need at least " + mib(unpack) + " to unpack, on top of " +
+                       mib(weight_memory_) + " already packed: more than max_memory " + mib(max_memory_));
     layers_.push_back(make_layer(node, file, options));
     weight_memory_ += layers_.back()->packed_bytes;
     if (weight_memory_ > max_memory_)
