@@ -194,7 +194,7 @@ def fix_checksums(b: bytearray) -> None:
     struct.pack_into("<I", b, 28, _core.crc32c(bytes(b[:64])))
 
 
-MUTATIONS = 600
+MUTATIONS = 2000
 
 
 def test_mutated_files_end_in_typed_errors():
@@ -210,10 +210,10 @@ def test_mutated_files_end_in_typed_errors():
                 b[pos] ^= int(rng.integers(1, 256))
         elif kind == 1:  # a u32 field set to an extreme
             pos = int(rng.integers(64, len(b) - 4)) & ~3
-            struct.pack_into("<I", b, pos, int(rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000])))
+            struct.pack_into("<I", b, pos, [0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000][int(rng.integers(0, 5))])
         elif kind == 2:  # a u64 field set to an extreme
             pos = int(rng.integers(64, len(b) - 8)) & ~7
-            struct.pack_into("<Q", b, pos, int(rng.choice([0, 1 << 40, (1 << 64) - 1, 1 << 32])))
+            struct.pack_into("<Q", b, pos, [0, 1 << 40, (1 << 64) - 1, 1 << 32][int(rng.integers(0, 4))])
         else:  # truncation
             del b[int(rng.integers(0, len(b))):]
         if len(b) >= 192 and rng.random() < 0.9:
@@ -232,6 +232,7 @@ def test_mutated_files_end_in_typed_errors():
                 m.run(x)
             except ValueError:  # a mutated graph may take other shapes
                 pass
+    print(outcomes)
     assert sum(outcomes.values()) == MUTATIONS
     assert outcomes["format"] > MUTATIONS // 3 and outcomes["loaded"] > 0, outcomes
 
