@@ -1,13 +1,16 @@
 """Sanitizer and fuzzing jobs (docs/HARDENING.md), run by the normal test suite:
 
-* AddressSanitizer + UndefinedBehaviorSanitizer (gcc): the C++ tests (ctest, which also
-  replays the fuzz seed corpus and crash regressions) and the replay driver over
-  corrupted copies of every seed. The Python suite is not run under ASan (that needs
-  LD_PRELOAD of libasan into the interpreter); the C++ side covers the same load path.
-* ThreadSanitizer (gcc): the C API concurrency stress test, 3 s.
-* libFuzzer (clang): the load-path fuzz target for 60 s from the seed corpus.
+* clang with AddressSanitizer + UndefinedBehaviorSanitizer (+ libFuzzer's coverage
+  instrumentation, so one build serves both jobs below):
+  - the C++ tests (ctest: kernels, C API, concurrency stress, and the replay of the fuzz
+    seed corpus and crash regressions), then the replay driver over corrupted copies of
+    every seed. The Python suite is not run under ASan (that needs libasan preloaded
+    into the interpreter); the C++ side covers the same load and run paths.
+  - the libFuzzer target over the whole load path, 60 s (DSQ_FUZZ_SECONDS) from the seed
+    corpus.
+* gcc with ThreadSanitizer: the C API concurrency stress test, 3 s.
 
-They need g++/cmake, and clang with libclang-rt (Debian: clang libclang-rt-14-dev).
+They need cmake, g++, and clang with libclang-rt (Debian: clang libclang-rt-14-dev).
 Without a tool they skip with the install hint; in CI (CI set) they fail instead.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "fuzz" / "corpus"
 REGRESSIONS = ROOT / "tests" / "fuzz" / "regressions"
-APT = "apt-get install -y --no-install-recommends clang libclang-rt-14-dev"
+APT = "apt-get install -y --no-install-recommends clang libclang-rt-14-dev g++ cmake"
 FUZZ_SECONDS = int(os.environ.get("DSQ_FUZZ_SECONDS", "60"))
 
 
@@ -38,16 +41,31 @@ def need(*tools):
         pytest.skip(f"{', '.join(missing)} not found; install with: {APT}")
 
 
-def build(build_dir: Path, flags: str, targets=(), extra=(), env=None):
+def build(build_dir: Path, flags: str, targets=(), extra=()):
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *gen, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-                          "-DDSQ_BUILD_TOOLS=OFF", f"-DCMAKE_CXX_FLAGS={flags}", f"-DCMAKE_C_FLAGS={flags}",
-                          *extra], capture_output=True, text=True, env=env)
+    # -O1: sanitizer builds compile and run in reasonable time; no -g (stacks still name
+    # functions and lines come from the symbolizer's best effort).
+    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                          "-DCMAKE_CXX_FLAGS_RELEASE=-O1", "-DCMAKE_C_FLAGS_RELEASE=-O1", "-DDSQ_BUILD_TOOLS=OFF",
+                          f"-DCMAKE_CXX_FLAGS={flags}", f"-DCMAKE_C_FLAGS={flags}", *extra],
+                         capture_output=True, text=True)
     assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
     tgt = [a for t in targets for a in ("--target", t)]
     r = subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), *tgt],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def clang_asan(tmp_path_factory):
+    """One clang build: ASan + UBSan everywhere, libFuzzer instrumentation, the C++ tests
+    and the fuzz target."""
+    need("clang", "clang++", "cmake")
+    b = tmp_path_factory.mktemp("asan")
+    build(b, "-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer",
+          extra=["-DCMAKE_C_COMPILER=clang", "-DCMAKE_CXX_COMPILER=clang++", "-DDSQ_FUZZ=ON",
+                 "-DDSQ_BUILD_TESTS=ON"])
+    return b
 
 
 SAN_ENV = {
@@ -76,21 +94,34 @@ def corrupted_copies(out: Path, per_seed: int = 6) -> int:
     return n
 
 
-def test_asan_ubsan_ctest_and_replay(tmp_path):
-    need("g++", "cmake")
-    flags = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-    build(tmp_path / "b", flags)
+def test_asan_ubsan_ctest_and_replay(clang_asan, tmp_path):
     env = dict(os.environ, **SAN_ENV)
-    r = subprocess.run(["ctest", "--output-on-failure", "-j", "2", "--test-dir", str(tmp_path / "b")],
+    r = subprocess.run(["ctest", "--output-on-failure", "-j", "2", "--test-dir", str(clang_asan)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "100% tests passed" in r.stdout, r.stdout[-8000:] + r.stderr[-2000:]
     n = corrupted_copies(tmp_path / "bad")
-    r = subprocess.run([str(tmp_path / "b" / "dsq-fuzz-replay"), str(CORPUS), str(tmp_path / "bad")],
+    r = subprocess.run([str(clang_asan / "dsq-fuzz-replay"), str(CORPUS), str(tmp_path / "bad")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-8000:]
     counts = dict(zip(*[iter(r.stdout.split())] * 2))
     assert sum(int(v) for v in counts.values()) == n + len(list(CORPUS.glob("*"))), r.stdout
     assert int(counts["ran"]) >= len(list(CORPUS.glob("*.dsq"))), r.stdout  # every seed runs
+
+
+def test_libfuzzer_load_path(clang_asan, tmp_path):
+    work = tmp_path / "corpus"  # new units go here, never into the repository
+    work.mkdir()
+    art = tmp_path / "artifacts"
+    art.mkdir()
+    env = dict(os.environ, **SAN_ENV)
+    r = subprocess.run([str(clang_asan / "dsq-fuzz-load"), f"-max_total_time={FUZZ_SECONDS}",
+                        "-print_final_stats=1", "-rss_limit_mb=2048", "-timeout=20", "-max_len=16384",
+                        f"-artifact_prefix={art}/", str(work), str(CORPUS), str(REGRESSIONS)],
+                       capture_output=True, text=True, env=env, timeout=FUZZ_SECONDS + 240)
+    found = sorted(p.name for p in art.iterdir())
+    assert r.returncode == 0 and not found, f"fuzzer found {found}:\n" + r.stderr[-8000:]
+    execs = re.search(r"stat::number_of_executed_units:\s*(\d+)", r.stderr)
+    assert execs and int(execs.group(1)) > 1000, r.stderr[-3000:]
 
 
 def test_tsan_c_api_stress(tmp_path):
@@ -101,25 +132,3 @@ def test_tsan_c_api_stress(tmp_path):
                        text=True, env=env, timeout=300)
     assert r.returncode == 0 and "WARNING: ThreadSanitizer" not in r.stderr, r.stdout[-3000:] + r.stderr[-8000:]
     assert re.search(r"8 threads, \d+ runs", r.stdout), r.stdout
-
-
-def test_libfuzzer_load_path(tmp_path):
-    need("clang", "clang++", "cmake")
-    flags = "-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
-    build(tmp_path / "b", flags, targets=["dsq-fuzz-load"],
-          extra=["-DCMAKE_C_COMPILER=clang", "-DCMAKE_CXX_COMPILER=clang++", "-DDSQ_FUZZ=ON",
-                 "-DDSQ_BUILD_TESTS=OFF"])
-    work = tmp_path / "corpus"  # new units go here, never into the repository
-    work.mkdir()
-    art = tmp_path / "artifacts"
-    art.mkdir()
-    seeds = [str(CORPUS)] + ([str(REGRESSIONS)] if REGRESSIONS.exists() else [])
-    env = dict(os.environ, **SAN_ENV)
-    r = subprocess.run([str(tmp_path / "b" / "dsq-fuzz-load"), f"-max_total_time={FUZZ_SECONDS}",
-                        "-print_final_stats=1", "-rss_limit_mb=2048", "-timeout=20", "-max_len=16384",
-                        f"-artifact_prefix={art}/", str(work), *seeds],
-                       capture_output=True, text=True, env=env, timeout=FUZZ_SECONDS + 240)
-    crashes = sorted(p.name for p in art.iterdir())
-    assert r.returncode == 0 and not crashes, f"fuzzer found {crashes}:\n" + r.stderr[-8000:]
-    execs = re.search(r"stat::number_of_executed_units:\s*(\d+)", r.stderr)
-    assert execs and int(execs.group(1)) > 100, r.stderr[-3000:]
