@@ -137,6 +137,21 @@ int main() {
   DSQ_CHECK(st == DSQ_ERR_UNSUPPORTED && small == nullptr, "max_memory 1024 gave %s", dsq_status_name(st));
   DSQ_CHECK(std::strstr(dsq_last_error(), "resource limit") && std::strstr(dsq_last_error(), "max_memory"),
             "message: %s", dsq_last_error());
+  // Just above the weights: batch 1 runs, a batch whose activations exceed the limit is
+  // refused (and the model still runs afterwards).
+  options.max_memory = 64 * 1024;
+  st = dsq_model_load_buffer_ex(bytes.data(), bytes.size(), &options, &small);
+  DSQ_CHECK(st == DSQ_OK, "max_memory 64 KiB: %s %s", dsq_status_name(st), dsq_last_error());
+  if (st == DSQ_OK) {
+    std::vector<float> y;
+    DSQ_CHECK(run(small, xs[1], 1, y) == DSQ_OK && y == want[1], "batch 1 under the limit: %s", dsq_last_error());
+    const std::vector<float> big(size_t(4096) * kIn, 0.5f);
+    st = run(small, big, 4096, y);
+    DSQ_CHECK(st == DSQ_ERR_UNSUPPORTED && std::strstr(dsq_last_error(), "resource limit"), "batch 4096: %s %s",
+              dsq_status_name(st), dsq_last_error());
+    DSQ_CHECK(run(small, xs[1], 1, y) == DSQ_OK && y == want[1], "batch 1 after a refused run");
+    dsq_model_free(small);
+  }
   dsq_model_free(m);
   DSQ_TEST_MAIN_END();
 }
