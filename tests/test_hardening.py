@@ -69,6 +69,7 @@ def test_max_memory_default_and_property():
     assert m.max_memory == deepsqueeze.DEFAULT_MAX_MEMORY
     assert 48 * 10 * 4 <= m.weight_memory < m.max_memory
     assert deepsqueeze.load(linear_file(), threads=1, max_memory=12345).max_memory == 12345
+    assert deepsqueeze.load(linear_file(), threads=1, max_memory=1 << 80).max_memory == (1 << 64) - 1
 
 
 def test_max_memory_refuses_a_model_at_load():

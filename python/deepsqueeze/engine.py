@@ -122,6 +122,7 @@ def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = N
         raise TypeError(f"max_memory must be an int (bytes) or None, got {type(max_memory).__name__}")
     if mem <= 0 and max_memory is not None:
         raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
+    mem = min(mem, (1 << 64) - 1)  # more than a u64 holds is no limit at all
     if isinstance(path, (bytes, bytearray, memoryview)):
         return Model(_core.Model.from_bytes(path, n, force_kernel, mem))
     p = os.fspath(path)
