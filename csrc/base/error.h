@@ -36,4 +36,11 @@ class UnsupportedError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A configured resource limit (LoadOptions::max_memory) that a file or a run's input
+// shapes would exceed. Python: deepsqueeze.ResourceLimitError (a MemoryError).
+class LimitError : public UnsupportedError {
+ public:
+  using UnsupportedError::UnsupportedError;
+};
+
 }  // namespace dsq

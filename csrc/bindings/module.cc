@@ -47,9 +47,11 @@ class PyModel {
  public:
   explicit PyModel(std::shared_ptr<rt::Model> m) : model_(std::move(m)) {}
 
-  static PyModel from_file(const std::string& path, size_t threads, const std::string& force_kernel) {
+  static PyModel from_file(const std::string& path, size_t threads, const std::string& force_kernel,
+                           uint64_t max_memory) {
     rt::LoadOptions o;
     o.threads = threads;
+    o.max_memory = max_memory ? max_memory : rt::kDefaultMaxMemory;
     o.force_kernel = force_kernel;
     std::shared_ptr<rt::Model> m;
     {
@@ -58,11 +60,14 @@ class PyModel {
     }
     return PyModel(std::move(m));
   }
-  static PyModel from_bytes(const py::buffer& buf, size_t threads, const std::string& force_kernel) {
+  static PyModel from_bytes(const py::buffer& buf, size_t threads, const std::string& force_kernel,
+                            uint64_t max_memory) {
     const py::buffer_info info = buf.request();
     rt::LoadOptions o;
     o.threads = threads;
     o.force_kernel = force_kernel;
+    o.max_memory = max_memory ? max_memory : rt::kDefaultMaxMemory;
+    // The GIL stays held: another thread must not change a bytearray while it is parsed.
     return PyModel(rt::Model::load_bytes(static_cast<const uint8_t*>(info.ptr),
                                          static_cast<size_t>(info.size * info.itemsize), o));
   }
@@ -84,9 +89,7 @@ class PyModel {
       py::array a = py::reinterpret_borrow<py::array>(h);
       if (!a.dtype().is(py::dtype::of<float>()))
         throw InputError("input '" + want[i].name + "': expected dtype float32, got " + std::string(py::str(a.dtype())));
-      if (!(a.flags() & py::array::c_style)) a = F32Array::ensure(a);  // one copy for strided input
       shapes.push_back(rt::Shape{dims_of(a)});
-      ptrs.push_back(static_cast<const float*>(a.data()));
       keep.push_back(std::move(a));
     }
     std::unique_ptr<rt::Context> ctx = model_->acquire_context();
@@ -95,7 +98,13 @@ class PyModel {
       std::unique_ptr<rt::Context>& c;
       ~Release() { m.release_context(std::move(c)); }
     } release_guard{*model_, ctx};
+    // Shapes and the memory limit are checked before a strided input is copied, so a
+    // huge broadcast view fails with a clear error instead of an allocation attempt.
     const rt::Plan& plan = ctx->prepare(shapes);
+    for (auto& a : keep) {
+      if (!(a.flags() & py::array::c_style)) a = F32Array::ensure(a);  // one copy for strided input
+      ptrs.push_back(static_cast<const float*>(a.data()));
+    }
     py::list result;
     std::vector<float*> outs;
     std::vector<py::array_t<float>> out_arrays;
@@ -185,6 +194,7 @@ class PyModel {
     return d;
   }
   size_t threads() const { return model_->threads(); }
+  const std::shared_ptr<rt::Model>& model() const { return model_; }
   void set_threads(size_t n) { model_->set_threads(n); }
 
  private:
@@ -212,6 +222,9 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetObject(cls.ptr(), cls(e.what(), e.section(), e.offset()).ptr());
     } catch (const InputError& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const LimitError& e) {
+      py::object cls = py::module_::import("deepsqueeze.errors").attr("ResourceLimitError");
+      PyErr_SetObject(cls.ptr(), cls(e.what()).ptr());
     } catch (const UnsupportedError& e) {
       py::object cls = py::module_::import("deepsqueeze.errors").attr("UnsupportedModelError");
       PyErr_SetObject(cls.ptr(), cls(e.what()).ptr());
@@ -380,9 +393,11 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PyModel>(m, "Model")
       .def_static("from_file", &PyModel::from_file, py::arg("path"), py::arg("threads") = 0,
-                  py::arg("force_kernel") = "")
+                  py::arg("force_kernel") = "", py::arg("max_memory") = 0)
       .def_static("from_bytes", &PyModel::from_bytes, py::arg("data"), py::arg("threads") = 0,
-                  py::arg("force_kernel") = "")
+                  py::arg("force_kernel") = "", py::arg("max_memory") = 0)
+      .def_property_readonly("max_memory", [](const PyModel& p) { return p.model()->max_memory(); })
+      .def_property_readonly("weight_memory", [](const PyModel& p) { return p.model()->weight_memory(); })
       .def("run", &PyModel::run)
       .def("inputs", [](const PyModel& p) { return p.io(true); })
       .def("outputs", [](const PyModel& p) { return p.io(false); })

@@ -240,6 +240,16 @@ class ConvLayer : public Layer {
     const size_t c_stride = static_cast<size_t>(g.cout) * 4;
     const size_t cog = static_cast<size_t>(g.cout_group());
     const int64_t in_rows = g.is_linear ? M : xs.dims[0] * xs.dims[2] * xs.dims[3];
+    // One quantization scale serves the whole input, so a NaN or Inf anywhere would be
+    // turned into ordinary numbers (NaN -> 0, Inf -> an infinite scale) and give finite,
+    // wrong outputs. Instead the whole output is NaN (docs/HARDENING.md). The scan is
+    // 1/cout of the GEMM's work.
+    const float* x_end = x + xs.numel();
+    for (const float* p = x; p != x_end; ++p)
+      if (!std::isfinite(*p)) {
+        std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+        return;
+      }
     gemm_qu8::QuantParams qp = quant;
     if (!static_quant) {
       float mn, mx;

@@ -16,9 +16,12 @@ namespace dsq::rt {
 struct Shape {
   std::vector<int64_t> dims;
   int rank() const { return static_cast<int>(dims.size()); }
+  // Saturates at INT64_MAX (a shape from a file may claim more than int64 holds; the
+  // planner rejects anything above its element limit).
   int64_t numel() const {
     int64_t n = 1;
-    for (int64_t d : dims) n *= d;
+    for (int64_t d : dims)
+      if (__builtin_mul_overflow(n, d, &n)) return INT64_MAX;
     return n;
   }
   bool operator==(const Shape& o) const { return dims == o.dims; }
@@ -73,8 +76,15 @@ struct WeightInfo {
   uint64_t f32_bytes = 0;
 };
 
+// Default of LoadOptions::max_memory: 16 GiB on 64-bit targets, 1 GiB on 32-bit ones.
+constexpr uint64_t kDefaultMaxMemory = sizeof(size_t) >= 8 ? uint64_t(16) << 30 : uint64_t(1) << 30;
+
 struct LoadOptions {
   size_t threads = 0;  // 0 = hardware threads
+  // Bytes a model may use: its packed weights, plus the activation arena and scratch of
+  // one execution context for the input shapes of a run. Exceeding it throws LimitError
+  // (at load, or at the run whose input shapes need more). 0 = kDefaultMaxMemory.
+  uint64_t max_memory = kDefaultMaxMemory;
   // Force every conv/linear of a weight encoding onto this kernel (by name); for tests.
   std::string force_kernel;
 };

@@ -360,7 +360,7 @@ class ReshapeLayer : public Layer {
           continue;
         }
         if (d < 0) fail("bad target dim " + std::to_string(d));
-        known *= d;
+        if (__builtin_mul_overflow(known, d, &known)) fail("target shape has more elements than int64 holds");
         out.dims.push_back(d);
       }
       if (infer_at >= 0) {

@@ -35,6 +35,8 @@ dsq_status from_exception() {
     return fail(DSQ_ERR_FORMAT, std::string("format error: ") + e.what());
   } catch (const dsq::InputError& e) {
     return fail(DSQ_ERR_INPUT, e.what());
+  } catch (const dsq::LimitError& e) {
+    return fail(DSQ_ERR_UNSUPPORTED, std::string("resource limit: ") + e.what());
   } catch (const dsq::UnsupportedError& e) {
     return fail(DSQ_ERR_UNSUPPORTED, e.what());
   } catch (const std::bad_alloc&) {
@@ -61,10 +63,13 @@ dsq_status guarded(F&& body) noexcept {
   }
 }
 
-dsq_status load(const uint8_t* data, size_t size, int threads, dsq_model** out_model) {
-  if (threads < 0) return fail(DSQ_ERR_INPUT, "threads must be >= 0");
+dsq_status load(const uint8_t* data, size_t size, const dsq_load_options* opts, dsq_model** out_model) {
+  const dsq_load_options defaults{};
+  if (!opts) opts = &defaults;
+  if (opts->threads < 0) return fail(DSQ_ERR_INPUT, "threads must be >= 0");
   dsq::rt::LoadOptions options;
-  options.threads = static_cast<size_t>(threads);
+  options.threads = static_cast<size_t>(opts->threads);
+  options.max_memory = opts->max_memory ? opts->max_memory : dsq::rt::kDefaultMaxMemory;
   auto m = std::make_unique<dsq_model>();
   m->model = dsq::rt::Model::load_bytes(data, size, options);
   *out_model = m.release();
@@ -91,6 +96,18 @@ const char* dsq_status_name(dsq_status status) {
 }
 
 dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_model) {
+  dsq_load_options options{};
+  options.threads = threads;
+  return dsq_model_load_file_ex(path, &options, out_model);
+}
+
+dsq_status dsq_model_load_buffer(const void* data, size_t size, int threads, dsq_model** out_model) {
+  dsq_load_options options{};
+  options.threads = threads;
+  return dsq_model_load_buffer_ex(data, size, &options, out_model);
+}
+
+dsq_status dsq_model_load_file_ex(const char* path, const dsq_load_options* options, dsq_model** out_model) {
   return guarded([&] {
     if (!path || !out_model) return fail(DSQ_ERR_INPUT, "dsq_model_load_file: null argument");
     *out_model = nullptr;
@@ -103,16 +120,17 @@ dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_mo
       return fail(DSQ_ERR_IO, e.what());
     }
     // The model copies (packs) what it needs; the mapping is released on return.
-    return load(mapped->data(), mapped->size(), threads, out_model);
+    return load(mapped->data(), mapped->size(), options, out_model);
   });
 }
 
-dsq_status dsq_model_load_buffer(const void* data, size_t size, int threads, dsq_model** out_model) {
+dsq_status dsq_model_load_buffer_ex(const void* data, size_t size, const dsq_load_options* options,
+                                    dsq_model** out_model) {
   return guarded([&] {
     if (!out_model || (!data && size)) return fail(DSQ_ERR_INPUT, "dsq_model_load_buffer: null argument");
     *out_model = nullptr;
     static const uint8_t empty = 0;
-    return load(data ? static_cast<const uint8_t*>(data) : &empty, size, threads, out_model);
+    return load(data ? static_cast<const uint8_t*>(data) : &empty, size, options, out_model);
   });
 }
 

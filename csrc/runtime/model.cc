@@ -51,12 +51,49 @@ std::shared_ptr<Model> Model::load_bytes(const uint8_t* data, size_t size, const
   return model;
 }
 
+// What building a layer from this tensor allocates at least, checked before it is
+// built: the decoded streams; a sparse layout's row pointers and per-column arrays (so
+// a tiny file claiming 10^8 columns is refused before they exist); a dense codebook's
+// per-element index and code.
+static uint64_t unpack_bytes_lower_bound(const format::Tensor& t) {
+  uint64_t b = 0;
+  for (const auto& s : t.streams) b += format::elem_bytes(s.elem_type, s.count, s.bits);
+  if (t.layout != format::Layout::kDense) b += 4 * (t.rows() + 1) + 4 * (t.cols() + 1);
+  else if (t.values == format::Values::kCodebook) b += 5 * t.numel();
+  return b;
+}
+
+static std::string mib(uint64_t bytes) {
+  return std::to_string(bytes) + " bytes (" + std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB)";
+}
+
 void Model::init(const format::File& file, const LoadOptions& options) {
+  max_memory_ = options.max_memory ? options.max_memory : kDefaultMaxMemory;
   graph_ = file.graph;
   metadata_ = file.metadata;
   for (const auto& in : graph_.inputs) inputs_.push_back({graph_.values[in.value], in.dims});
   for (uint32_t v : graph_.outputs) outputs_.push_back({graph_.values[v], {}});
-  for (const auto& node : graph_.nodes) layers_.push_back(make_layer(node, file, options));
+  // Before anything is unpacked: the streams once entropy-decoded are a lower bound of
+  // what the packed weights take, so a small Huffman-coded file that expands past the
+  // limit is refused before it allocates.
+  uint64_t decoded = 0;
+  for (const auto& t : file.tensors)
+    for (const auto& s : t.streams) decoded += format::elem_bytes(s.elem_type, s.count, s.bits);
+  if (decoded > max_memory_)
+    throw LimitError("the weights decode to " + mib(decoded) + ", more than max_memory " + mib(max_memory_));
+  for (const auto& node : graph_.nodes) {
+    uint64_t unpack = 0;
+    for (uint32_t w : node.weights)
+      if (w != format::kAbsent) unpack += unpack_bytes_lower_bound(file.tensors[w]);
+    if (weight_memory_ + unpack > max_memory_)
+      throw LimitError("node '" + node.name + "': its weights need at least " + mib(unpack) + " to unpack, on top of " +
+                       mib(weight_memory_) + " already packed: more than max_memory " + mib(max_memory_));
+    layers_.push_back(make_layer(node, file, options));
+    weight_memory_ += layers_.back()->packed_bytes;
+    if (weight_memory_ > max_memory_)
+      throw LimitError("the packed weights take more than max_memory " + mib(max_memory_) + " (at node '" +
+                       node.name + "')");
+  }
   pool_ = std::make_shared<ThreadPool>(options.threads ? options.threads : hardware_threads());
   // Check the graph plans for the declared shapes (dynamic dims as 1), so a model that
   // cannot run fails at load, not at its first call.
@@ -172,6 +209,14 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
     if (input_shapes[i].rank() == 4) place(graph_.inputs[i].value);
   for (int64_t i = 0; i < end; ++i)
     for (uint32_t v : graph_.nodes[i].outputs) place(v);
+  const uint64_t need = weight_memory_ + plan.arena_bytes + plan.scratch_bytes;
+  if (need > max_memory_ || plan.arena_bytes > max_memory_ || plan.scratch_bytes > max_memory_) {
+    std::string shapes;
+    for (const auto& s : input_shapes) shapes += (shapes.empty() ? "" : ", ") + s.str();
+    throw LimitError("input shapes " + shapes + " need " + mib(plan.arena_bytes + plan.scratch_bytes) +
+                     " of activations and scratch on top of " + mib(weight_memory_) +
+                     " of weights, more than max_memory " + mib(max_memory_));
+  }
   return plan;
 }
 

@@ -91,6 +91,10 @@ class Model {
   size_t threads() const { return pool()->threads(); }
   void set_threads(size_t threads);
 
+  // LoadOptions::max_memory in force, and the bytes the packed weights take.
+  uint64_t max_memory() const { return max_memory_; }
+  uint64_t weight_memory() const { return weight_memory_; }
+
   Counters counters() const;
   void reset_counters();
 
@@ -110,6 +114,7 @@ class Model {
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<IoInfo> inputs_, outputs_;
   std::shared_ptr<ThreadPool> pool_;
+  uint64_t max_memory_ = kDefaultMaxMemory, weight_memory_ = 0;
   mutable std::mutex contexts_mutex_;
   mutable std::vector<std::unique_ptr<Context>> contexts_;
   mutable std::mutex counters_mutex_;

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import UnsupportedModelError  # noqa: E402
+# Default of load(max_memory=...) on 64-bit platforms (1 GiB on 32-bit ones), in bytes.
+DEFAULT_MAX_MEMORY = 16 << 30
+
+from .errors import ResourceLimitError, UnsupportedModelError  # noqa: E402
 from .format import FormatError  # noqa: E402
 
 try:  # the compiled engine; absent only in a source tree that was never built
@@ -16,14 +19,14 @@ except ImportError as _error:  # pragma: no cover - exercised only in broken ins
     _core_import_error = _error
 
 
-def load(path, threads=None, force_kernel=""):
+def load(path, threads=None, force_kernel="", max_memory=None):
     """Loads a .dsq file; see deepsqueeze.engine.load."""
     if _core is None:
         raise ImportError(f"deepsqueeze's compiled engine is missing ({_core_import_error}); "
                           "reinstall with `pip install .`")
     from .engine import load as _load
 
-    return _load(path, threads=threads, force_kernel=force_kernel)
+    return _load(path, threads=threads, force_kernel=force_kernel, max_memory=max_memory)
 
 
 def kernels():
@@ -31,4 +34,5 @@ def kernels():
     return _core.kernels()
 
 
-__all__ = ["load", "kernels", "FormatError", "UnsupportedModelError", "__version__"]
+__all__ = ["load", "kernels", "FormatError", "UnsupportedModelError", "ResourceLimitError",
+           "DEFAULT_MAX_MEMORY", "__version__"]

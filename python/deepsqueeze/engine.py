@@ -48,6 +48,16 @@ class Model:
         """Work done since load (or reset_counters): runs, MACs by precision, bytes."""
         return self._core.counters()
 
+    @property
+    def max_memory(self) -> int:
+        """The max_memory limit in force (bytes)."""
+        return self._core.max_memory
+
+    @property
+    def weight_memory(self) -> int:
+        """Bytes the packed weights take."""
+        return self._core.weight_memory
+
     def reset_counters(self) -> None:
         self._core.reset_counters()
 
@@ -90,22 +100,34 @@ class Model:
 
 
 def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = None,
-         force_kernel: str = "") -> Model:
+         force_kernel: str = "", max_memory: Optional[int] = None) -> Model:
     """Loads a .dsq file (a path, or the file's bytes).
 
     threads: worker threads for this model (default: all hardware threads).
     force_kernel: run every conv/linear of the matching family on this kernel (tests).
+    max_memory: bytes the model may use, its packed weights plus the activations and
+    scratch of one run (default deepsqueeze.DEFAULT_MAX_MEMORY, 16 GiB; 1 GiB on 32-bit
+    platforms). A file needing more fails to load, and a run whose input shapes need more
+    (a huge batch) fails, with ResourceLimitError (a MemoryError).
     Raises deepsqueeze.FormatError for a corrupt file, UnsupportedModelError for a file
     this engine cannot run, OSError when the file cannot be read.
+    The file is read once: the model keeps no reference to it, so it may be changed or
+    deleted after load returns (docs/HARDENING.md).
     """
     n = 0 if threads is None else int(threads)
     if n < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
+    mem = 0 if max_memory is None else max_memory
+    if isinstance(mem, bool) or not isinstance(mem, int):
+        raise TypeError(f"max_memory must be an int (bytes) or None, got {type(max_memory).__name__}")
+    if mem <= 0 and max_memory is not None:
+        raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
+    mem = min(mem, (1 << 64) - 1)  # more than a u64 holds is no limit at all
     if isinstance(path, (bytes, bytearray, memoryview)):
-        return Model(_core.Model.from_bytes(path, n, force_kernel))
+        return Model(_core.Model.from_bytes(path, n, force_kernel, mem))
     p = os.fspath(path)
     try:
-        core = _core.Model.from_file(p, n, force_kernel)
+        core = _core.Model.from_file(p, n, force_kernel, mem)
     except RuntimeError as e:
         if "cannot open" in str(e) or "not a regular file" in str(e):
             raise OSError(str(e)) from None

@@ -67,7 +67,7 @@ int run_case(const Ukernel& uk, size_t M, size_t N, size_t K, bool with_bias,
   std::vector<float> a(M * a_ld, std::numeric_limits<float>::quiet_NaN());
   {
     std::vector<float> r = random_vec(M * K);
-    for (size_t i = 0; i < M; ++i) std::copy(&r[i * K], &r[i * K] + K, &a[i * a_ld]);
+    for (size_t i = 0; i < M; ++i) std::copy(r.data() + i * K, r.data() + i * K + K, a.data() + i * a_ld);  // K may be 0
   }
   const std::vector<float> w = random_vec(N * K);
   const std::vector<float> bias = random_vec(N, 2.f);

@@ -46,6 +46,22 @@ const char* dsq_last_error(void);
 /* Name of a status code ("DSQ_OK", "DSQ_ERR_FORMAT", ...). */
 const char* dsq_status_name(dsq_status status);
 
+/* Load options (zero-initialize, then set what you need).
+ *   threads     worker threads of the model's pool; 0 = hardware threads.
+ *   max_memory  bytes the model may use: packed weights plus one run's activations and
+ *               scratch; 0 = the default, 16 GiB on 64-bit targets (1 GiB on 32-bit).
+ *               A file, or a run's input shapes, needing more fails with
+ *               DSQ_ERR_UNSUPPORTED and a message starting "resource limit". */
+typedef struct dsq_load_options {
+  int threads;
+  uint64_t max_memory;
+} dsq_load_options;
+
+/* As below, with options (NULL = defaults). */
+dsq_status dsq_model_load_file_ex(const char* path, const dsq_load_options* options, dsq_model** out_model);
+dsq_status dsq_model_load_buffer_ex(const void* data, size_t size, const dsq_load_options* options,
+                                    dsq_model** out_model);
+
 /* threads: worker threads of the model's pool; 0 = hardware threads. */
 dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_model);
 /* Copies what it needs; `data` may be freed after the call. */
