@@ -33,6 +33,7 @@ py::dict cost_dict(const rt::Cost& c) {
   d["weight_bytes"] = c.weight_bytes;
   d["activation_bytes"] = c.activation_bytes;
   d["skipped_macs"] = c.skipped_macs;
+  d["huffman_symbols"] = c.huffman_symbols;
   return d;
 }
 
@@ -47,10 +48,17 @@ class PyModel {
  public:
   explicit PyModel(std::shared_ptr<rt::Model> m) : model_(std::move(m)) {}
 
-  static PyModel from_file(const std::string& path, size_t threads, const std::string& force_kernel) {
+  static rt::Decode decode_mode(const std::string& decode) {
+    if (decode == "load") return rt::Decode::kLoad;
+    if (decode == "stream") return rt::Decode::kStream;
+    throw InputError("decode must be \"load\" or \"stream\", got \"" + decode + "\"");
+  }
+  static PyModel from_file(const std::string& path, size_t threads, const std::string& force_kernel,
+                           const std::string& decode) {
     rt::LoadOptions o;
     o.threads = threads;
     o.force_kernel = force_kernel;
+    o.decode = decode_mode(decode);
     std::shared_ptr<rt::Model> m;
     {
       py::gil_scoped_release release;
@@ -58,11 +66,13 @@ class PyModel {
     }
     return PyModel(std::move(m));
   }
-  static PyModel from_bytes(const py::buffer& buf, size_t threads, const std::string& force_kernel) {
+  static PyModel from_bytes(const py::buffer& buf, size_t threads, const std::string& force_kernel,
+                            const std::string& decode) {
     const py::buffer_info info = buf.request();
     rt::LoadOptions o;
     o.threads = threads;
     o.force_kernel = force_kernel;
+    o.decode = decode_mode(decode);
     return PyModel(rt::Model::load_bytes(static_cast<const uint8_t*>(info.ptr),
                                          static_cast<size_t>(info.size * info.itemsize), o));
   }
@@ -161,6 +171,7 @@ class PyModel {
       d["output_shapes"] = outs;
       d["weights"] = ws;
       d["packed_bytes"] = l.packed_bytes;
+      d["decode"] = l.decode;
       d["cost"] = cost_dict(l.cost);
       out.append(d);
     }
@@ -184,6 +195,8 @@ class PyModel {
     }
     return d;
   }
+  uint64_t weight_memory() const { return model_->weight_memory(); }
+  std::string decode() const { return model_->decode() == rt::Decode::kStream ? "stream" : "load"; }
   size_t threads() const { return model_->threads(); }
   void set_threads(size_t n) { model_->set_threads(n); }
 
@@ -380,9 +393,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PyModel>(m, "Model")
       .def_static("from_file", &PyModel::from_file, py::arg("path"), py::arg("threads") = 0,
-                  py::arg("force_kernel") = "")
+                  py::arg("force_kernel") = "", py::arg("decode") = "load")
       .def_static("from_bytes", &PyModel::from_bytes, py::arg("data"), py::arg("threads") = 0,
-                  py::arg("force_kernel") = "")
+                  py::arg("force_kernel") = "", py::arg("decode") = "load")
       .def("run", &PyModel::run)
       .def("inputs", [](const PyModel& p) { return p.io(true); })
       .def("outputs", [](const PyModel& p) { return p.io(false); })
@@ -390,5 +403,7 @@ PYBIND11_MODULE(_core, m) {
       .def("counters", &PyModel::counters)
       .def("reset_counters", &PyModel::reset_counters)
       .def("metadata", &PyModel::metadata)
+      .def_property_readonly("weight_memory", &PyModel::weight_memory)
+      .def_property_readonly("decode", &PyModel::decode)
       .def_property("threads", &PyModel::threads, &PyModel::set_threads);
 }

@@ -46,6 +46,8 @@ struct Cost {
   // zero (batch-1 zero-skipping of sparse layers). A plan's static cost has 0 here; runs
   // report it through RunEnv::skipped_macs.
   uint64_t skipped_macs = 0;
+  // Dynamic: Huffman symbols decoded by the run (decode="stream" layers; 0 otherwise).
+  uint64_t huffman_symbols = 0;
   void add(const Cost& o) {
     macs_f32 += o.macs_f32;
     macs_int8 += o.macs_int8;
@@ -53,6 +55,7 @@ struct Cost {
     weight_bytes += o.weight_bytes;
     activation_bytes += o.activation_bytes;
     skipped_macs += o.skipped_macs;
+    huffman_symbols += o.huffman_symbols;
   }
 };
 
@@ -63,6 +66,7 @@ struct RunEnv {
   // a layer adds from the thread that called run(), after its parallel_for (tasks count
   // into locals), so no atomics are needed. Model::execute adds them to Model.counters.
   uint64_t* skipped_macs = nullptr;
+  uint64_t* huffman_symbols = nullptr;
 };
 
 struct WeightInfo {
@@ -73,8 +77,15 @@ struct WeightInfo {
   uint64_t f32_bytes = 0;
 };
 
+// When compressed weights are decoded: kLoad = once at load into the kernel layout;
+// kStream = the sparse / codebook layers keep their streams as stored (Huffman-coded or
+// bit-packed) and decode them tile by tile inside each run (less resident memory, same
+// results).
+enum class Decode { kLoad = 0, kStream = 1 };
+
 struct LoadOptions {
   size_t threads = 0;  // 0 = hardware threads
+  Decode decode = Decode::kLoad;
   // Force every conv/linear of a weight encoding onto this kernel (by name); for tests.
   std::string force_kernel;
 };
@@ -100,6 +111,7 @@ class Layer {
   format::Op op;
   std::vector<WeightInfo> weights;
   uint64_t packed_bytes = 0;  // memory the packed weights take at run time
+  bool stream_decoded = false;  // decode="stream": weights decoded per tile in run()
 
  protected:
   [[noreturn]] void fail(const std::string& what) const;

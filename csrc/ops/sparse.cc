@@ -13,6 +13,7 @@
 #include "format/matrix.h"
 #include "kernels/spmm_f32/spmm_f32.h"
 #include "ops/ops.h"
+#include "ops/sparse_stream.h"
 
 namespace dsq::rt {
 namespace {
@@ -49,6 +50,8 @@ class SparseLayer : public Layer {
   double zero_skip_min_fraction = kZeroSkipMinFraction;
   std::vector<size_t> spmv_ranges;             // row ranges balanced by nonzeros
   uint64_t weight_read_bytes = 0;
+  // decode="stream": the weights as stored, decoded tile by tile in run() (w stays empty).
+  std::unique_ptr<StreamWeights> stream;
 
   int64_t k() const { return cin * kh * kw; }
   bool pointwise() const { return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0); }
@@ -84,19 +87,26 @@ class SparseLayer : public Layer {
   }
 
   size_t scratch_bytes(const std::vector<Shape>&, const std::vector<Shape>& out, size_t threads) const override {
+    const size_t slots = std::min<size_t>(threads, 64);
+    if (stream) {
+      // Per thread one decoded tile; batch > 1 also one shared patches / x_t / y_t slab.
+      const size_t tiles = stream->tile_scratch_bytes() * slots;
+      return rows_of(out[0]) == 1 && pointwise() ? tiles : tiles + slot_bytes();
+    }
     if (rows_of(out[0]) == 1 && pointwise()) return 0;  // the batch-1 path needs no scratch
-    return slot_bytes() * std::min<size_t>(threads, 64);
+    return slot_bytes() * slots;
   }
 
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
-    c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * w.nnz;
+    c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * (stream ? stream->nnz() : w.nnz);
     c.weight_bytes = weight_read_bytes;
     return c;
   }
 
   std::string kernel() const override {
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
+    if (stream) k = "stream-decode " + std::to_string(stream->tiles()) + " tiles: " + k;
     if (!pointwise()) k += " + im2col";
     if (csc_uk && !csc_always)
       k += std::string(" | zero-skip ") + csc_uk->name + " at >= " +
@@ -110,6 +120,10 @@ class SparseLayer : public Layer {
     float* y = out[0];
     const int64_t M = rows_of(out_shapes[0]);
     const size_t kk = static_cast<size_t>(k());
+    if (stream) {
+      run_stream(x, in_shapes[0], out_shapes[0], y, M, env);
+      return;
+    }
     if (M == 1 && pointwise()) {
       // Batch 1: x is already one (k x 1) column, y one (n x 1) column.
       if (csc_uk && (csc_always || static_cast<double>(spmm_f32::count_zeros(x, 4, kk)) >=
@@ -164,6 +178,76 @@ class SparseLayer : public Layer {
   }
 
  private:
+  // decode="stream": the load path's steps with each tile of rows decoded into per-thread
+  // scratch just before its kernel call (same kernels, same per-row arithmetic).
+  void run_stream(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
+    const StreamWeights& sw = *stream;
+    const size_t tiles = sw.tiles(), tb = sw.tile_scratch_bytes(), kk = static_cast<size_t>(k());
+    const size_t slots = std::min<size_t>({tiles, env.pool->threads(), 64});
+    uint64_t symbols[64] = {};
+    // body(slot, tile) on every tile, tiles dealt round-robin to `slots` threads.
+    auto for_tiles = [&](auto&& body) {
+      if (slots <= 1) {
+        for (size_t t = 0; t < tiles; ++t) body(0, t);
+      } else {
+        env.pool->parallel_for(slots, [&](size_t s) {
+          for (size_t t = s; t < tiles; t += slots) body(s, t);
+        });
+      }
+    };
+    if (M == 1 && pointwise()) {
+      if (csc_uk && (csc_always || static_cast<double>(spmm_f32::count_zeros(x, 4, kk)) >=
+                                       zero_skip_min_fraction * static_cast<double>(kk))) {
+        // Zero-skipping on this thread, tile by tile (each row's sum runs over increasing
+        // columns, as with the whole-matrix CSC).
+        uint64_t skipped = 0;
+        for (size_t t = 0; t < tiles; ++t) {
+          spmm_f32::PackedWeights tw;
+          symbols[0] += sw.decode_tile(t, env.scratch, tw, StreamWeights::Needs{false, true, false});
+          skipped += spmm_f32::skipped_macs(tw, x, 4);
+          spmm_f32::run(*csc_uk, tw, 1, x, 4, y + sw.tile_row_begin(t), 4, 0, tw.n, lo, hi);
+        }
+        if (env.skipped_macs) *env.skipped_macs += skipped;
+        if (env.huffman_symbols) *env.huffman_symbols += symbols[0];
+        return;
+      }
+      const StreamWeights::Needs lay{spmv_uk->layout == spmm_f32::Layout::kRowTiles, false,
+                                     spmv_uk->layout == spmm_f32::Layout::kDenseTiles};
+      for_tiles([&](size_t s, size_t t) {
+        spmm_f32::PackedWeights tw;
+        symbols[s] += sw.decode_tile(t, env.scratch + s * tb, tw, lay);
+        spmm_f32::run(*spmv_uk, tw, 1, x, 4, y + sw.tile_row_begin(t), 4, 0, tw.n, lo, hi);
+      });
+    } else {
+      float* base = reinterpret_cast<float*>(env.scratch + slots_for_scratch(env) * tb);
+      float* patches = base;
+      float* x_t = base + (pointwise() ? 0 : kChunk * kk);
+      float* y_t = x_t + kk * kChunk;
+      for (int64_t m0 = 0; m0 < M; m0 += static_cast<int64_t>(kChunk)) {
+        const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
+        const float* a = x + m0 * cin;
+        size_t a_stride = static_cast<size_t>(cin);
+        if (!pointwise()) {
+          im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
+          a = patches;
+          a_stride = kk;
+        }
+        transpose(a, a_stride, x_t, kChunk, rows, kk);
+        for_tiles([&](size_t s, size_t t) {
+          spmm_f32::PackedWeights tw;
+          symbols[s] += sw.decode_tile(t, env.scratch + s * tb, tw, StreamWeights::Needs{});
+          spmm_f32::run(*spmm_uk, tw, rows, x_t, kChunk * 4, y_t + sw.tile_row_begin(t) * kChunk, kChunk * 4, 0,
+                        tw.n, lo, hi);
+        });
+        transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+      }
+    }
+    if (env.huffman_symbols)
+      for (size_t s = 0; s < 64; ++s) *env.huffman_symbols += symbols[s];
+  }
+  // The tile slots scratch_bytes() reserved before the shared slab.
+  static size_t slots_for_scratch(const RunEnv& env) { return std::min<size_t>(env.pool->threads(), 64); }
+
   // Patch rows in (kh, kw, cin) order; the packed columns were remapped to match.
   void im2col(const float* x, const Shape& xs, const Shape& ys, int64_t m0, int64_t rows, float* dst) const {
     const int64_t H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
@@ -219,39 +303,58 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   if (bt)
     layer->weights.push_back({bt->name, bt->dims, format::values_name(bt->values), format::layout_name(bt->layout),
                               format::entropy_name(bt->entropy), bt->payload_bytes(), bt->numel() * 4});
-  format::SparseRows s = format::decode_sparse(wt);
-  if (!layer->is_linear && (layer->kh * layer->kw) > 1) {
-    // File columns run (cin, kh, kw); the patches run (kh, kw, cin).
-    const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
-    for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
-  }
-  const bool codebook = s.coded;
+  const bool codebook = wt.values == format::Values::kCodebook;
   // Dense codebook (weight sharing without pruning): batch 1 runs the gemv_cb kernels on
   // the dense u8 code tiles (1 byte per weight, no column indices); batch > 1 the CSR
   // spmm_cb kernels. No row tiles (the dense tiles replace them), no zero-skipping copy.
   const bool dense_cb = codebook && wt.layout == format::Layout::kDense;
-  layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
-                            codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
-                            codebook ? s.table_entries : 0, s.per_row, bias.data(), !dense_cb);
-  if (dense_cb) spmm_f32::build_dense_tiles(layer->w);
-  layer->spmv_uk = &spmm_f32::best_ukernel_for(layer->w, 1);
-  layer->spmm_uk = &spmm_f32::best_ukernel_for(layer->w, 2);
+  const bool kxk = !layer->is_linear && (layer->kh * layer->kw) > 1;
+  const size_t min_tiles = hardware_threads() * 4;
+  if (options.decode == Decode::kStream) {
+    // Kernel choice below looks at the flags of `sel`: the tiles will get the layouts
+    // pack() would have built for the whole matrix.
+    layer->stream = std::make_unique<StreamWeights>(wt, kxk ? static_cast<uint32_t>(layer->kh * layer->kw) : 1,
+                                                    static_cast<uint32_t>(layer->cin), bias.data(),
+                                                    StreamWeights::Needs{}, min_tiles);
+    spmm_f32::PackedWeights& p = layer->stream->proto();
+    p.has_tiles = codebook && !dense_cb && !p.table_per_row && p.table_entries <= 32 && p.k < (size_t(1) << 21);
+    p.has_dense = dense_cb;
+    layer->stream_decoded = true;
+  } else {
+    format::SparseRows s = format::decode_sparse(wt);
+    if (kxk) {
+      // File columns run (cin, kh, kw); the patches run (kh, kw, cin).
+      const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
+      for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
+    }
+    layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
+                              codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
+                              codebook ? s.table_entries : 0, s.per_row, bias.data(), !dense_cb);
+    if (dense_cb) spmm_f32::build_dense_tiles(layer->w);
+  }
+  spmm_f32::PackedWeights& sel = layer->stream ? layer->stream->proto() : layer->w;
+  auto add_csc = [&]() {
+    if (layer->stream) sel.has_csc = true;
+    else spmm_f32::build_csc(layer->w);
+  };
+  layer->spmv_uk = &spmm_f32::best_ukernel_for(sel, 1);
+  layer->spmm_uk = &spmm_f32::best_ukernel_for(sel, 2);
   const std::string& force = options.force_kernel;
   if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0 || force.rfind("gemv_cb", 0) == 0)) {
     const spmm_f32::Ukernel* uk = spmm_f32::find_ukernel(force.c_str());
     if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
     if (uk->layout == spmm_f32::Layout::kCsc) {
-      if (uk->codebook != layer->w.codebook) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      if (uk->codebook != sel.codebook) bad(n, "forced kernel '" + force + "' cannot run these weights");
       if (layer->pointwise()) {
-        spmm_f32::build_csc(layer->w);
+        add_csc();
         layer->csc_uk = layer->spmv_uk = uk;
         layer->csc_always = true;
       }
     } else if (uk->spmv) {
-      if (!spmm_f32::compatible(*uk, layer->w, 1)) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      if (!spmm_f32::compatible(*uk, sel, 1)) bad(n, "forced kernel '" + force + "' cannot run these weights");
       layer->spmv_uk = uk;
     } else {
-      if (!spmm_f32::compatible(*uk, layer->w, 2)) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      if (!spmm_f32::compatible(*uk, sel, 2)) bad(n, "forced kernel '" + force + "' cannot run these weights");
       layer->spmm_uk = uk;
       layer->spmv_uk = uk;  // an spmm kernel also runs m == 1
     }
@@ -259,20 +362,26 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   // Zero-skipping for batch-1 pointwise layers (not when a row kernel is forced by name:
   // the forced kernel is what runs).
   if (force.empty() && layer->pointwise() && !dense_cb) {
-    spmm_f32::build_csc(layer->w);
-    layer->csc_uk = &spmm_f32::best_csc_ukernel(layer->w);
+    add_csc();
+    layer->csc_uk = &spmm_f32::best_csc_ukernel(sel);
   }
-  const size_t parts = std::max<size_t>(1, std::min<size_t>(hardware_threads() * 4, layer->w.n / 16 + 1));
   if (layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles) layer->zero_skip_min_fraction = kZeroSkipMinFractionVsRowTiles;
   const spmm_f32::Layout spmv_layout = layer->spmv_uk->layout;
+  if (layer->stream) {
+    layer->stream->set_needs(StreamWeights::Needs{spmv_layout == spmm_f32::Layout::kRowTiles, layer->csc_uk != nullptr,
+                                                  spmv_layout == spmm_f32::Layout::kDenseTiles});
+    // What a run reads for the weights: the resident streams (decoded on the fly).
+    layer->weight_read_bytes = layer->packed_bytes = layer->stream->resident_bytes();
+    return layer;
+  }
+  const size_t parts = std::max<size_t>(1, std::min<size_t>(min_tiles, layer->w.n / 16 + 1));
   const size_t align = (spmv_layout == spmm_f32::Layout::kRowTiles || spmv_layout == spmm_f32::Layout::kDenseTiles)
                            ? spmm_f32::kTileRows : 1;
   layer->spmv_ranges = spmm_f32::balanced_row_ranges(layer->w, parts, align);
   layer->weight_read_bytes = spmv_layout == spmm_f32::Layout::kRowTiles     ? layer->w.tile_bytes()
                              : spmv_layout == spmm_f32::Layout::kDenseTiles ? layer->w.dense_bytes()
                                                                             : layer->w.csr_bytes();
-  layer->packed_bytes = layer->w.csr_bytes() + (layer->w.has_tiles ? layer->w.tile_bytes() : 0) + layer->w.csc_bytes() +
-                        layer->w.dense_bytes();
+  layer->packed_bytes = layer->w.resident_bytes();
   return layer;
 }
 

@@ -61,10 +61,13 @@ dsq_status guarded(F&& body) noexcept {
   }
 }
 
-dsq_status load(const uint8_t* data, size_t size, int threads, dsq_model** out_model) {
+dsq_status load(const uint8_t* data, size_t size, int threads, dsq_decode decode, dsq_model** out_model) {
   if (threads < 0) return fail(DSQ_ERR_INPUT, "threads must be >= 0");
+  if (decode != DSQ_DECODE_LOAD && decode != DSQ_DECODE_STREAM)
+    return fail(DSQ_ERR_INPUT, "decode must be DSQ_DECODE_LOAD or DSQ_DECODE_STREAM, got " + std::to_string(int(decode)));
   dsq::rt::LoadOptions options;
   options.threads = static_cast<size_t>(threads);
+  options.decode = decode == DSQ_DECODE_STREAM ? dsq::rt::Decode::kStream : dsq::rt::Decode::kLoad;
   auto m = std::make_unique<dsq_model>();
   m->model = dsq::rt::Model::load_bytes(data, size, options);
   *out_model = m.release();
@@ -91,6 +94,10 @@ const char* dsq_status_name(dsq_status status) {
 }
 
 dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_model) {
+  return dsq_model_load_file_ex(path, threads, DSQ_DECODE_LOAD, out_model);
+}
+
+dsq_status dsq_model_load_file_ex(const char* path, int threads, dsq_decode decode, dsq_model** out_model) {
   return guarded([&] {
     if (!path || !out_model) return fail(DSQ_ERR_INPUT, "dsq_model_load_file: null argument");
     *out_model = nullptr;
@@ -103,16 +110,21 @@ dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_mo
       return fail(DSQ_ERR_IO, e.what());
     }
     // The model copies (packs) what it needs; the mapping is released on return.
-    return load(mapped->data(), mapped->size(), threads, out_model);
+    return load(mapped->data(), mapped->size(), threads, decode, out_model);
   });
 }
 
 dsq_status dsq_model_load_buffer(const void* data, size_t size, int threads, dsq_model** out_model) {
+  return dsq_model_load_buffer_ex(data, size, threads, DSQ_DECODE_LOAD, out_model);
+}
+
+dsq_status dsq_model_load_buffer_ex(const void* data, size_t size, int threads, dsq_decode decode,
+                                    dsq_model** out_model) {
   return guarded([&] {
     if (!out_model || (!data && size)) return fail(DSQ_ERR_INPUT, "dsq_model_load_buffer: null argument");
     *out_model = nullptr;
     static const uint8_t empty = 0;
-    return load(data ? static_cast<const uint8_t*>(data) : &empty, size, threads, out_model);
+    return load(data ? static_cast<const uint8_t*>(data) : &empty, size, threads, decode, out_model);
   });
 }
 
@@ -239,6 +251,16 @@ dsq_status dsq_model_counters(const dsq_model* model, dsq_counters* out) {
     out->macs_int4 = c.total.macs_int4;
     out->weight_bytes = c.total.weight_bytes;
     out->activation_bytes = c.total.activation_bytes;
+    out->skipped_macs = c.total.skipped_macs;
+    out->huffman_symbols = c.total.huffman_symbols;
+    return DSQ_OK;
+  });
+}
+
+dsq_status dsq_model_weight_memory(const dsq_model* model, uint64_t* out_bytes) {
+  return guarded([&] {
+    if (!model || !out_bytes) return fail(DSQ_ERR_INPUT, "dsq_model_weight_memory: null argument");
+    *out_bytes = model->model->weight_memory();
     return DSQ_OK;
   });
 }

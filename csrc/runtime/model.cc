@@ -56,6 +56,7 @@ void Model::init(const format::File& file, const LoadOptions& options) {
   metadata_ = file.metadata;
   for (const auto& in : graph_.inputs) inputs_.push_back({graph_.values[in.value], in.dims});
   for (uint32_t v : graph_.outputs) outputs_.push_back({graph_.values[v], {}});
+  decode_ = options.decode;
   for (const auto& node : graph_.nodes) layers_.push_back(make_layer(node, file, options));
   pool_ = std::make_shared<ThreadPool>(options.threads ? options.threads : hardware_threads());
   // Check the graph plans for the declared shapes (dynamic dims as 1), so a model that
@@ -194,8 +195,8 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
       ptr[v] = inputs[i];
     }
   }
-  uint64_t skipped_macs = 0;
-  RunEnv env{&pool, scratch, &skipped_macs};
+  uint64_t skipped_macs = 0, huffman_symbols = 0;
+  RunEnv env{&pool, scratch, &skipped_macs, &huffman_symbols};
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& node = graph_.nodes[i];
     auto& in = tables.node_in[i];
@@ -219,6 +220,13 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
   ++counters_.runs;
   counters_.total.add(plan.total_cost);
   counters_.total.skipped_macs += skipped_macs;
+  counters_.total.huffman_symbols += huffman_symbols;
+}
+
+uint64_t Model::weight_memory() const {
+  uint64_t b = 0;
+  for (const auto& l : layers_) b += l->packed_bytes;
+  return b;
 }
 
 const Plan& Context::prepare(const std::vector<Shape>& input_shapes) {
@@ -276,6 +284,7 @@ std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) con
     for (uint32_t v : node.outputs) info.output_shapes.push_back(plan.value_shapes[v]);
     info.weights = layers_[i]->weights;
     info.packed_bytes = layers_[i]->packed_bytes;
+    info.decode = layers_[i]->stream_decoded ? "stream" : "load";
     info.cost = plan.node_cost[i];
     out.push_back(std::move(info));
   }

@@ -31,6 +31,7 @@ struct LayerInfo {
   std::vector<Shape> input_shapes, output_shapes;  // for the last planned input shapes
   std::vector<WeightInfo> weights;
   uint64_t packed_bytes = 0;
+  std::string decode;  // "load" | "stream": when this layer's weights are decoded
   Cost cost;  // per run, for those shapes
 };
 
@@ -91,6 +92,10 @@ class Model {
   size_t threads() const { return pool()->threads(); }
   void set_threads(size_t threads);
 
+  // Bytes held for weights after load (every layer's packed / resident weights).
+  uint64_t weight_memory() const;
+  Decode decode() const { return decode_; }
+
   Counters counters() const;
   void reset_counters();
 
@@ -108,6 +113,7 @@ class Model {
   format::Graph graph_;
   std::vector<format::MetaEntry> metadata_;
   std::vector<std::unique_ptr<Layer>> layers_;
+  Decode decode_ = Decode::kLoad;
   std::vector<IoInfo> inputs_, outputs_;
   std::shared_ptr<ThreadPool> pool_;
   mutable std::mutex contexts_mutex_;

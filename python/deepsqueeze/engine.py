@@ -48,6 +48,17 @@ class Model:
         """Work done since load (or reset_counters): runs, MACs by precision, bytes."""
         return self._core.counters()
 
+    @property
+    def weight_memory(self) -> int:
+        """Bytes held for the weights after load (packed kernel layouts with decode="load",
+        the streams as stored plus tile tables with decode="stream")."""
+        return self._core.weight_memory
+
+    @property
+    def decode(self) -> str:
+        """When compressed weights are decoded: "load" (once) or "stream" (per tile, per run)."""
+        return self._core.decode
+
     def reset_counters(self) -> None:
         self._core.reset_counters()
 
@@ -90,22 +101,28 @@ class Model:
 
 
 def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = None,
-         force_kernel: str = "") -> Model:
+         force_kernel: str = "", decode: str = "load") -> Model:
     """Loads a .dsq file (a path, or the file's bytes).
 
     threads: worker threads for this model (default: all hardware threads).
     force_kernel: run every conv/linear of the matching family on this kernel (tests).
+    decode: "load" decodes compressed weights once into the kernels' layouts; "stream"
+      keeps the sparse / codebook layers' streams as stored (Huffman-coded or bit-packed)
+      and decodes them tile by tile inside each run: less resident memory
+      (Model.weight_memory), identical results, counters['huffman_symbols'] per run.
     Raises deepsqueeze.FormatError for a corrupt file, UnsupportedModelError for a file
     this engine cannot run, OSError when the file cannot be read.
     """
     n = 0 if threads is None else int(threads)
     if n < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
+    if not isinstance(decode, str) or decode not in ("load", "stream"):
+        raise ValueError(f'decode must be "load" or "stream", got {decode!r}')
     if isinstance(path, (bytes, bytearray, memoryview)):
-        return Model(_core.Model.from_bytes(path, n, force_kernel))
+        return Model(_core.Model.from_bytes(path, n, force_kernel, decode))
     p = os.fspath(path)
     try:
-        core = _core.Model.from_file(p, n, force_kernel)
+        core = _core.Model.from_file(p, n, force_kernel, decode)
     except RuntimeError as e:
         if "cannot open" in str(e) or "not a regular file" in str(e):
             raise OSError(str(e)) from None

@@ -38,7 +38,14 @@ typedef struct dsq_counters {
   uint64_t macs_f32, macs_int8, macs_int4;
   uint64_t weight_bytes;     /* weight bytes read by the kernels, summed over runs */
   uint64_t activation_bytes; /* activation bytes read + written, summed over runs */
+  uint64_t skipped_macs;     /* MACs skipped on zero activations (batch-1 sparse layers) */
+  uint64_t huffman_symbols;  /* Huffman symbols decoded while running (DSQ_DECODE_STREAM) */
 } dsq_counters;
+
+/* When compressed weights are decoded. LOAD: once, into the kernels' layouts. STREAM:
+ * sparse / codebook layers keep their streams as stored (Huffman-coded or bit-packed)
+ * and decode them tile by tile in every run: less resident memory, identical results. */
+typedef enum dsq_decode { DSQ_DECODE_LOAD = 0, DSQ_DECODE_STREAM = 1 } dsq_decode;
 
 /* Message of the last failed dsq_* call on this thread ("" when none). */
 const char* dsq_last_error(void);
@@ -50,8 +57,14 @@ const char* dsq_status_name(dsq_status status);
 dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_model);
 /* Copies what it needs; `data` may be freed after the call. */
 dsq_status dsq_model_load_buffer(const void* data, size_t size, int threads, dsq_model** out_model);
+/* The same with a decode mode (the two above use DSQ_DECODE_LOAD). */
+dsq_status dsq_model_load_file_ex(const char* path, int threads, dsq_decode decode, dsq_model** out_model);
+dsq_status dsq_model_load_buffer_ex(const void* data, size_t size, int threads, dsq_decode decode,
+                                    dsq_model** out_model);
 /* Accepts NULL. */
 void dsq_model_free(dsq_model* model);
+/* Bytes held for the model's weights after load. */
+dsq_status dsq_model_weight_memory(const dsq_model* model, uint64_t* out_bytes);
 
 dsq_status dsq_model_num_inputs(const dsq_model* model, int* out_count);
 dsq_status dsq_model_num_outputs(const dsq_model* model, int* out_count);

@@ -288,6 +288,100 @@ uint64_t skipped_macs(const PackedWeights& w, const float* x, size_t xs) {
   return s;
 }
 
+namespace {
+// The row-tile steps of CSR weights w (codes, columns sorted within rows), group by group:
+// on_group(g) before group g's first step, then on_step(window, slots[kTileRows]) per step.
+// Shared by pack() and build_row_tiles_into() (decode="stream" tiles), so both produce
+// the same steps for the same rows.
+template <typename OnGroup, typename OnStep>
+void for_each_tile_step(const PackedWeights& w, OnGroup&& on_group, OnStep&& on_step) {
+  const size_t n = w.n, groups = w.groups();
+  const uint32_t* rp = w.rp();
+  auto col_at = [&](size_t p) -> uint32_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  for (size_t g = 0; g < groups; ++g) {
+    on_group(g);
+    size_t cur[kTileRows], end[kTileRows];
+    for (size_t j = 0; j < kTileRows; ++j) {
+      const size_t r = g * kTileRows + j;
+      cur[j] = r < n ? rp[r] : 0;
+      end[j] = r < n ? rp[r + 1] : 0;
+    }
+    for (;;) {
+      uint32_t win = UINT32_MAX;
+      for (size_t j = 0; j < kTileRows; ++j)
+        if (cur[j] < end[j]) win = std::min<uint32_t>(win, col_at(cur[j]) / kTileCols);
+      if (win == UINT32_MAX) break;
+      size_t stop[kTileRows], steps = 0;
+      for (size_t j = 0; j < kTileRows; ++j) {
+        stop[j] = cur[j];
+        while (stop[j] < end[j] && col_at(stop[j]) / kTileCols == win) ++stop[j];
+        steps = std::max(steps, stop[j] - cur[j]);
+      }
+      for (size_t s = 0; s < steps; ++s) {
+        uint16_t slot[kTileRows];
+        for (size_t j = 0; j < kTileRows; ++j) {
+          const size_t p = cur[j] + s;
+          slot[j] = p < stop[j] ? static_cast<uint16_t>((col_at(p) % kTileCols) | (w.code()[p] << 8)) : kTilePad;
+        }
+        on_step(static_cast<uint16_t>(win), slot);
+      }
+      for (size_t j = 0; j < kTileRows; ++j) cur[j] = stop[j];
+    }
+  }
+}
+}  // namespace
+
+size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots) {
+  size_t steps = 0;
+  for_each_tile_step(
+      w, [&](size_t g) { step_ptr[g] = static_cast<uint32_t>(steps); },
+      [&](uint16_t win, const uint16_t* s) {
+        windows[steps] = win;
+        std::memcpy(slots + steps * kTileRows, s, kTileRows * sizeof(uint16_t));
+        ++steps;
+      });
+  step_ptr[w.groups()] = static_cast<uint32_t>(steps);
+  return steps;
+}
+
+void build_csc_into(const PackedWeights& w, uint32_t* col_ptr, uint32_t* next, uint16_t* rows, uint8_t* codes,
+                    float* values) {
+  const size_t n = w.n, k = w.k;
+  std::fill(col_ptr, col_ptr + k + 1, 0u);
+  const uint32_t* rp = w.rp();
+  auto col_at = [&](size_t p) -> uint32_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  for (size_t p = 0; p < rp[n]; ++p) ++col_ptr[col_at(p) + 1];
+  for (size_t c = 0; c < k; ++c) col_ptr[c + 1] += col_ptr[c];
+  std::copy(col_ptr, col_ptr + k, next);
+  for (size_t r = 0; r < n; ++r)  // rows in order, as build_csc()
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) {
+      const uint32_t d = next[col_at(p)]++;
+      rows[d] = static_cast<uint16_t>(r);
+      if (w.codebook) codes[d] = w.code()[p];
+      else values[d] = w.vals()[p];
+    }
+}
+
+void build_dense_tiles_into(const PackedWeights& w, uint8_t* out) {
+  const size_t wins = (w.k + kTileCols - 1) / kTileCols;
+  std::memset(out, 0, w.groups() * wins * kTileCols * kTileRows);
+  const uint32_t* rp = w.rp();
+  for (size_t r = 0; r < w.n; ++r) {
+    uint8_t* rowc = out + (r / kTileRows) * wins * kTileCols * kTileRows + r % kTileRows;
+    const uint8_t* src = w.code() + rp[r];
+    for (size_t c = 0; c < w.k; ++c) rowc[c * kTileRows] = src[c];
+  }
+}
+
+size_t PackedWeights::resident_bytes() const {
+  const AlignedBuffer* all[] = {&row_ptr,    &cols,          &values,      &codes,       &table,
+                                &bias,       &tile_step_ptr, &tile_window, &tile_slots,  &csc_col_ptr,
+                                &csc_rows,   &csc_values,    &csc_codes,   &dense_codes};
+  size_t b = 0;
+  for (const AlignedBuffer* a : all) b += a->owned_bytes();
+  return b;
+}
+
 PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col,
                    const float* values, const uint8_t* codes, const float* table,
                    size_t table_entries, bool table_per_row, const float* bias,
@@ -353,45 +447,15 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
 
   // Row tiles for the batch-1 codebook kernel.
   if (build_tiles && cb && !table_per_row && table_entries <= 32 && k < (size_t(1) << 21)) {
-    const size_t groups = w.groups();
-    std::vector<uint32_t> step_ptr(groups + 1, 0);
+    std::vector<uint32_t> step_ptr(w.groups() + 1, 0);
     std::vector<uint16_t> windows, slots;
-    const uint32_t* rp = w.rp();
-    auto col_at = [&](size_t p) -> uint32_t {
-      return w.cols_u16 ? w.col16()[p] : w.col32()[p];
-    };
-    for (size_t g = 0; g < groups; ++g) {
-      step_ptr[g] = static_cast<uint32_t>(windows.size());
-      size_t cur[kTileRows], end[kTileRows];
-      for (size_t j = 0; j < kTileRows; ++j) {
-        const size_t r = g * kTileRows + j;
-        cur[j] = r < n ? rp[r] : 0;
-        end[j] = r < n ? rp[r + 1] : 0;
-      }
-      for (;;) {
-        uint32_t win = UINT32_MAX;
-        for (size_t j = 0; j < kTileRows; ++j)
-          if (cur[j] < end[j]) win = std::min<uint32_t>(win, col_at(cur[j]) / kTileCols);
-        if (win == UINT32_MAX) break;
-        size_t stop[kTileRows], steps = 0;
-        for (size_t j = 0; j < kTileRows; ++j) {
-          stop[j] = cur[j];
-          while (stop[j] < end[j] && col_at(stop[j]) / kTileCols == win) ++stop[j];
-          steps = std::max(steps, stop[j] - cur[j]);
-        }
-        for (size_t s = 0; s < steps; ++s) {
-          windows.push_back(static_cast<uint16_t>(win));
-          for (size_t j = 0; j < kTileRows; ++j) {
-            const size_t p = cur[j] + s;
-            slots.push_back(p < stop[j] ? static_cast<uint16_t>((col_at(p) % kTileCols) |
-                                                                (w.code()[p] << 8))
-                                        : kTilePad);
-          }
-        }
-        for (size_t j = 0; j < kTileRows; ++j) cur[j] = stop[j];
-      }
-    }
-    step_ptr[groups] = static_cast<uint32_t>(windows.size());
+    for_each_tile_step(
+        w, [&](size_t g) { step_ptr[g] = static_cast<uint32_t>(windows.size()); },
+        [&](uint16_t win, const uint16_t* s) {
+          windows.push_back(win);
+          slots.insert(slots.end(), s, s + kTileRows);
+        });
+    step_ptr[w.groups()] = static_cast<uint32_t>(windows.size());
     w.has_tiles = true;
     w.tile_steps = windows.size();
     w.tile_step_ptr.resize(step_ptr.size() * sizeof(uint32_t));
