@@ -4,6 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "base/error.h"
 #include "format/matrix.h"
@@ -285,6 +286,7 @@ void StreamWeights::layout_scratch() {
     s.step_ptr = take((groups + 1) * 4);
     s.windows = take(E * 2);
     s.slots = take(E * 2 * spmm_f32::kTileRows);
+    s.tile_work = take(spmm_f32::row_tile_work_words(k_) * 4);
   }
   if (needs_.csc) {
     s.csc_cp = take((k_ + 1) * 4);
@@ -367,7 +369,59 @@ uint64_t StreamWeights::decode_impl(size_t t, uint8_t* scratch, spmm_f32::Packed
   };
   auto col_raw = [&](uint64_t i) -> uint64_t { return cols_raw_u16_ ? rd_u16(cols_raw, i) : rd_u32(cols_raw, i); };
   const unsigned filler = gaps_.present ? (1u << gaps_.bits) - 1 : 0;
-  for (size_t r = r0; r < r1; ++r) {
+  // Fast path for codebook weights in file column order (the common compressed case):
+  // the same entries as the generic loop below, without its per-entry dispatch.
+  auto codebook_rows = [&](auto* cdst) {
+    using C = std::remove_pointer_t<decltype(cdst)>;
+    unsigned max_code = 0;
+    for (size_t r = r0; r < r1; ++r) {
+      rp[r - r0] = e;
+      int64_t last = -1;
+      if (layout_ == Layout::kCsrRelative) {
+        int64_t c = -1;
+        for (uint64_t p = row_ptr_[r], pe = row_ptr_[r + 1]; p < pe; ++p) {
+          const unsigned g = gsym[p - u0];
+          if (g == filler) {
+            c += g;
+            continue;
+          }
+          c += 1 + g;
+          cdst[e] = static_cast<C>(c);
+          const uint8_t code = vsym[p - u0];
+          max_code = std::max<unsigned>(max_code, code);
+          vals[e++] = code;
+          last = c;
+        }
+      } else if (layout_ == Layout::kCsr) {
+        for (uint64_t p = row_ptr_[r], pe = row_ptr_[r + 1]; p < pe; ++p) {
+          const uint64_t c = col_raw(p);
+          cdst[e] = static_cast<C>(c);
+          const uint8_t code = vsym[p - u0];
+          max_code = std::max<unsigned>(max_code, code);
+          vals[e++] = code;
+          last = std::max<int64_t>(last, static_cast<int64_t>(c));
+        }
+      } else {  // dense
+        const uint8_t* src = vsym + (r - r0) * k_;
+        for (uint64_t c = 0; c < k_; ++c) {
+          cdst[e] = static_cast<C>(c);
+          max_code = std::max<unsigned>(max_code, src[c]);
+          vals[e++] = src[c];
+        }
+      }
+      if (last >= static_cast<int64_t>(k_))
+        throw std::invalid_argument("column " + std::to_string(last) + " >= " + std::to_string(k_));
+    }
+    if (max_code >= table_entries_)
+      throw std::invalid_argument("codebook index " + std::to_string(max_code) + " >= " +
+                                  std::to_string(table_entries_) + " entries");
+  };
+  const bool fast = cb && !remap && layout_ != Layout::kBlockCsr;
+  if (fast) {
+    if (c16) codebook_rows(reinterpret_cast<uint16_t*>(cols));
+    else codebook_rows(reinterpret_cast<uint32_t*>(cols));
+  }
+  for (size_t r = fast ? r1 : r0; r < r1; ++r) {
     const uint32_t row_start = e;
     rp[r - r0] = e;
     switch (layout_) {
@@ -436,7 +490,8 @@ uint64_t StreamWeights::decode_impl(size_t t, uint8_t* scratch, spmm_f32::Packed
     uint32_t* sp = reinterpret_cast<uint32_t*>(scratch + L.step_ptr);
     uint16_t* win = reinterpret_cast<uint16_t*>(scratch + L.windows);
     uint16_t* slots = reinterpret_cast<uint16_t*>(scratch + L.slots);
-    const size_t steps = spmm_f32::build_row_tiles_into(w, sp, win, slots);
+    const size_t steps =
+        spmm_f32::build_row_tiles_into(w, sp, win, slots, reinterpret_cast<uint32_t*>(scratch + L.tile_work));
     w.has_tiles = true;
     w.tile_steps = steps;
     w.tile_step_ptr = AB::view(sp, (w.groups() + 1) * 4);

@@ -111,7 +111,7 @@ class StreamWeights {
   spmm_f32::PackedWeights proto_;
   struct ScratchLayout {
     size_t col_syms = 0, val_syms = 0, row_ptr = 0, cols = 0, vals = 0, keys = 0, tmp_vals = 0;
-    size_t step_ptr = 0, windows = 0, slots = 0, csc_cp = 0, csc_next = 0, csc_rows = 0, csc_vals = 0, dense = 0;
+    size_t step_ptr = 0, windows = 0, slots = 0, tile_work = 0, csc_cp = 0, csc_next = 0, csc_rows = 0, csc_vals = 0, dense = 0;
     size_t total = 0;
   } scratch_;
 };

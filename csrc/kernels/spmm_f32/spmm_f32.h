@@ -109,8 +109,11 @@ void build_dense_tiles(PackedWeights& w);
 // values). They produce exactly what pack() / build_csc() / build_dense_tiles() would for
 // those rows, so every kernel gives the same results on either.
 // Row tiles: step_ptr u32[groups + 1], windows u16[steps], slots u16[steps * kTileRows];
-// steps <= nnz (every step holds at least one nonzero). Returns steps. Needs a codebook.
-size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots);
+// steps <= nnz (every step holds at least one nonzero); work: u32[row_tile_work_words(k)].
+// Returns steps. Needs a codebook.
+size_t row_tile_work_words(size_t k);
+size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots,
+                            uint32_t* work);
 // CSC with u16 rows (w.n <= 65536): col_ptr u32[k + 1], next u32[k] (work space),
 // rows u16[nnz], codes u8[nnz] (codebook) or values f32[nnz].
 void build_csc_into(const PackedWeights& w, uint32_t* col_ptr, uint32_t* next, uint16_t* rows, uint8_t* codes,
