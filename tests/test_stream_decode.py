@@ -214,3 +214,41 @@ def test_decode_argument_and_summary():
     for bad in ("lazy", "", None, 1):
         with pytest.raises(ValueError, match="decode must be"):
             deepsqueeze.load(data, decode=bad)
+
+
+def test_cli_decode_option(tmp_path, capsys):
+    from deepsqueeze import cli
+
+    rng = np.random.default_rng(2)
+    values, enc, cb_bits, per_row = encode_args("rel4", "cb5", True)
+    w = sparse_matrix(rng, 40, 64, 0.3, cb_bits, per_row)
+    data, _, _, _ = build("linear", w, enc, bias=None, in_dims=(-1, 64), values=values, huffman=True)
+    path = tmp_path / "m.dsq"
+    path.write_bytes(data)
+    assert cli.main(["inspect", str(path), "--decode", "stream"]) == 0
+    out = capsys.readouterr().out
+    assert "stream-decode" in out and "(decode=stream)" in out
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for mode in ("load", "stream"):
+        assert cli.main(["run", str(path), "--input", str(tmp_path / "x.npy"), "--output",
+                         str(tmp_path / f"y_{mode}.npy"), "--decode", mode]) == 0
+    assert np.array_equal(np.load(tmp_path / "y_load.npy"), np.load(tmp_path / "y_stream.npy"))
+
+
+def test_more_than_65536_rows():
+    """A layer with more rows than u16 holds: the tile CSC of the zero-skipping path stores
+    tile-local rows as u16 (tiles hold ~16k entries + rows, and are capped at 65536 rows),
+    so the results must still match the whole-matrix CSC (u32 rows) of decode="load"."""
+    rng = np.random.default_rng(13)
+    values, enc, cb_bits, per_row = encode_args("csr", "cb5", True)
+    N, K = 70000, 20
+    w = sparse_matrix(rng, N, K, 0.01, cb_bits, per_row)
+    data, t, _, _ = build("linear", w, enc, bias=rng.standard_normal(N).astype(np.float32), in_dims=(-1, K),
+                          values=values, huffman=True)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    x[0, :18] = 0.0  # 90 % zeros: the zero-skipping path
+    _, s = same_in_both_modes(data, x, "70000 rows, zero-skipping", threads=(1, 2))
+    assert s.counters["skipped_macs"] > 0
+    assert int(s.layers()[0]["kernel"].split()[1]) >= 2
+    same_in_both_modes(data, rng.standard_normal((3, K)).astype(np.float32), "70000 rows, batch 3", threads=(1,))

@@ -250,6 +250,14 @@ void StreamWeights::plan_tiles(size_t min_tiles) {
     if (r > tile_row_.back() && r < n_) tile_row_.push_back(r);
   }
   tile_row_.push_back(n_);
+  // At most 65536 rows per tile: the tile CSC (zero-skipping) stores local rows as u16.
+  const size_t cap = 65536 / align * align;
+  std::vector<size_t> split{0};
+  for (size_t i = 1; i < tile_row_.size(); ++i) {
+    while (tile_row_[i] - split.back() > cap) split.push_back(split.back() + cap);
+    split.push_back(tile_row_[i]);
+  }
+  tile_row_ = std::move(split);
   max_rows_ = max_entries_ = max_col_syms_ = max_val_syms_ = 0;
   for (size_t i = 0; i + 1 < tile_row_.size(); ++i) {
     const uint64_t units = unit_end(i) - unit_begin(i);
