@@ -174,14 +174,20 @@ StreamWeights::StreamWeights(const format::Tensor& t, uint32_t taps, uint32_t ci
     needs_ = Needs{};
     layout_scratch();
     AlignedBuffer tmp(std::max<size_t>(scratch_.total, 64));
+    // Row tiles are sized by their exact step count (the bound, one step per entry, would
+    // make the per-thread scratch ~8x larger): counted here for every tile.
+    const bool codebook = values_ == Values::kCodebook;
+    std::vector<uint32_t> work(codebook ? spmm_f32::row_tile_work_words(k_) : 0);
     uint64_t col_bit = 0, val_bit = 0;
     nnz_ = 0;
+    max_steps_ = 0;
     for (size_t i = 0; i < tiles(); ++i) {
       if (gaps_.coded) gaps_.tile_bit[i] = col_bit;
       if (syms_.coded) syms_.tile_bit[i] = val_bit;
       spmm_f32::PackedWeights w;
       coded_symbols_ += decode_impl(i, tmp.as<uint8_t>(), w, Needs{}, &col_bit, &val_bit);
       nnz_ += w.nnz;
+      if (codebook) max_steps_ = std::max(max_steps_, spmm_f32::count_row_tile_steps(w, work.data()));
     }
     if (nnz_ >> 32) throw UnsupportedError("tensor '" + name_ + "': more than 2^32 - 1 entries");
   } catch (const std::invalid_argument& e) {
@@ -292,8 +298,8 @@ void StreamWeights::layout_scratch() {
   const size_t groups = (R + spmm_f32::kTileRows - 1) / spmm_f32::kTileRows;
   if (needs_.row_tiles) {
     s.step_ptr = take((groups + 1) * 4);
-    s.windows = take(E * 2);
-    s.slots = take(E * 2 * spmm_f32::kTileRows);
+    s.windows = take(max_steps_ * 2);
+    s.slots = take(max_steps_ * 2 * spmm_f32::kTileRows);
     s.tile_work = take(spmm_f32::row_tile_work_words(k_) * 4);
   }
   if (needs_.csc) {

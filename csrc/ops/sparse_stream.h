@@ -105,7 +105,7 @@ class StreamWeights {
   size_t table_entries_ = 0, table_stride_ = 0;
   bool table_per_row_ = false;
   std::vector<size_t> tile_row_;        // tiles + 1 row boundaries
-  size_t max_rows_ = 0, max_entries_ = 0, max_col_syms_ = 0, max_val_syms_ = 0;
+  size_t max_rows_ = 0, max_entries_ = 0, max_col_syms_ = 0, max_val_syms_ = 0, max_steps_ = 0;
   uint64_t coded_symbols_ = 0;
   Needs needs_;
   spmm_f32::PackedWeights proto_;

@@ -353,6 +353,13 @@ size_t row_tile_work_words(size_t k) {
   return wins * kTileRows + wins + 1;
 }
 
+size_t count_row_tile_steps(const PackedWeights& w, uint32_t* work) {
+  size_t steps = 0;
+  for (size_t g = 0; g < w.groups(); ++g)
+    steps += w.cols_u16 ? count_group_steps(w, w.col16(), g, work) : count_group_steps(w, w.col32(), g, work);
+  return steps;
+}
+
 size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots,
                             uint32_t* work) {
   size_t steps = 0;

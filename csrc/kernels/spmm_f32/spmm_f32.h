@@ -112,6 +112,8 @@ void build_dense_tiles(PackedWeights& w);
 // steps <= nnz (every step holds at least one nonzero); work: u32[row_tile_work_words(k)].
 // Returns steps. Needs a codebook.
 size_t row_tile_work_words(size_t k);
+// The steps build_row_tiles_into() would produce (to size its buffers exactly).
+size_t count_row_tile_steps(const PackedWeights& w, uint32_t* work);
 size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots,
                             uint32_t* work);
 // CSC with u16 rows (w.n <= 65536): col_ptr u32[k + 1], next u32[k] (work space),
