@@ -16,6 +16,7 @@
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/spmm_f32/spmm_f32.h"
+#include "kernels/spmm_qu8/spmm_qu8.h"
 #include "runtime/model.h"
 
 namespace py = pybind11;
@@ -319,6 +320,7 @@ PYBIND11_MODULE(_core, m) {
     for (const auto& k : gemm_qu8::all_ukernels()) add("gemm_qu8", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : gemm_q4::all_ukernels()) add("gemm_q4", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : spmm_f32::all_ukernels()) add("spmm_f32", k.name, k.isa, k.mr, 1);
+    for (const auto& k : spmm_qu8::all_ukernels()) add("spmm_qu8", k.name, k.isa, k.mr, 1);
     return out;
   });
 

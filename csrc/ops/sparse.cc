@@ -11,7 +11,9 @@
 
 #include "base/error.h"
 #include "format/matrix.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/spmm_f32/spmm_f32.h"
+#include "kernels/spmm_qu8/spmm_qu8.h"
 #include "ops/ops.h"
 #include "ops/sparse_stream.h"
 
@@ -52,6 +54,17 @@ class SparseLayer : public Layer {
   uint64_t weight_read_bytes = 0;
   // decode="stream": the weights as stored, decoded tile by tile in run() (w stays empty).
   std::unique_ptr<StreamWeights> stream;
+  // Sparse int8 path (w stays empty): activations quantized per tensor to u8 (static from
+  // the file's input_quant, else dynamic over the whole input), int8 weights per row.
+  bool int8 = false;
+  spmm_qu8::PackedWeights qw;
+  const spmm_qu8::Ukernel* q_uk = nullptr;        // m >= kQu8MinM
+  const spmm_qu8::Ukernel* q_small_uk = nullptr;  // m < kQu8MinM
+  bool static_quant = false;
+  gemm_qu8::QuantParams quant{1.f, 0};
+  // The VNNI tile computes 64 m lanes: below 16 rows most of them are wasted and the
+  // scalar reference (bit-identical) is used instead.
+  static constexpr size_t kQu8MinM = 16;
 
   int64_t k() const { return cin * kh * kw; }
   bool pointwise() const { return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0); }
@@ -86,8 +99,18 @@ class SparseLayer : public Layer {
     return ((pointwise() ? 0 : kChunk * kk) + kk * kChunk + static_cast<size_t>(cout) * kChunk) * 4 + 64;
   }
 
+  size_t q8_slot_bytes() const {
+    // per task: patches (chunk x k f32) when not pointwise, quantized rows (chunk x k_padded),
+    // their transpose (k x chunk u8), y_t (cout x chunk f32)
+    const size_t kk = static_cast<size_t>(k());
+    auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
+    return a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * gemm_qu8::padded_k(kk)) + a64(kk * kChunk) +
+           a64(static_cast<size_t>(cout) * kChunk * 4);
+  }
+
   size_t scratch_bytes(const std::vector<Shape>&, const std::vector<Shape>& out, size_t threads) const override {
     const size_t slots = std::min<size_t>(threads, 64);
+    if (int8) return q8_slot_bytes() * slots;
     if (stream) {
       // Per thread one decoded tile; batch > 1 also one shared patches / x_t / y_t slab.
       const size_t tiles = stream->tile_scratch_bytes() * slots;
@@ -99,12 +122,16 @@ class SparseLayer : public Layer {
 
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
-    c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * (stream ? stream->nnz() : w.nnz);
+    const uint64_t macs = static_cast<uint64_t>(rows_of(out[0])) * (int8 ? qw.nnz : stream ? stream->nnz() : w.nnz);
+    (int8 ? c.macs_int8 : c.macs_f32) = macs;
     c.weight_bytes = weight_read_bytes;
     return c;
   }
 
   std::string kernel() const override {
+    if (int8)
+      return std::string(q_small_uk->name) + " | " + q_uk->name + (pointwise() ? "" : " + im2col") +
+             (static_quant ? " (static act quant)" : " (dynamic act quant)");
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
     if (stream) k = "stream-decode " + std::to_string(stream->tiles()) + " tiles: " + k;
     if (!pointwise()) k += " + im2col";
@@ -120,6 +147,10 @@ class SparseLayer : public Layer {
     float* y = out[0];
     const int64_t M = rows_of(out_shapes[0]);
     const size_t kk = static_cast<size_t>(k());
+    if (int8) {
+      run_int8(x, in_shapes[0], out_shapes[0], y, M, env);
+      return;
+    }
     if (stream) {
       run_stream(x, in_shapes[0], out_shapes[0], y, M, env);
       return;
@@ -178,6 +209,50 @@ class SparseLayer : public Layer {
   }
 
  private:
+  // Sparse int8: quantize the input once per tensor, then per chunk of 256 rows: quantize
+  // (k padded), transpose to (k, m) bytes, run the spmm_qu8 kernel, transpose back.
+  void run_int8(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
+    const size_t kk = static_cast<size_t>(k()), kp = gemm_qu8::padded_k(kk);
+    gemm_qu8::QuantParams qp = quant;
+    if (!static_quant) {
+      const size_t in_rows = static_cast<size_t>(xs.numel() / cin);
+      float mn, mx;
+      gemm_qu8::minmax(x, in_rows, static_cast<size_t>(cin), static_cast<size_t>(cin) * 4, &mn, &mx);
+      qp = gemm_qu8::choose_params(mn, mx);
+    }
+    const spmm_qu8::Epilogue ep{qp.zero, qp.scale, lo, hi};
+    const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
+    const size_t slots = std::min<size_t>({chunks, env.pool->threads(), 64});
+    auto do_chunk = [&](size_t chunk, size_t slot) {
+      const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
+      const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
+      uint8_t* base = env.scratch + slot * q8_slot_bytes();
+      auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
+      float* patches = reinterpret_cast<float*>(base);
+      uint8_t* qa = base + a64(pointwise() ? 0 : kChunk * kk * 4);
+      uint8_t* qa_t = qa + a64(kChunk * kp);
+      float* y_t = reinterpret_cast<float*>(qa_t + a64(kk * kChunk));
+      const float* a = x + m0 * cin;
+      if (!pointwise()) {
+        im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
+        a = patches;
+      }
+      gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp);
+      for (size_t r = 0; r < rows; ++r)  // (rows, k) -> (k, rows) bytes
+        for (size_t c = 0; c < kk; ++c) qa_t[c * kChunk + r] = qa[r * kp + c];
+      const spmm_qu8::Ukernel& uk = rows >= kQu8MinM ? *q_uk : *q_small_uk;
+      spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, 0, qw.n, ep);
+      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+    };
+    if (slots <= 1) {
+      for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);
+      return;
+    }
+    env.pool->parallel_for(slots, [&](size_t s) {
+      for (size_t c = s; c < chunks; c += slots) do_chunk(c, s);
+    });
+  }
+
   // decode="stream": the load path's steps with each tile of rows decoded into per-thread
   // scratch just before its kernel call (same kernels, same per-row arithmetic).
   void run_stream(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
@@ -273,6 +348,75 @@ class SparseLayer : public Layer {
   throw UnsupportedError("node '" + n.name + "' (" + format::op_name(n.op) + "): " + what);
 }
 
+// The sparse int8 layer: int8_channel weights keep their stored values and scales; any
+// other values are quantized per row, symmetric: scale = max |w| / 127, q = round(w / scale).
+std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const format::Node& n, const format::Tensor& wt,
+                                 const std::vector<float>& bias, bool kxk, const format::AttrValue* iq,
+                                 const std::string& force) {
+  if (iq) {
+    const float scale = iq->floats[0], zero = iq->floats[1];
+    if (!(scale > 0.f) || !std::isfinite(scale) || !(zero >= 0.f && zero <= 255.f) || zero != std::floor(zero))
+      bad(n, "input_quant must be (scale > 0, integer zero point in 0..255)");
+    layer->static_quant = true;
+    layer->quant = {scale, static_cast<int32_t>(zero)};
+  }
+  const format::SparseRows s = format::decode_sparse(wt);
+  const size_t rows = static_cast<size_t>(s.rows);
+  std::vector<uint32_t> row_ptr(s.row_ptr), col(s.col);
+  std::vector<int8_t> q(col.size());
+  std::vector<float> scale(rows, 1.f);
+  const bool exact = wt.values == format::Values::kInt8Channel;
+  const format::Stream* sc = exact ? wt.stream(format::Role::kScales) : nullptr;
+  for (size_t r = 0; r < rows; ++r) {
+    const uint32_t b = row_ptr[r], e = row_ptr[r + 1];
+    auto value = [&](uint32_t p) { return s.coded ? s.table[(s.per_row ? r * s.table_entries : 0) + s.codes[p]] : s.values[p]; };
+    if (exact) {
+      std::memcpy(&scale[r], sc->data + 4 * r, 4);
+      if (!std::isfinite(scale[r])) bad(n, "weight '" + wt.name + "' has a non-finite scale");
+      // The decoded values are scale * q exactly; recover q.
+      for (uint32_t p = b; p < e; ++p)
+        q[p] = static_cast<int8_t>(scale[r] != 0.f ? std::nearbyint(value(p) / scale[r]) : 0.f);
+    } else {
+      float mx = 0.f;
+      for (uint32_t p = b; p < e; ++p) mx = std::max(mx, std::fabs(value(p)));
+      if (!std::isfinite(mx)) bad(n, "weight '" + wt.name + "' has non-finite values");
+      scale[r] = mx > 0.f ? mx / 127.f : 1.f;
+      for (uint32_t p = b; p < e; ++p)
+        q[p] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, std::nearbyint(value(p) / scale[r]))));
+    }
+    // int32 accumulation stays exact while a row has at most 2^31 / (255 * 128) entries.
+    if (e - b > 65536) bad(n, "a row with more than 65536 stored entries cannot run in int8");
+  }
+  if (kxk) {
+    // File columns run (cin, kh, kw); the patches run (kh, kw, cin): remap, re-sort rows.
+    const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
+    std::vector<std::pair<uint32_t, int8_t>> tmp;
+    for (size_t r = 0; r < rows; ++r) {
+      tmp.clear();
+      for (uint32_t p = row_ptr[r]; p < row_ptr[r + 1]; ++p) tmp.push_back({(col[p] % taps) * c_in + col[p] / taps, q[p]});
+      std::sort(tmp.begin(), tmp.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      for (size_t i = 0; i < tmp.size(); ++i) {
+        col[row_ptr[r] + i] = tmp[i].first;
+        q[row_ptr[r] + i] = tmp[i].second;
+      }
+    }
+  }
+  layer->qw = spmm_qu8::pack(rows, static_cast<size_t>(s.cols), row_ptr.data(), col.data(), q.data(), scale.data(),
+                             bias.data());
+  layer->int8 = true;
+  layer->q_uk = &spmm_qu8::best_ukernel();
+  layer->q_small_uk = &spmm_qu8::all_ukernels()[0];  // the scalar reference
+  if (force.rfind("spmm_qu8", 0) == 0) {
+    const spmm_qu8::Ukernel* uk = spmm_qu8::find_ukernel(force.c_str());
+    if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    layer->q_uk = layer->q_small_uk = uk;
+  }
+  layer->weight_read_bytes = layer->qw.bytes();
+  layer->packed_bytes = layer->qw.row_ptr.size() + layer->qw.cols.size() + layer->qw.values.size() +
+                        layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size();
+  return layer;
+}
+
 }  // namespace
 
 std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::File& file, const LoadOptions& options,
@@ -310,6 +454,13 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   const bool dense_cb = codebook && wt.layout == format::Layout::kDense;
   const bool kxk = !layer->is_linear && (layer->kh * layer->kw) > 1;
   const size_t min_tiles = hardware_threads() * 4;
+  const std::string& force_q = options.force_kernel;
+  const format::AttrValue* iq = n.find(Attr::kInputQuant);
+  // Sparse int8 (u8 activations): when forced by kernel name, or when the file asks for
+  // quantized activations (input_quant) on int8 weights, as the dense int8 path does.
+  if (force_q.rfind("spmm_qu8", 0) == 0 || (iq && wt.values == format::Values::kInt8Channel)) {
+    return make_int8(std::move(layer), n, wt, bias, kxk, iq, force_q);
+  }
   if (options.decode == Decode::kStream) {
     // Kernel choice below looks at the flags of `sel`: the tiles will get the layouts
     // pack() would have built for the whole matrix.
