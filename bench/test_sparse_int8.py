@@ -48,7 +48,8 @@ def _write_report():
              "| impl | kernel | median us | CPU us | torch/ours (median) | torch/ours (CPU) | rel. error vs float64 |",
              "|---|---|---|---|---|---|---|"]
     for name, r in RECORDS.items():
-        lines.append(f"| {name} | {r['kernel'].replace('|', '\\|')} | {r['median'] * 1e6:,.0f} | {r['cpu'] * 1e6:,.0f} | "
+        kernel = r["kernel"].replace("|", "/")
+        lines.append(f"| {name} | {kernel} | {r['median'] * 1e6:,.0f} | {r['cpu'] * 1e6:,.0f} | "
                      f"{t['median'] / r['median']:.2f} | {t['cpu'] / r['cpu']:.2f} | {r['rel']:.2e} |")
     RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_MD.write_text("\n".join(lines) + "\n")

@@ -222,16 +222,15 @@ class SparseLayer : public Layer {
     }
     const spmm_qu8::Epilogue ep{qp.zero, qp.scale, lo, hi};
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
-    const size_t slots = std::min<size_t>({chunks, env.pool->threads(), 64});
-    auto do_chunk = [&](size_t chunk, size_t slot) {
+    const size_t threads = std::min<size_t>(env.pool->threads(), 64);
+    auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
+    // One chunk: quantize + transpose its activations, then output rows [n0, n1).
+    auto prepare = [&](size_t chunk, uint8_t* base) {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
-      uint8_t* base = env.scratch + slot * q8_slot_bytes();
-      auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
       float* patches = reinterpret_cast<float*>(base);
       uint8_t* qa = base + a64(pointwise() ? 0 : kChunk * kk * 4);
       uint8_t* qa_t = qa + a64(kChunk * kp);
-      float* y_t = reinterpret_cast<float*>(qa_t + a64(kk * kChunk));
       const float* a = x + m0 * cin;
       if (!pointwise()) {
         im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
@@ -240,9 +239,48 @@ class SparseLayer : public Layer {
       gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp);
       for (size_t r = 0; r < rows; ++r)  // (rows, k) -> (k, rows) bytes
         for (size_t c = 0; c < kk; ++c) qa_t[c * kChunk + r] = qa[r * kp + c];
+    };
+    auto compute = [&](size_t chunk, const uint8_t* base, size_t n0, size_t n1) {
+      const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - static_cast<int64_t>(chunk * kChunk)));
+      const uint8_t* qa_t = base + a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * kp);
+      float* y_t = reinterpret_cast<float*>(const_cast<uint8_t*>(qa_t) + a64(kk * kChunk));
       const spmm_qu8::Ukernel& uk = rows >= kQu8MinM ? *q_uk : *q_small_uk;
-      spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, 0, qw.n, ep);
+      spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, n0, n1, ep);
+    };
+    auto finish = [&](size_t chunk, const uint8_t* base) {
+      const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
+      const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
+      const float* y_t = reinterpret_cast<const float*>(base + a64(pointwise() ? 0 : kChunk * kk * 4) +
+                                                        a64(kChunk * kp) + a64(kk * kChunk));
       transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+    };
+    if (threads > 1 && chunks < threads) {
+      // Fewer chunks than threads (e.g. batch 64): each chunk's output rows are split
+      // between the threads instead (ranges of about equal nonzeros). Rows are
+      // independent, so the result does not depend on the split.
+      const uint32_t* rp = qw.rp();
+      size_t bounds[65] = {0};  // threads <= 64; no allocation in a run
+      for (size_t t = 1; t < threads; ++t) {
+        const uint64_t target = (uint64_t(rp[qw.n]) + qw.n) * t / threads;
+        size_t r = bounds[t - 1];
+        while (r < qw.n && uint64_t(rp[r]) + r < target) ++r;
+        bounds[t] = r;
+      }
+      bounds[threads] = qw.n;
+      for (size_t c = 0; c < chunks; ++c) {
+        uint8_t* base = env.scratch;
+        prepare(c, base);
+        env.pool->parallel_for(threads, [&](size_t t) { compute(c, base, bounds[t], bounds[t + 1]); });
+        finish(c, base);
+      }
+      return;
+    }
+    const size_t slots = std::min<size_t>(chunks, threads);
+    auto do_chunk = [&](size_t chunk, size_t slot) {
+      uint8_t* base = env.scratch + slot * q8_slot_bytes();
+      prepare(chunk, base);
+      compute(chunk, base, 0, qw.n);
+      finish(chunk, base);
     };
     if (slots <= 1) {
       for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);
