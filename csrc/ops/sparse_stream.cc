@@ -178,18 +178,18 @@ StreamWeights::StreamWeights(const format::Tensor& t, uint32_t taps, uint32_t ci
     // make the per-thread scratch ~8x larger): counted here for every tile.
     const bool codebook = values_ == Values::kCodebook;
     std::vector<uint32_t> work(codebook ? spmm_f32::row_tile_work_words(k_) : 0);
-    uint64_t col_bit = 0, val_bit = 0;
-    nnz_ = 0;
+    uint64_t col_bit = 0, val_bit = 0, nnz = 0;
     max_steps_ = 0;
     for (size_t i = 0; i < tiles(); ++i) {
       if (gaps_.coded) gaps_.tile_bit[i] = col_bit;
       if (syms_.coded) syms_.tile_bit[i] = val_bit;
       spmm_f32::PackedWeights w;
       coded_symbols_ += decode_impl(i, tmp.as<uint8_t>(), w, Needs{}, &col_bit, &val_bit);
-      nnz_ += w.nnz;
+      nnz += w.nnz;
       if (codebook) max_steps_ = std::max(max_steps_, spmm_f32::count_row_tile_steps(w, work.data()));
     }
-    if (nnz_ >> 32) throw UnsupportedError("tensor '" + name_ + "': more than 2^32 - 1 entries");
+    if (nnz >> 32) throw UnsupportedError("tensor '" + name_ + "': more than 2^32 - 1 entries");
+    nnz_ = static_cast<size_t>(nnz);
   } catch (const std::invalid_argument& e) {
     throw bad(e.what());
   }
