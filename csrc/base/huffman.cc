@@ -455,5 +455,13 @@ void Decoder::decode(uint64_t chunk, uint64_t n, uint8_t* out) const {
 
 void Decoder::decode_all(uint8_t* out) const { decode(0, s_.count, out); }
 
+uint64_t Decoder::decode_from(uint64_t bit_pos, uint64_t n, uint8_t* out) const {
+  if (n == 0) return bit_pos;
+  if (bit_pos >= s_.bit_len)
+    throw std::invalid_argument("huffman: decode from bit " + std::to_string(bit_pos) + " is past the bit string (" +
+                                std::to_string(s_.bit_len) + " bits)");
+  return run(bit_pos, n, out);
+}
+
 }  // namespace huffman
 }  // namespace dsq

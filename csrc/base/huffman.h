@@ -67,6 +67,12 @@ class Decoder {
   // codes do not end where the next chunk's offset says.
   void decode(uint64_t chunk, uint64_t n, uint8_t* out) const;
   void decode_all(uint8_t* out) const;  // all `count` symbols
+  // Decodes `n` symbols whose first code starts at bit `bit_pos` (any symbol boundary,
+  // not only a chunk start: decode="stream" records one per weight tile) and returns the
+  // bit position after the last code. Codes run on across chunk boundaries (the format
+  // stores chunks back to back). Never reads outside the stream; throws
+  // std::invalid_argument when the bits run out or an unassigned code is met.
+  uint64_t decode_from(uint64_t bit_pos, uint64_t n, uint8_t* out) const;
   const Stream& stream() const { return s_; }
   unsigned first_level_bits() const { return fbits_; }
   unsigned longest_code() const { return tbits_; }

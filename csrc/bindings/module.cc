@@ -16,6 +16,7 @@
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/spmm_f32/spmm_f32.h"
+#include "kernels/spmm_qu8/spmm_qu8.h"
 #include "runtime/model.h"
 
 namespace py = pybind11;
@@ -33,6 +34,7 @@ py::dict cost_dict(const rt::Cost& c) {
   d["weight_bytes"] = c.weight_bytes;
   d["activation_bytes"] = c.activation_bytes;
   d["skipped_macs"] = c.skipped_macs;
+  d["huffman_symbols"] = c.huffman_symbols;
   return d;
 }
 
@@ -47,12 +49,18 @@ class PyModel {
  public:
   explicit PyModel(std::shared_ptr<rt::Model> m) : model_(std::move(m)) {}
 
+  static rt::Decode decode_mode(const std::string& decode) {
+    if (decode == "load") return rt::Decode::kLoad;
+    if (decode == "stream") return rt::Decode::kStream;
+    throw InputError("decode must be \"load\" or \"stream\", got \"" + decode + "\"");
+  }
   static PyModel from_file(const std::string& path, size_t threads, const std::string& force_kernel,
-                           uint64_t max_memory) {
+                           uint64_t max_memory, const std::string& decode) {
     rt::LoadOptions o;
     o.threads = threads;
     o.max_memory = max_memory ? max_memory : rt::kDefaultMaxMemory;
     o.force_kernel = force_kernel;
+    o.decode = decode_mode(decode);
     std::shared_ptr<rt::Model> m;
     {
       py::gil_scoped_release release;
@@ -61,12 +69,13 @@ class PyModel {
     return PyModel(std::move(m));
   }
   static PyModel from_bytes(const py::buffer& buf, size_t threads, const std::string& force_kernel,
-                            uint64_t max_memory) {
+                            uint64_t max_memory, const std::string& decode) {
     const py::buffer_info info = buf.request();
     rt::LoadOptions o;
     o.threads = threads;
     o.force_kernel = force_kernel;
     o.max_memory = max_memory ? max_memory : rt::kDefaultMaxMemory;
+    o.decode = decode_mode(decode);
     // The GIL stays held: another thread must not change a bytearray while it is parsed.
     return PyModel(rt::Model::load_bytes(static_cast<const uint8_t*>(info.ptr),
                                          static_cast<size_t>(info.size * info.itemsize), o));
@@ -170,6 +179,7 @@ class PyModel {
       d["output_shapes"] = outs;
       d["weights"] = ws;
       d["packed_bytes"] = l.packed_bytes;
+      d["decode"] = l.decode;
       d["cost"] = cost_dict(l.cost);
       out.append(d);
     }
@@ -193,6 +203,8 @@ class PyModel {
     }
     return d;
   }
+  uint64_t weight_memory() const { return model_->weight_memory(); }
+  std::string decode() const { return model_->decode() == rt::Decode::kStream ? "stream" : "load"; }
   size_t threads() const { return model_->threads(); }
   const std::shared_ptr<rt::Model>& model() const { return model_; }
   void set_threads(size_t n) { model_->set_threads(n); }
@@ -319,6 +331,7 @@ PYBIND11_MODULE(_core, m) {
     for (const auto& k : gemm_qu8::all_ukernels()) add("gemm_qu8", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : gemm_q4::all_ukernels()) add("gemm_q4", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : spmm_f32::all_ukernels()) add("spmm_f32", k.name, k.isa, k.mr, 1);
+    for (const auto& k : spmm_qu8::all_ukernels()) add("spmm_qu8", k.name, k.isa, k.mr, 1);
     return out;
   });
 
@@ -393,11 +406,10 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<PyModel>(m, "Model")
       .def_static("from_file", &PyModel::from_file, py::arg("path"), py::arg("threads") = 0,
-                  py::arg("force_kernel") = "", py::arg("max_memory") = 0)
+                  py::arg("force_kernel") = "", py::arg("max_memory") = 0, py::arg("decode") = "load")
       .def_static("from_bytes", &PyModel::from_bytes, py::arg("data"), py::arg("threads") = 0,
-                  py::arg("force_kernel") = "", py::arg("max_memory") = 0)
+                  py::arg("force_kernel") = "", py::arg("max_memory") = 0, py::arg("decode") = "load")
       .def_property_readonly("max_memory", [](const PyModel& p) { return p.model()->max_memory(); })
-      .def_property_readonly("weight_memory", [](const PyModel& p) { return p.model()->weight_memory(); })
       .def("run", &PyModel::run)
       .def("inputs", [](const PyModel& p) { return p.io(true); })
       .def("outputs", [](const PyModel& p) { return p.io(false); })
@@ -405,5 +417,7 @@ PYBIND11_MODULE(_core, m) {
       .def("counters", &PyModel::counters)
       .def("reset_counters", &PyModel::reset_counters)
       .def("metadata", &PyModel::metadata)
+      .def_property_readonly("weight_memory", &PyModel::weight_memory)
+      .def_property_readonly("decode", &PyModel::decode)
       .def_property("threads", &PyModel::threads, &PyModel::set_threads);
 }

@@ -49,6 +49,8 @@ struct Cost {
   // zero (batch-1 zero-skipping of sparse layers). A plan's static cost has 0 here; runs
   // report it through RunEnv::skipped_macs.
   uint64_t skipped_macs = 0;
+  // Dynamic: Huffman symbols decoded by the run (decode="stream" layers; 0 otherwise).
+  uint64_t huffman_symbols = 0;
   void add(const Cost& o) {
     macs_f32 += o.macs_f32;
     macs_int8 += o.macs_int8;
@@ -56,6 +58,7 @@ struct Cost {
     weight_bytes += o.weight_bytes;
     activation_bytes += o.activation_bytes;
     skipped_macs += o.skipped_macs;
+    huffman_symbols += o.huffman_symbols;
   }
 };
 
@@ -66,6 +69,7 @@ struct RunEnv {
   // a layer adds from the thread that called run(), after its parallel_for (tasks count
   // into locals), so no atomics are needed. Model::execute adds them to Model.counters.
   uint64_t* skipped_macs = nullptr;
+  uint64_t* huffman_symbols = nullptr;
 };
 
 struct WeightInfo {
@@ -76,6 +80,12 @@ struct WeightInfo {
   uint64_t f32_bytes = 0;
 };
 
+// When compressed weights are decoded: kLoad = once at load into the kernel layout;
+// kStream = the sparse / codebook layers keep their streams as stored (Huffman-coded or
+// bit-packed) and decode them tile by tile inside each run (less resident memory, same
+// results).
+enum class Decode { kLoad = 0, kStream = 1 };
+
 // Default of LoadOptions::max_memory: 16 GiB on 64-bit targets, 1 GiB on 32-bit ones.
 constexpr uint64_t kDefaultMaxMemory = sizeof(size_t) >= 8 ? uint64_t(16) << 30 : uint64_t(1) << 30;
 
@@ -85,6 +95,7 @@ struct LoadOptions {
   // one execution context for the input shapes of a run. Exceeding it throws LimitError
   // (at load, or at the run whose input shapes need more). 0 = kDefaultMaxMemory.
   uint64_t max_memory = kDefaultMaxMemory;
+  Decode decode = Decode::kLoad;
   // Force every conv/linear of a weight encoding onto this kernel (by name); for tests.
   std::string force_kernel;
 };
@@ -110,6 +121,7 @@ class Layer {
   format::Op op;
   std::vector<WeightInfo> weights;
   uint64_t packed_bytes = 0;  // memory the packed weights take at run time
+  bool stream_decoded = false;  // decode="stream": weights decoded per tile in run()
 
  protected:
   [[noreturn]] void fail(const std::string& what) const;

@@ -11,8 +11,11 @@
 
 #include "base/error.h"
 #include "format/matrix.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/spmm_f32/spmm_f32.h"
+#include "kernels/spmm_qu8/spmm_qu8.h"
 #include "ops/ops.h"
+#include "ops/sparse_stream.h"
 
 namespace dsq::rt {
 namespace {
@@ -49,6 +52,19 @@ class SparseLayer : public Layer {
   double zero_skip_min_fraction = kZeroSkipMinFraction;
   std::vector<size_t> spmv_ranges;             // row ranges balanced by nonzeros
   uint64_t weight_read_bytes = 0;
+  // decode="stream": the weights as stored, decoded tile by tile in run() (w stays empty).
+  std::unique_ptr<StreamWeights> stream;
+  // Sparse int8 path (w stays empty): activations quantized per tensor to u8 (static from
+  // the file's input_quant, else dynamic over the whole input), int8 weights per row.
+  bool int8 = false;
+  spmm_qu8::PackedWeights qw;
+  const spmm_qu8::Ukernel* q_uk = nullptr;        // m >= kQu8MinM
+  const spmm_qu8::Ukernel* q_small_uk = nullptr;  // m < kQu8MinM
+  bool static_quant = false;
+  gemm_qu8::QuantParams quant{1.f, 0};
+  // The VNNI tile computes 64 m lanes: below 16 rows most of them are wasted and the
+  // scalar reference (bit-identical) is used instead.
+  static constexpr size_t kQu8MinM = 16;
 
   int64_t k() const { return cin * kh * kw; }
   bool pointwise() const { return is_linear || (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0); }
@@ -83,20 +99,41 @@ class SparseLayer : public Layer {
     return ((pointwise() ? 0 : kChunk * kk) + kk * kChunk + static_cast<size_t>(cout) * kChunk) * 4 + 64;
   }
 
+  size_t q8_slot_bytes() const {
+    // per task: patches (chunk x k f32) when not pointwise, quantized rows (chunk x k_padded),
+    // their transpose (k x chunk u8), y_t (cout x chunk f32)
+    const size_t kk = static_cast<size_t>(k());
+    auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
+    return a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * gemm_qu8::padded_k(kk)) + a64(kk * kChunk) +
+           a64(static_cast<size_t>(cout) * kChunk * 4);
+  }
+
   size_t scratch_bytes(const std::vector<Shape>&, const std::vector<Shape>& out, size_t threads) const override {
+    const size_t slots = std::min<size_t>(threads, 64);
+    if (int8) return q8_slot_bytes() * slots;
+    if (stream) {
+      // Per thread one decoded tile; batch > 1 also one shared patches / x_t / y_t slab.
+      const size_t tiles = stream->tile_scratch_bytes() * slots;
+      return rows_of(out[0]) == 1 && pointwise() ? tiles : tiles + slot_bytes();
+    }
     if (rows_of(out[0]) == 1 && pointwise()) return 0;  // the batch-1 path needs no scratch
-    return slot_bytes() * std::min<size_t>(threads, 64);
+    return slot_bytes() * slots;
   }
 
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
-    c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * w.nnz;
+    const uint64_t macs = static_cast<uint64_t>(rows_of(out[0])) * (int8 ? qw.nnz : stream ? stream->nnz() : w.nnz);
+    (int8 ? c.macs_int8 : c.macs_f32) = macs;
     c.weight_bytes = weight_read_bytes;
     return c;
   }
 
   std::string kernel() const override {
+    if (int8)
+      return std::string(q_small_uk->name) + " | " + q_uk->name + (pointwise() ? "" : " + im2col") +
+             (static_quant ? " (static act quant)" : " (dynamic act quant)");
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
+    if (stream) k = "stream-decode " + std::to_string(stream->tiles()) + " tiles: " + k;
     if (!pointwise()) k += " + im2col";
     if (csc_uk && !csc_always)
       k += std::string(" | zero-skip ") + csc_uk->name + " at >= " +
@@ -110,6 +147,14 @@ class SparseLayer : public Layer {
     float* y = out[0];
     const int64_t M = rows_of(out_shapes[0]);
     const size_t kk = static_cast<size_t>(k());
+    if (int8) {
+      run_int8(x, in_shapes[0], out_shapes[0], y, M, env);
+      return;
+    }
+    if (stream) {
+      run_stream(x, in_shapes[0], out_shapes[0], y, M, env);
+      return;
+    }
     if (M == 1 && pointwise()) {
       // Batch 1: x is already one (k x 1) column, y one (n x 1) column.
       if (csc_uk && (csc_always || static_cast<double>(spmm_f32::count_zeros(x, 4, kk)) >=
@@ -164,6 +209,158 @@ class SparseLayer : public Layer {
   }
 
  private:
+  // Sparse int8: quantize the input once per tensor, then per chunk of 256 rows: quantize
+  // (k padded), transpose to (k, m) bytes, run the spmm_qu8 kernel, transpose back.
+  void run_int8(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
+    const size_t kk = static_cast<size_t>(k()), kp = gemm_qu8::padded_k(kk);
+    gemm_qu8::QuantParams qp = quant;
+    if (!static_quant) {
+      const size_t in_rows = static_cast<size_t>(xs.numel() / cin);
+      float mn, mx;
+      gemm_qu8::minmax(x, in_rows, static_cast<size_t>(cin), static_cast<size_t>(cin) * 4, &mn, &mx);
+      qp = gemm_qu8::choose_params(mn, mx);
+    }
+    const spmm_qu8::Epilogue ep{qp.zero, qp.scale, lo, hi};
+    const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
+    const size_t threads = std::min<size_t>(env.pool->threads(), 64);
+    auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
+    // One chunk: quantize + transpose its activations, then output rows [n0, n1).
+    auto prepare = [&](size_t chunk, uint8_t* base) {
+      const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
+      const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
+      float* patches = reinterpret_cast<float*>(base);
+      uint8_t* qa = base + a64(pointwise() ? 0 : kChunk * kk * 4);
+      uint8_t* qa_t = qa + a64(kChunk * kp);
+      const float* a = x + m0 * cin;
+      if (!pointwise()) {
+        im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
+        a = patches;
+      }
+      gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp);
+      for (size_t r = 0; r < rows; ++r)  // (rows, k) -> (k, rows) bytes
+        for (size_t c = 0; c < kk; ++c) qa_t[c * kChunk + r] = qa[r * kp + c];
+    };
+    auto compute = [&](size_t chunk, const uint8_t* base, size_t n0, size_t n1) {
+      const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - static_cast<int64_t>(chunk * kChunk)));
+      const uint8_t* qa_t = base + a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * kp);
+      float* y_t = reinterpret_cast<float*>(const_cast<uint8_t*>(qa_t) + a64(kk * kChunk));
+      const spmm_qu8::Ukernel& uk = rows >= kQu8MinM ? *q_uk : *q_small_uk;
+      spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, n0, n1, ep);
+    };
+    auto finish = [&](size_t chunk, const uint8_t* base) {
+      const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
+      const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
+      const float* y_t = reinterpret_cast<const float*>(base + a64(pointwise() ? 0 : kChunk * kk * 4) +
+                                                        a64(kChunk * kp) + a64(kk * kChunk));
+      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+    };
+    if (threads > 1 && chunks < threads) {
+      // Fewer chunks than threads (e.g. batch 64): each chunk's output rows are split
+      // between the threads instead (ranges of about equal nonzeros). Rows are
+      // independent, so the result does not depend on the split.
+      const uint32_t* rp = qw.rp();
+      size_t bounds[65] = {0};  // threads <= 64; no allocation in a run
+      for (size_t t = 1; t < threads; ++t) {
+        const uint64_t target = (uint64_t(rp[qw.n]) + qw.n) * t / threads;
+        size_t r = bounds[t - 1];
+        while (r < qw.n && uint64_t(rp[r]) + r < target) ++r;
+        bounds[t] = r;
+      }
+      bounds[threads] = qw.n;
+      for (size_t c = 0; c < chunks; ++c) {
+        uint8_t* base = env.scratch;
+        prepare(c, base);
+        env.pool->parallel_for(threads, [&](size_t t) { compute(c, base, bounds[t], bounds[t + 1]); });
+        finish(c, base);
+      }
+      return;
+    }
+    const size_t slots = std::min<size_t>(chunks, threads);
+    auto do_chunk = [&](size_t chunk, size_t slot) {
+      uint8_t* base = env.scratch + slot * q8_slot_bytes();
+      prepare(chunk, base);
+      compute(chunk, base, 0, qw.n);
+      finish(chunk, base);
+    };
+    if (slots <= 1) {
+      for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);
+      return;
+    }
+    env.pool->parallel_for(slots, [&](size_t s) {
+      for (size_t c = s; c < chunks; c += slots) do_chunk(c, s);
+    });
+  }
+
+  // decode="stream": the load path's steps with each tile of rows decoded into per-thread
+  // scratch just before its kernel call (same kernels, same per-row arithmetic).
+  void run_stream(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
+    const StreamWeights& sw = *stream;
+    const size_t tiles = sw.tiles(), tb = sw.tile_scratch_bytes(), kk = static_cast<size_t>(k());
+    const size_t slots = std::min<size_t>({tiles, env.pool->threads(), 64});
+    uint64_t symbols[64] = {};
+    // body(slot, tile) on every tile, tiles dealt round-robin to `slots` threads.
+    auto for_tiles = [&](auto&& body) {
+      if (slots <= 1) {
+        for (size_t t = 0; t < tiles; ++t) body(0, t);
+      } else {
+        env.pool->parallel_for(slots, [&](size_t s) {
+          for (size_t t = s; t < tiles; t += slots) body(s, t);
+        });
+      }
+    };
+    if (M == 1 && pointwise()) {
+      if (csc_uk && (csc_always || static_cast<double>(spmm_f32::count_zeros(x, 4, kk)) >=
+                                       zero_skip_min_fraction * static_cast<double>(kk))) {
+        // Zero-skipping on this thread, tile by tile (each row's sum runs over increasing
+        // columns, as with the whole-matrix CSC).
+        uint64_t skipped = 0;
+        for (size_t t = 0; t < tiles; ++t) {
+          spmm_f32::PackedWeights tw;
+          symbols[0] += sw.decode_tile(t, env.scratch, tw, StreamWeights::Needs{false, true, false});
+          skipped += spmm_f32::skipped_macs(tw, x, 4);
+          spmm_f32::run(*csc_uk, tw, 1, x, 4, y + sw.tile_row_begin(t), 4, 0, tw.n, lo, hi);
+        }
+        if (env.skipped_macs) *env.skipped_macs += skipped;
+        if (env.huffman_symbols) *env.huffman_symbols += symbols[0];
+        return;
+      }
+      const StreamWeights::Needs lay{spmv_uk->layout == spmm_f32::Layout::kRowTiles, false,
+                                     spmv_uk->layout == spmm_f32::Layout::kDenseTiles};
+      for_tiles([&](size_t s, size_t t) {
+        spmm_f32::PackedWeights tw;
+        symbols[s] += sw.decode_tile(t, env.scratch + s * tb, tw, lay);
+        spmm_f32::run(*spmv_uk, tw, 1, x, 4, y + sw.tile_row_begin(t), 4, 0, tw.n, lo, hi);
+      });
+    } else {
+      float* base = reinterpret_cast<float*>(env.scratch + slots_for_scratch(env) * tb);
+      float* patches = base;
+      float* x_t = base + (pointwise() ? 0 : kChunk * kk);
+      float* y_t = x_t + kk * kChunk;
+      for (int64_t m0 = 0; m0 < M; m0 += static_cast<int64_t>(kChunk)) {
+        const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
+        const float* a = x + m0 * cin;
+        size_t a_stride = static_cast<size_t>(cin);
+        if (!pointwise()) {
+          im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
+          a = patches;
+          a_stride = kk;
+        }
+        transpose(a, a_stride, x_t, kChunk, rows, kk);
+        for_tiles([&](size_t s, size_t t) {
+          spmm_f32::PackedWeights tw;
+          symbols[s] += sw.decode_tile(t, env.scratch + s * tb, tw, StreamWeights::Needs{});
+          spmm_f32::run(*spmm_uk, tw, rows, x_t, kChunk * 4, y_t + sw.tile_row_begin(t) * kChunk, kChunk * 4, 0,
+                        tw.n, lo, hi);
+        });
+        transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+      }
+    }
+    if (env.huffman_symbols)
+      for (size_t s = 0; s < 64; ++s) *env.huffman_symbols += symbols[s];
+  }
+  // The tile slots scratch_bytes() reserved before the shared slab.
+  static size_t slots_for_scratch(const RunEnv& env) { return std::min<size_t>(env.pool->threads(), 64); }
+
   // Patch rows in (kh, kw, cin) order; the packed columns were remapped to match.
   void im2col(const float* x, const Shape& xs, const Shape& ys, int64_t m0, int64_t rows, float* dst) const {
     const int64_t H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
@@ -187,6 +384,75 @@ class SparseLayer : public Layer {
 
 [[noreturn]] void bad(const format::Node& n, const std::string& what) {
   throw UnsupportedError("node '" + n.name + "' (" + format::op_name(n.op) + "): " + what);
+}
+
+// The sparse int8 layer: int8_channel weights keep their stored values and scales; any
+// other values are quantized per row, symmetric: scale = max |w| / 127, q = round(w / scale).
+std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const format::Node& n, const format::Tensor& wt,
+                                 const std::vector<float>& bias, bool kxk, const format::AttrValue* iq,
+                                 const std::string& force) {
+  if (iq) {
+    const float scale = iq->floats[0], zero = iq->floats[1];
+    if (!(scale > 0.f) || !std::isfinite(scale) || !(zero >= 0.f && zero <= 255.f) || zero != std::floor(zero))
+      bad(n, "input_quant must be (scale > 0, integer zero point in 0..255)");
+    layer->static_quant = true;
+    layer->quant = {scale, static_cast<int32_t>(zero)};
+  }
+  const format::SparseRows s = format::decode_sparse(wt);
+  const size_t rows = static_cast<size_t>(s.rows);
+  std::vector<uint32_t> row_ptr(s.row_ptr), col(s.col);
+  std::vector<int8_t> q(col.size());
+  std::vector<float> scale(rows, 1.f);
+  const bool exact = wt.values == format::Values::kInt8Channel;
+  const format::Stream* sc = exact ? wt.stream(format::Role::kScales) : nullptr;
+  for (size_t r = 0; r < rows; ++r) {
+    const uint32_t b = row_ptr[r], e = row_ptr[r + 1];
+    auto value = [&](uint32_t p) { return s.coded ? s.table[(s.per_row ? r * s.table_entries : 0) + s.codes[p]] : s.values[p]; };
+    if (exact) {
+      std::memcpy(&scale[r], sc->data + 4 * r, 4);
+      if (!std::isfinite(scale[r])) bad(n, "weight '" + wt.name + "' has a non-finite scale");
+      // The decoded values are scale * q exactly; recover q.
+      for (uint32_t p = b; p < e; ++p)
+        q[p] = static_cast<int8_t>(scale[r] != 0.f ? std::nearbyint(value(p) / scale[r]) : 0.f);
+    } else {
+      float mx = 0.f;
+      for (uint32_t p = b; p < e; ++p) mx = std::max(mx, std::fabs(value(p)));
+      if (!std::isfinite(mx)) bad(n, "weight '" + wt.name + "' has non-finite values");
+      scale[r] = mx > 0.f ? mx / 127.f : 1.f;
+      for (uint32_t p = b; p < e; ++p)
+        q[p] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, std::nearbyint(value(p) / scale[r]))));
+    }
+    // int32 accumulation stays exact while a row has at most 2^31 / (255 * 128) entries.
+    if (e - b > 65536) bad(n, "a row with more than 65536 stored entries cannot run in int8");
+  }
+  if (kxk) {
+    // File columns run (cin, kh, kw); the patches run (kh, kw, cin): remap, re-sort rows.
+    const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
+    std::vector<std::pair<uint32_t, int8_t>> tmp;
+    for (size_t r = 0; r < rows; ++r) {
+      tmp.clear();
+      for (uint32_t p = row_ptr[r]; p < row_ptr[r + 1]; ++p) tmp.push_back({(col[p] % taps) * c_in + col[p] / taps, q[p]});
+      std::sort(tmp.begin(), tmp.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      for (size_t i = 0; i < tmp.size(); ++i) {
+        col[row_ptr[r] + i] = tmp[i].first;
+        q[row_ptr[r] + i] = tmp[i].second;
+      }
+    }
+  }
+  layer->qw = spmm_qu8::pack(rows, static_cast<size_t>(s.cols), row_ptr.data(), col.data(), q.data(), scale.data(),
+                             bias.data());
+  layer->int8 = true;
+  layer->q_uk = &spmm_qu8::best_ukernel();
+  layer->q_small_uk = &spmm_qu8::all_ukernels()[0];  // the scalar reference
+  if (force.rfind("spmm_qu8", 0) == 0) {
+    const spmm_qu8::Ukernel* uk = spmm_qu8::find_ukernel(force.c_str());
+    if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    layer->q_uk = layer->q_small_uk = uk;
+  }
+  layer->weight_read_bytes = layer->qw.bytes();
+  layer->packed_bytes = layer->qw.row_ptr.size() + layer->qw.cols.size() + layer->qw.values.size() +
+                        layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size();
+  return layer;
 }
 
 }  // namespace
@@ -219,39 +485,65 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   if (bt)
     layer->weights.push_back({bt->name, bt->dims, format::values_name(bt->values), format::layout_name(bt->layout),
                               format::entropy_name(bt->entropy), bt->payload_bytes(), bt->numel() * 4});
-  format::SparseRows s = format::decode_sparse(wt);
-  if (!layer->is_linear && (layer->kh * layer->kw) > 1) {
-    // File columns run (cin, kh, kw); the patches run (kh, kw, cin).
-    const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
-    for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
-  }
-  const bool codebook = s.coded;
+  const bool codebook = wt.values == format::Values::kCodebook;
   // Dense codebook (weight sharing without pruning): batch 1 runs the gemv_cb kernels on
   // the dense u8 code tiles (1 byte per weight, no column indices); batch > 1 the CSR
   // spmm_cb kernels. No row tiles (the dense tiles replace them), no zero-skipping copy.
   const bool dense_cb = codebook && wt.layout == format::Layout::kDense;
-  layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
-                            codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
-                            codebook ? s.table_entries : 0, s.per_row, bias.data(), !dense_cb);
-  if (dense_cb) spmm_f32::build_dense_tiles(layer->w);
-  layer->spmv_uk = &spmm_f32::best_ukernel_for(layer->w, 1);
-  layer->spmm_uk = &spmm_f32::best_ukernel_for(layer->w, 2);
+  const bool kxk = !layer->is_linear && (layer->kh * layer->kw) > 1;
+  const size_t min_tiles = hardware_threads() * 4;
+  const std::string& force_q = options.force_kernel;
+  const format::AttrValue* iq = n.find(Attr::kInputQuant);
+  // Sparse int8 (u8 activations): when forced by kernel name, or when the file asks for
+  // quantized activations (input_quant) on int8 weights, as the dense int8 path does.
+  if (force_q.rfind("spmm_qu8", 0) == 0 || (iq && wt.values == format::Values::kInt8Channel)) {
+    return make_int8(std::move(layer), n, wt, bias, kxk, iq, force_q);
+  }
+  if (options.decode == Decode::kStream) {
+    // Kernel choice below looks at the flags of `sel`: the tiles will get the layouts
+    // pack() would have built for the whole matrix.
+    layer->stream = std::make_unique<StreamWeights>(wt, kxk ? static_cast<uint32_t>(layer->kh * layer->kw) : 1,
+                                                    static_cast<uint32_t>(layer->cin), bias.data(),
+                                                    StreamWeights::Needs{}, min_tiles);
+    spmm_f32::PackedWeights& p = layer->stream->proto();
+    p.has_tiles = codebook && !dense_cb && !p.table_per_row && p.table_entries <= 32 && p.k < (size_t(1) << 21);
+    p.has_dense = dense_cb;
+    layer->stream_decoded = true;
+  } else {
+    format::SparseRows s = format::decode_sparse(wt);
+    if (kxk) {
+      // File columns run (cin, kh, kw); the patches run (kh, kw, cin).
+      const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
+      for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
+    }
+    layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
+                              codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
+                              codebook ? s.table_entries : 0, s.per_row, bias.data(), !dense_cb);
+    if (dense_cb) spmm_f32::build_dense_tiles(layer->w);
+  }
+  spmm_f32::PackedWeights& sel = layer->stream ? layer->stream->proto() : layer->w;
+  auto add_csc = [&]() {
+    if (layer->stream) sel.has_csc = true;
+    else spmm_f32::build_csc(layer->w);
+  };
+  layer->spmv_uk = &spmm_f32::best_ukernel_for(sel, 1);
+  layer->spmm_uk = &spmm_f32::best_ukernel_for(sel, 2);
   const std::string& force = options.force_kernel;
   if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0 || force.rfind("gemv_cb", 0) == 0)) {
     const spmm_f32::Ukernel* uk = spmm_f32::find_ukernel(force.c_str());
     if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
     if (uk->layout == spmm_f32::Layout::kCsc) {
-      if (uk->codebook != layer->w.codebook) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      if (uk->codebook != sel.codebook) bad(n, "forced kernel '" + force + "' cannot run these weights");
       if (layer->pointwise()) {
-        spmm_f32::build_csc(layer->w);
+        add_csc();
         layer->csc_uk = layer->spmv_uk = uk;
         layer->csc_always = true;
       }
     } else if (uk->spmv) {
-      if (!spmm_f32::compatible(*uk, layer->w, 1)) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      if (!spmm_f32::compatible(*uk, sel, 1)) bad(n, "forced kernel '" + force + "' cannot run these weights");
       layer->spmv_uk = uk;
     } else {
-      if (!spmm_f32::compatible(*uk, layer->w, 2)) bad(n, "forced kernel '" + force + "' cannot run these weights");
+      if (!spmm_f32::compatible(*uk, sel, 2)) bad(n, "forced kernel '" + force + "' cannot run these weights");
       layer->spmm_uk = uk;
       layer->spmv_uk = uk;  // an spmm kernel also runs m == 1
     }
@@ -259,20 +551,26 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   // Zero-skipping for batch-1 pointwise layers (not when a row kernel is forced by name:
   // the forced kernel is what runs).
   if (force.empty() && layer->pointwise() && !dense_cb) {
-    spmm_f32::build_csc(layer->w);
-    layer->csc_uk = &spmm_f32::best_csc_ukernel(layer->w);
+    add_csc();
+    layer->csc_uk = &spmm_f32::best_csc_ukernel(sel);
   }
-  const size_t parts = std::max<size_t>(1, std::min<size_t>(hardware_threads() * 4, layer->w.n / 16 + 1));
   if (layer->spmv_uk->layout == spmm_f32::Layout::kRowTiles) layer->zero_skip_min_fraction = kZeroSkipMinFractionVsRowTiles;
   const spmm_f32::Layout spmv_layout = layer->spmv_uk->layout;
+  if (layer->stream) {
+    layer->stream->set_needs(StreamWeights::Needs{spmv_layout == spmm_f32::Layout::kRowTiles, layer->csc_uk != nullptr,
+                                                  spmv_layout == spmm_f32::Layout::kDenseTiles});
+    // What a run reads for the weights: the resident streams (decoded on the fly).
+    layer->weight_read_bytes = layer->packed_bytes = layer->stream->resident_bytes();
+    return layer;
+  }
+  const size_t parts = std::max<size_t>(1, std::min<size_t>(min_tiles, layer->w.n / 16 + 1));
   const size_t align = (spmv_layout == spmm_f32::Layout::kRowTiles || spmv_layout == spmm_f32::Layout::kDenseTiles)
                            ? spmm_f32::kTileRows : 1;
   layer->spmv_ranges = spmm_f32::balanced_row_ranges(layer->w, parts, align);
   layer->weight_read_bytes = spmv_layout == spmm_f32::Layout::kRowTiles     ? layer->w.tile_bytes()
                              : spmv_layout == spmm_f32::Layout::kDenseTiles ? layer->w.dense_bytes()
                                                                             : layer->w.csr_bytes();
-  layer->packed_bytes = layer->w.csr_bytes() + (layer->w.has_tiles ? layer->w.tile_bytes() : 0) + layer->w.csc_bytes() +
-                        layer->w.dense_bytes();
+  layer->packed_bytes = layer->w.resident_bytes();
   return layer;
 }
 

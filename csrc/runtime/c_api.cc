@@ -70,6 +70,10 @@ dsq_status load(const uint8_t* data, size_t size, const dsq_load_options* opts, 
   dsq::rt::LoadOptions options;
   options.threads = static_cast<size_t>(opts->threads);
   options.max_memory = opts->max_memory ? opts->max_memory : dsq::rt::kDefaultMaxMemory;
+  if (opts->decode != DSQ_DECODE_LOAD && opts->decode != DSQ_DECODE_STREAM)
+    return fail(DSQ_ERR_INPUT, "decode must be DSQ_DECODE_LOAD or DSQ_DECODE_STREAM, got " +
+                                   std::to_string(int(opts->decode)));
+  options.decode = opts->decode == DSQ_DECODE_STREAM ? dsq::rt::Decode::kStream : dsq::rt::Decode::kLoad;
   auto m = std::make_unique<dsq_model>();
   m->model = dsq::rt::Model::load_bytes(data, size, options);
   *out_model = m.release();
@@ -257,6 +261,16 @@ dsq_status dsq_model_counters(const dsq_model* model, dsq_counters* out) {
     out->macs_int4 = c.total.macs_int4;
     out->weight_bytes = c.total.weight_bytes;
     out->activation_bytes = c.total.activation_bytes;
+    out->skipped_macs = c.total.skipped_macs;
+    out->huffman_symbols = c.total.huffman_symbols;
+    return DSQ_OK;
+  });
+}
+
+dsq_status dsq_model_weight_memory(const dsq_model* model, uint64_t* out_bytes) {
+  return guarded([&] {
+    if (!model || !out_bytes) return fail(DSQ_ERR_INPUT, "dsq_model_weight_memory: null argument");
+    *out_bytes = model->model->weight_memory();
     return DSQ_OK;
   });
 }

@@ -73,6 +73,7 @@ void Model::init(const format::File& file, const LoadOptions& options) {
   metadata_ = file.metadata;
   for (const auto& in : graph_.inputs) inputs_.push_back({graph_.values[in.value], in.dims});
   for (uint32_t v : graph_.outputs) outputs_.push_back({graph_.values[v], {}});
+  decode_ = options.decode;
   // Before anything is unpacked: the streams once entropy-decoded are a lower bound of
   // what the packed weights take, so a small Huffman-coded file that expands past the
   // limit is refused before it allocates.
@@ -239,8 +240,8 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
       ptr[v] = inputs[i];
     }
   }
-  uint64_t skipped_macs = 0;
-  RunEnv env{&pool, scratch, &skipped_macs};
+  uint64_t skipped_macs = 0, huffman_symbols = 0;
+  RunEnv env{&pool, scratch, &skipped_macs, &huffman_symbols};
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& node = graph_.nodes[i];
     auto& in = tables.node_in[i];
@@ -264,6 +265,7 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
   ++counters_.runs;
   counters_.total.add(plan.total_cost);
   counters_.total.skipped_macs += skipped_macs;
+  counters_.total.huffman_symbols += huffman_symbols;
 }
 
 const Plan& Context::prepare(const std::vector<Shape>& input_shapes) {
@@ -321,6 +323,7 @@ std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) con
     for (uint32_t v : node.outputs) info.output_shapes.push_back(plan.value_shapes[v]);
     info.weights = layers_[i]->weights;
     info.packed_bytes = layers_[i]->packed_bytes;
+    info.decode = layers_[i]->stream_decoded ? "stream" : "load";
     info.cost = plan.node_cost[i];
     out.push_back(std::move(info));
   }

@@ -31,6 +31,7 @@ struct LayerInfo {
   std::vector<Shape> input_shapes, output_shapes;  // for the last planned input shapes
   std::vector<WeightInfo> weights;
   uint64_t packed_bytes = 0;
+  std::string decode;  // "load" | "stream": when this layer's weights are decoded
   Cost cost;  // per run, for those shapes
 };
 
@@ -91,9 +92,11 @@ class Model {
   size_t threads() const { return pool()->threads(); }
   void set_threads(size_t threads);
 
-  // LoadOptions::max_memory in force, and the bytes the packed weights take.
+  // LoadOptions::max_memory in force, and the bytes held for weights after load (every
+  // layer's packed / resident weights).
   uint64_t max_memory() const { return max_memory_; }
   uint64_t weight_memory() const { return weight_memory_; }
+  Decode decode() const { return decode_; }
 
   Counters counters() const;
   void reset_counters();
@@ -112,6 +115,7 @@ class Model {
   format::Graph graph_;
   std::vector<format::MetaEntry> metadata_;
   std::vector<std::unique_ptr<Layer>> layers_;
+  Decode decode_ = Decode::kLoad;
   std::vector<IoInfo> inputs_, outputs_;
   std::shared_ptr<ThreadPool> pool_;
   uint64_t max_memory_ = kDefaultMaxMemory, weight_memory_ = 0;

@@ -1,5 +1,6 @@
 // dsq-run: runs a .dsq model on .npy inputs without Python (for boards without it).
 //   dsq-run MODEL.dsq --input x.npy [--input ...] [--output y.npy ...] [--threads N] [--repeat N]
+//           [--decode load|stream]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -78,7 +79,7 @@ void write_npy(const std::string& path, const std::vector<int64_t>& shape, const
 int usage() {
   std::fprintf(stderr,
                "usage: dsq-run MODEL.dsq --input x.npy [--input ...] [--output y.npy ...]\n"
-               "               [--threads N] [--repeat N]\n");
+               "               [--threads N] [--repeat N] [--decode load|stream]\n");
   return 2;
 }
 
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   std::string model_path;
   std::vector<std::string> inputs, outputs;
   size_t threads = 0, repeat = 1;
+  dsq::rt::Decode decode = dsq::rt::Decode::kLoad;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -105,6 +107,10 @@ int main(int argc, char** argv) {
         outputs.push_back(next());
       } else if (a == "--threads") {
         threads = std::stoul(next());
+      } else if (a == "--decode") {
+        const std::string d = next();
+        if (d != "load" && d != "stream") throw std::runtime_error("--decode must be load or stream, got '" + d + "'");
+        decode = d == "stream" ? dsq::rt::Decode::kStream : dsq::rt::Decode::kLoad;
       } else if (a == "--repeat") {
         repeat = std::max<size_t>(1, std::stoul(next()));
       } else if (model_path.empty() && a[0] != '-') {
@@ -122,6 +128,7 @@ int main(int argc, char** argv) {
   try {
     dsq::rt::LoadOptions options;
     options.threads = threads;
+    options.decode = decode;
     auto model = dsq::rt::Model::load_file(model_path, options);
     if (inputs.size() != model->inputs().size())
       throw dsq::InputError("the model takes " + std::to_string(model->inputs().size()) + " input(s), got " +
@@ -157,6 +164,10 @@ int main(int argc, char** argv) {
                   (unsigned long long)(c.total.macs_f32 / c.runs), (unsigned long long)(c.total.macs_int8 / c.runs),
                   (unsigned long long)(c.total.macs_int4 / c.runs), (unsigned long long)(c.total.weight_bytes / c.runs),
                   (unsigned long long)(c.total.activation_bytes / c.runs));
+      std::printf("weight memory %llu bytes (decode=%s)  per run: skipped_macs %llu  huffman_symbols %llu\n",
+                  (unsigned long long)model->weight_memory(), decode == dsq::rt::Decode::kStream ? "stream" : "load",
+                  (unsigned long long)(c.total.skipped_macs / c.runs),
+                  (unsigned long long)(c.total.huffman_symbols / c.runs));
     }
     model->release_context(std::move(ctx));
   } catch (const dsq::FormatError& e) {

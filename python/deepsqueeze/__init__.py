@@ -19,14 +19,15 @@ except ImportError as _error:  # pragma: no cover - exercised only in broken ins
     _core_import_error = _error
 
 
-def load(path, threads=None, force_kernel="", max_memory=None):
+def load(path, threads=None, force_kernel="", max_memory=None, decode="load"):
     """Loads a .dsq file; see deepsqueeze.engine.load."""
     if _core is None:
         raise ImportError(f"deepsqueeze's compiled engine is missing ({_core_import_error}); "
                           "reinstall with `pip install .`")
     from .engine import load as _load
 
-    return _load(path, threads=threads, force_kernel=force_kernel, max_memory=max_memory)
+    return _load(path, threads=threads, force_kernel=force_kernel, max_memory=max_memory,
+                 decode=decode)
 
 
 def kernels():

@@ -14,13 +14,17 @@ class UserError(Exception):
     """A mistake of the user's: printed as one line on stderr, exit status 2."""
 
 
-def _load(path: str, threads: Optional[int] = None):
+DECODE_HELP = ("when sparse / codebook weights are decoded: once at load (default), or per tile in every run "
+               "(stream: resident weights stay near the file size)")
+
+
+def _load(path: str, threads: Optional[int] = None, decode: str = "load"):
     import deepsqueeze
 
     if not os.path.exists(path):
         raise UserError(f"no such file: {path}")
     try:
-        return deepsqueeze.load(path, threads=threads)
+        return deepsqueeze.load(path, threads=threads, decode=decode)
     except deepsqueeze.FormatError as e:
         raise UserError(f"{path} is not a valid .dsq file: {e}") from None
     except deepsqueeze.UnsupportedModelError as e:
@@ -32,7 +36,7 @@ def _load(path: str, threads: Optional[int] = None):
 def cmd_inspect(args) -> int:
     from .inspect import layer_table
 
-    model = _load(args.file, threads=1)
+    model = _load(args.file, threads=1, decode=args.decode)
     print(f"{args.file}")
     meta = model.metadata
     for key in ("dsq.source_model", "dsq.producer", "dsq.export_config", "dsq.notes"):
@@ -44,11 +48,12 @@ def cmd_inspect(args) -> int:
         print(f"  output {o['name']}: {tuple('N' if d is None else d for d in o['shape'])} {o['dtype']}")
     print()
     print(layer_table(model.layers(), file_bytes=os.path.getsize(args.file), tensors=args.file))
+    print(f"weights held in memory after load (decode={model.decode}): {model.weight_memory:,} bytes")
     return 0
 
 
 def cmd_run(args) -> int:
-    model = _load(args.file, threads=args.threads)
+    model = _load(args.file, threads=args.threads, decode=args.decode)
     if len(args.input) != len(model.inputs):
         raise UserError(f"the model takes {len(model.inputs)} input(s) "
                         f"({', '.join(i['name'] for i in model.inputs)}); got {len(args.input)} --input")
@@ -134,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sp = sub.add_parser("inspect", help="per-layer table of a .dsq file: ops, encodings, bytes, kernels")
     sp.add_argument("file", help="the .dsq file")
+    sp.add_argument("--decode", choices=("load", "stream"), default="load", help=DECODE_HELP)
     sp.set_defaults(func=cmd_inspect)
     sp = sub.add_parser("run", help="run a .dsq file on .npy input(s)")
     sp.add_argument("file", help="the .dsq file")
@@ -142,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", action="append", metavar="Y.npy",
                     help="where to save each output (.npy); default: print them")
     sp.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    sp.add_argument("--decode", choices=("load", "stream"), default="load", help=DECODE_HELP)
     sp.set_defaults(func=cmd_run)
     sp = sub.add_parser("compress", help="compress a PyTorch model with a recipe on a built-in data set "
                         "and export it to .dsq")

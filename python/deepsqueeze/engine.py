@@ -55,8 +55,14 @@ class Model:
 
     @property
     def weight_memory(self) -> int:
-        """Bytes the packed weights take."""
+        """Bytes held for the weights after load (packed kernel layouts with decode="load",
+        the streams as stored plus tile tables with decode="stream")."""
         return self._core.weight_memory
+
+    @property
+    def decode(self) -> str:
+        """When compressed weights are decoded: "load" (once) or "stream" (per tile, per run)."""
+        return self._core.decode
 
     def reset_counters(self) -> None:
         self._core.reset_counters()
@@ -100,7 +106,7 @@ class Model:
 
 
 def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = None,
-         force_kernel: str = "", max_memory: Optional[int] = None) -> Model:
+         force_kernel: str = "", max_memory: Optional[int] = None, decode: str = "load") -> Model:
     """Loads a .dsq file (a path, or the file's bytes).
 
     threads: worker threads for this model (default: all hardware threads).
@@ -109,6 +115,10 @@ def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = N
     scratch of one run (default deepsqueeze.DEFAULT_MAX_MEMORY, 16 GiB; 1 GiB on 32-bit
     platforms). A file needing more fails to load, and a run whose input shapes need more
     (a huge batch) fails, with ResourceLimitError (a MemoryError).
+    decode: "load" decodes compressed weights once into the kernels' layouts; "stream"
+      keeps the sparse / codebook layers' streams as stored (Huffman-coded or bit-packed)
+      and decodes them tile by tile inside each run: less resident memory
+      (Model.weight_memory), identical results, counters['huffman_symbols'] per run.
     Raises deepsqueeze.FormatError for a corrupt file, UnsupportedModelError for a file
     this engine cannot run, OSError when the file cannot be read.
     The file is read once: the model keeps no reference to it, so it may be changed or
@@ -117,6 +127,8 @@ def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = N
     n = 0 if threads is None else int(threads)
     if n < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
+    if not isinstance(decode, str) or decode not in ("load", "stream"):
+        raise ValueError(f'decode must be "load" or "stream", got {decode!r}')
     mem = 0 if max_memory is None else max_memory
     if isinstance(mem, bool) or not isinstance(mem, int):
         raise TypeError(f"max_memory must be an int (bytes) or None, got {type(max_memory).__name__}")
@@ -124,10 +136,10 @@ def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = N
         raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
     mem = min(mem, (1 << 64) - 1)  # more than a u64 holds is no limit at all
     if isinstance(path, (bytes, bytearray, memoryview)):
-        return Model(_core.Model.from_bytes(path, n, force_kernel, mem))
+        return Model(_core.Model.from_bytes(path, n, force_kernel, mem, decode))
     p = os.fspath(path)
     try:
-        core = _core.Model.from_file(p, n, force_kernel, mem)
+        core = _core.Model.from_file(p, n, force_kernel, mem, decode)
     except RuntimeError as e:
         if "cannot open" in str(e) or "not a regular file" in str(e):
             raise OSError(str(e)) from None

@@ -152,6 +152,27 @@ int main() {
   if (m) check_model(m, "unaligned buffer");
   dsq_model_free(m);
 
+  // The _ex loaders: DSQ_DECODE_STREAM (dense weights load as usual) and a bad mode.
+  m = nullptr;
+  dsq_load_options stream_options{};
+  stream_options.threads = 1;
+  stream_options.decode = DSQ_DECODE_STREAM;
+  st = dsq_model_load_buffer_ex(bytes.data(), bytes.size(), &stream_options, &m);
+  DSQ_CHECK(st == DSQ_OK && m, "load_buffer_ex stream: %s %s", dsq_status_name(st), dsq_last_error());
+  if (m) {
+    check_model(m, "buffer, decode stream");
+    uint64_t wmem = 0;
+    DSQ_CHECK(dsq_model_weight_memory(m, &wmem) == DSQ_OK && wmem >= (6 + 2) * 4, "weight memory %llu",
+              (unsigned long long)wmem);
+    DSQ_CHECK(dsq_model_weight_memory(m, nullptr) == DSQ_ERR_INPUT, "weight memory null");
+  }
+  dsq_model_free(m);
+  m = reinterpret_cast<dsq_model*>(1);
+  stream_options.decode = static_cast<dsq_decode>(7);
+  st = dsq_model_load_buffer_ex(bytes.data(), bytes.size(), &stream_options, &m);
+  DSQ_CHECK(st == DSQ_ERR_INPUT && m == nullptr, "bad decode mode gave %s", dsq_status_name(st));
+  DSQ_CHECK(std::strstr(dsq_last_error(), "decode") != nullptr, "decode msg '%s'", dsq_last_error());
+
   char path[] = "/tmp/dsq_c_api_XXXXXX";
   const int fd = mkstemp(path);
   DSQ_CHECK(fd >= 0, "mkstemp");

@@ -522,8 +522,47 @@ static void test_encode_arguments() {
   DSQ_CHECK(code == want, "canonical codes");
 }
 
+// decode_from: the stream split into random segments at any symbol boundary (inside
+// chunks and across their ends), each decoded from the bit where the previous ended, as
+// decode="stream" does per weight tile; plus its bounds checks.
+static void test_decode_from_segments() {
+  for (int t = 0; t < 40; ++t) {
+    const unsigned a = t % 2 ? 32 : 256;
+    const uint64_t n = rand_u64(1, 50000);
+    const Bytes sym = random_symbols(n, a, t % 3);
+    const uint32_t cs = uint32_t(64) << rand_u64(0, 4);
+    Bytes st;
+    DSQ_CHECK(round_trip(sym, a, 15, cs, &st), "decode_from t=%d", t);
+    Stream s = parse(st.data(), st.size(), n, a);
+    Decoder d(s);
+    uint64_t pos = 0, at = 0;
+    while (at < n) {
+      const uint64_t m = std::min<uint64_t>(n - at, rand_u64(0, t % 4 == 0 ? 7 : 3000));
+      Bytes part(m + 1, 0xEE);
+      const uint64_t end = d.decode_from(pos, m, part.data());
+      DSQ_CHECK(std::equal(part.begin(), part.begin() + m, sym.begin() + at), "segment at %llu x %llu",
+                (unsigned long long)at, (unsigned long long)m);
+      DSQ_CHECK(part[m] == 0xEE, "decode_from wrote past n symbols");
+      if (m && (at + m) % cs == 0 && at + m < n)
+        DSQ_CHECK(end == s.chunk_offset((at + m) / cs), "segment ends where the next chunk starts");
+      pos = end;
+      at += m;
+    }
+    DSQ_CHECK(pos <= s.bit_len && s.bit_len - pos < 8, "the last segment ends in the last byte");
+    bool threw = false;
+    try {
+      Bytes part(1);
+      d.decode_from(s.bit_len, 1, part.data());
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    DSQ_CHECK(threw, "decode_from at bit_len throws");
+  }
+}
+
 int main() {
   test_hand_example();
+  test_decode_from_segments();
   test_golden_shared_with_python();
   test_one_symbol();
   test_all_256();

@@ -38,7 +38,14 @@ typedef struct dsq_counters {
   uint64_t macs_f32, macs_int8, macs_int4;
   uint64_t weight_bytes;     /* weight bytes read by the kernels, summed over runs */
   uint64_t activation_bytes; /* activation bytes read + written, summed over runs */
+  uint64_t skipped_macs;     /* MACs skipped on zero activations (batch-1 sparse layers) */
+  uint64_t huffman_symbols;  /* Huffman symbols decoded while running (DSQ_DECODE_STREAM) */
 } dsq_counters;
+
+/* When compressed weights are decoded. LOAD: once, into the kernels' layouts. STREAM:
+ * sparse / codebook layers keep their streams as stored (Huffman-coded or bit-packed)
+ * and decode them tile by tile in every run: less resident memory, identical results. */
+typedef enum dsq_decode { DSQ_DECODE_LOAD = 0, DSQ_DECODE_STREAM = 1 } dsq_decode;
 
 /* Message of the last failed dsq_* call on this thread ("" when none). */
 const char* dsq_last_error(void);
@@ -51,10 +58,14 @@ const char* dsq_status_name(dsq_status status);
  *   max_memory  bytes the model may use: packed weights plus one run's activations and
  *               scratch; 0 = the default, 16 GiB on 64-bit targets (1 GiB on 32-bit).
  *               A file, or a run's input shapes, needing more fails with
- *               DSQ_ERR_UNSUPPORTED and a message starting "resource limit". */
+ *               DSQ_ERR_UNSUPPORTED and a message starting "resource limit".
+ *   decode      DSQ_DECODE_LOAD (0): compressed weights decoded once at load into the
+ *               kernel layout; DSQ_DECODE_STREAM: sparse / codebook layers keep their
+ *               streams as stored and decode tile by tile in each run (less memory). */
 typedef struct dsq_load_options {
   int threads;
   uint64_t max_memory;
+  dsq_decode decode;
 } dsq_load_options;
 
 /* As below, with options (NULL = defaults). */
@@ -68,6 +79,8 @@ dsq_status dsq_model_load_file(const char* path, int threads, dsq_model** out_mo
 dsq_status dsq_model_load_buffer(const void* data, size_t size, int threads, dsq_model** out_model);
 /* Accepts NULL. */
 void dsq_model_free(dsq_model* model);
+/* Bytes held for the model's weights after load. */
+dsq_status dsq_model_weight_memory(const dsq_model* model, uint64_t* out_bytes);
 
 dsq_status dsq_model_num_inputs(const dsq_model* model, int* out_count);
 dsq_status dsq_model_num_outputs(const dsq_model* model, int* out_count);

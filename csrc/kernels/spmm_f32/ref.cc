@@ -288,6 +288,135 @@ uint64_t skipped_macs(const PackedWeights& w, const float* x, size_t xs) {
   return s;
 }
 
+namespace {
+// The row-tile steps of CSR weights w (codes, columns sorted within rows), one 16-row
+// group at a time: every window holding a nonzero of the group, in increasing order, gets
+// max over lanes of (lane's nonzeros in the window) steps; step s of a window holds lane
+// j's s-th nonzero there (or kTilePad). Counted per (window, lane) first, then filled in
+// one pass per lane: O(nonzeros + windows * 16) per group, few branches. Shared by pack()
+// and build_row_tiles_into() (decode="stream" tiles), so both give the same steps.
+// work: u32[windows * kTileRows + windows + 1].
+template <typename Col>
+size_t count_group_steps(const PackedWeights& w, const Col* cols, size_t g, uint32_t* work) {
+  const size_t wins = (w.k + kTileCols - 1) / kTileCols;
+  uint32_t* cnt = work;
+  uint32_t* first = work + wins * kTileRows;
+  std::fill(cnt, cnt + wins * kTileRows, 0u);
+  const uint32_t* rp = w.rp();
+  for (size_t j = 0; j < kTileRows; ++j) {
+    const size_t r = g * kTileRows + j;
+    if (r >= w.n) break;
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) ++cnt[(uint32_t(cols[p]) / kTileCols) * kTileRows + j];
+  }
+  size_t steps = 0;
+  for (size_t win = 0; win < wins; ++win) {
+    first[win] = static_cast<uint32_t>(steps);
+    uint32_t m = 0;
+    for (size_t j = 0; j < kTileRows; ++j) m = std::max(m, cnt[win * kTileRows + j]);
+    steps += m;
+  }
+  first[wins] = static_cast<uint32_t>(steps);
+  return steps;
+}
+template <typename Col>
+void fill_group_steps(const PackedWeights& w, const Col* cols, size_t g, const uint32_t* work, size_t steps,
+                      uint16_t* windows, uint16_t* slots) {
+  const size_t wins = (w.k + kTileCols - 1) / kTileCols;
+  const uint32_t* first = work + wins * kTileRows;
+  for (size_t win = 0; win < wins; ++win)
+    for (uint32_t s = first[win]; s < first[win + 1]; ++s) windows[s] = static_cast<uint16_t>(win);
+  std::fill(slots, slots + steps * kTileRows, kTilePad);
+  const uint32_t* rp = w.rp();
+  const uint8_t* codes = w.code();
+  for (size_t j = 0; j < kTileRows; ++j) {
+    const size_t r = g * kTileRows + j;
+    if (r >= w.n) break;
+    uint32_t cur = UINT32_MAX, idx = 0;
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) {
+      const uint32_t c = uint32_t(cols[p]), win = c / kTileCols;
+      if (win != cur) {
+        cur = win;
+        idx = 0;
+      }
+      slots[(first[win] + idx++) * kTileRows + j] = static_cast<uint16_t>((c % kTileCols) | (codes[p] << 8));
+    }
+  }
+}
+size_t tile_work_words(const PackedWeights& w) {
+  const size_t wins = (w.k + kTileCols - 1) / kTileCols;
+  return wins * kTileRows + wins + 1;
+}
+}  // namespace
+
+size_t row_tile_work_words(size_t k) {
+  const size_t wins = (k + kTileCols - 1) / kTileCols;
+  return wins * kTileRows + wins + 1;
+}
+
+size_t count_row_tile_steps(const PackedWeights& w, uint32_t* work) {
+  size_t steps = 0;
+  for (size_t g = 0; g < w.groups(); ++g)
+    steps += w.cols_u16 ? count_group_steps(w, w.col16(), g, work) : count_group_steps(w, w.col32(), g, work);
+  return steps;
+}
+
+size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots,
+                            uint32_t* work) {
+  size_t steps = 0;
+  for (size_t g = 0; g < w.groups(); ++g) {
+    step_ptr[g] = static_cast<uint32_t>(steps);
+    if (w.cols_u16) {
+      const size_t m = count_group_steps(w, w.col16(), g, work);
+      fill_group_steps(w, w.col16(), g, work, m, windows + steps, slots + steps * kTileRows);
+      steps += m;
+    } else {
+      const size_t m = count_group_steps(w, w.col32(), g, work);
+      fill_group_steps(w, w.col32(), g, work, m, windows + steps, slots + steps * kTileRows);
+      steps += m;
+    }
+  }
+  step_ptr[w.groups()] = static_cast<uint32_t>(steps);
+  return steps;
+}
+
+void build_csc_into(const PackedWeights& w, uint32_t* col_ptr, uint32_t* next, uint16_t* rows, uint8_t* codes,
+                    float* values) {
+  const size_t n = w.n, k = w.k;
+  std::fill(col_ptr, col_ptr + k + 1, 0u);
+  const uint32_t* rp = w.rp();
+  auto col_at = [&](size_t p) -> uint32_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  for (size_t p = 0; p < rp[n]; ++p) ++col_ptr[col_at(p) + 1];
+  for (size_t c = 0; c < k; ++c) col_ptr[c + 1] += col_ptr[c];
+  std::copy(col_ptr, col_ptr + k, next);
+  for (size_t r = 0; r < n; ++r)  // rows in order, as build_csc()
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) {
+      const uint32_t d = next[col_at(p)]++;
+      rows[d] = static_cast<uint16_t>(r);
+      if (w.codebook) codes[d] = w.code()[p];
+      else values[d] = w.vals()[p];
+    }
+}
+
+void build_dense_tiles_into(const PackedWeights& w, uint8_t* out) {
+  const size_t wins = (w.k + kTileCols - 1) / kTileCols;
+  std::memset(out, 0, w.groups() * wins * kTileCols * kTileRows);
+  const uint32_t* rp = w.rp();
+  for (size_t r = 0; r < w.n; ++r) {
+    uint8_t* rowc = out + (r / kTileRows) * wins * kTileCols * kTileRows + r % kTileRows;
+    const uint8_t* src = w.code() + rp[r];
+    for (size_t c = 0; c < w.k; ++c) rowc[c * kTileRows] = src[c];
+  }
+}
+
+size_t PackedWeights::resident_bytes() const {
+  const AlignedBuffer* all[] = {&row_ptr,    &cols,          &values,      &codes,       &table,
+                                &bias,       &tile_step_ptr, &tile_window, &tile_slots,  &csc_col_ptr,
+                                &csc_rows,   &csc_values,    &csc_codes,   &dense_codes};
+  size_t b = 0;
+  for (const AlignedBuffer* a : all) b += a->owned_bytes();
+  return b;
+}
+
 PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col,
                    const float* values, const uint8_t* codes, const float* table,
                    size_t table_entries, bool table_per_row, const float* bias,
@@ -353,45 +482,19 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
 
   // Row tiles for the batch-1 codebook kernel.
   if (build_tiles && cb && !table_per_row && table_entries <= 32 && k < (size_t(1) << 21)) {
-    const size_t groups = w.groups();
-    std::vector<uint32_t> step_ptr(groups + 1, 0);
+    std::vector<uint32_t> step_ptr(w.groups() + 1, 0), work(tile_work_words(w));
     std::vector<uint16_t> windows, slots;
-    const uint32_t* rp = w.rp();
-    auto col_at = [&](size_t p) -> uint32_t {
-      return w.cols_u16 ? w.col16()[p] : w.col32()[p];
-    };
-    for (size_t g = 0; g < groups; ++g) {
+    for (size_t g = 0; g < w.groups(); ++g) {
       step_ptr[g] = static_cast<uint32_t>(windows.size());
-      size_t cur[kTileRows], end[kTileRows];
-      for (size_t j = 0; j < kTileRows; ++j) {
-        const size_t r = g * kTileRows + j;
-        cur[j] = r < n ? rp[r] : 0;
-        end[j] = r < n ? rp[r + 1] : 0;
-      }
-      for (;;) {
-        uint32_t win = UINT32_MAX;
-        for (size_t j = 0; j < kTileRows; ++j)
-          if (cur[j] < end[j]) win = std::min<uint32_t>(win, col_at(cur[j]) / kTileCols);
-        if (win == UINT32_MAX) break;
-        size_t stop[kTileRows], steps = 0;
-        for (size_t j = 0; j < kTileRows; ++j) {
-          stop[j] = cur[j];
-          while (stop[j] < end[j] && col_at(stop[j]) / kTileCols == win) ++stop[j];
-          steps = std::max(steps, stop[j] - cur[j]);
-        }
-        for (size_t s = 0; s < steps; ++s) {
-          windows.push_back(static_cast<uint16_t>(win));
-          for (size_t j = 0; j < kTileRows; ++j) {
-            const size_t p = cur[j] + s;
-            slots.push_back(p < stop[j] ? static_cast<uint16_t>((col_at(p) % kTileCols) |
-                                                                (w.code()[p] << 8))
-                                        : kTilePad);
-          }
-        }
-        for (size_t j = 0; j < kTileRows; ++j) cur[j] = stop[j];
-      }
+      const size_t old = windows.size();
+      const size_t m = w.cols_u16 ? count_group_steps(w, w.col16(), g, work.data())
+                                  : count_group_steps(w, w.col32(), g, work.data());
+      windows.resize(old + m);
+      slots.resize((old + m) * kTileRows);
+      if (w.cols_u16) fill_group_steps(w, w.col16(), g, work.data(), m, windows.data() + old, slots.data() + old * kTileRows);
+      else fill_group_steps(w, w.col32(), g, work.data(), m, windows.data() + old, slots.data() + old * kTileRows);
     }
-    step_ptr[groups] = static_cast<uint32_t>(windows.size());
+    step_ptr[w.groups()] = static_cast<uint32_t>(windows.size());
     w.has_tiles = true;
     w.tile_steps = windows.size();
     w.tile_step_ptr.resize(step_ptr.size() * sizeof(uint32_t));

@@ -81,6 +81,7 @@ struct PackedWeights {
   size_t tile_bytes() const;
   size_t csc_bytes() const;  // 0 without the CSC copy
   size_t dense_bytes() const;  // codes + bias (+ table) a gemv_cb call reads; 0 without tiles
+  size_t resident_bytes() const;  // bytes its buffers own (views excluded)
 };
 
 // Builds the kernel layouts once at load. row_ptr: u32[n + 1] (row_ptr[0] = 0, non
@@ -102,6 +103,26 @@ void build_csc(PackedWeights& w);
 // whose rows each hold all k columns (nnz == n * k); throws std::invalid_argument
 // otherwise. Idempotent.
 void build_dense_tiles(PackedWeights& w);
+
+// The same layouts built into caller memory, for weights decoded tile by tile at run time
+// (decode="stream"): w holds the CSR of the tile (row_ptr, sorted columns, codes or
+// values). They produce exactly what pack() / build_csc() / build_dense_tiles() would for
+// those rows, so every kernel gives the same results on either.
+// Row tiles: step_ptr u32[groups + 1], windows u16[steps], slots u16[steps * kTileRows];
+// steps <= nnz (every step holds at least one nonzero); work: u32[row_tile_work_words(k)].
+// Returns steps. Needs a codebook.
+size_t row_tile_work_words(size_t k);
+// The steps build_row_tiles_into() would produce (to size its buffers exactly).
+size_t count_row_tile_steps(const PackedWeights& w, uint32_t* work);
+size_t build_row_tiles_into(const PackedWeights& w, uint32_t* step_ptr, uint16_t* windows, uint16_t* slots,
+                            uint32_t* work);
+// CSC with u16 rows (w.n <= 65536): col_ptr u32[k + 1], next u32[k] (work space),
+// rows u16[nnz], codes u8[nnz] (codebook) or values f32[nnz].
+void build_csc_into(const PackedWeights& w, uint32_t* col_ptr, uint32_t* next, uint16_t* rows, uint8_t* codes,
+                    float* values);
+// Dense code tiles, groups * ceil(k / 32) * 32 * 16 bytes; every row must hold all k
+// columns (not checked here).
+void build_dense_tiles_into(const PackedWeights& w, uint8_t* out);
 
 // Zero-skipping statistics of one input column x (k floats, x_stride bytes apart):
 // the number of k with x[k] == 0 (+0 or -0).

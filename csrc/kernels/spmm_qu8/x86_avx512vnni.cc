@@ -1,0 +1,90 @@
+// AVX-512 VNNI ukernel of the sparse int8 family (see kernels.inc).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/spmm_qu8/spmm_qu8.h"
+
+namespace dsq::spmm_qu8 {
+
+namespace {
+
+template <typename Col>
+void rows_vnni(const PackedWeights& w, const Col* cols, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
+               size_t n_begin, size_t n_end, const Epilogue& ep) {
+  const uint32_t* rp = w.rp();
+  const int8_t* q = w.vals();
+  const float* wscale = w.w_scale.as<float>();
+  const int32_t* rowsum = w.rowsum.as<int32_t>();
+  const float* bias = w.bias.as<float>();
+  const __m512 lo = _mm512_set1_ps(ep.lo), hi = _mm512_set1_ps(ep.hi);
+  for (size_t m0 = 0; m0 < m; m0 += 64) {
+    const uint8_t* xm = x + m0;
+    __mmask16 mask[4];
+    for (size_t b = 0; b < 4; ++b) {
+      const size_t base = m0 + 16 * b;
+      const size_t valid = base >= m ? 0 : std::min<size_t>(16, m - base);
+      mask[b] = static_cast<__mmask16>((1u << valid) - 1);
+    }
+    for (size_t n = n_begin; n < n_end; ++n) {
+      // acc[j], 128-bit block b, dword i  <->  m = m0 + 16 b + 4 j + i (unpack order).
+      __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+      uint32_t p = rp[n];
+      const uint32_t e = rp[n + 1];
+      auto quad = [&](const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int32_t wq) {
+        const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+        const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3);
+        const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+        const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
+        const __m512i wv = _mm512_set1_epi32(wq);
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_unpacklo_epi16(ab_lo, cd_lo), wv);
+        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_unpackhi_epi16(ab_lo, cd_lo), wv);
+        acc2 = _mm512_dpbusd_epi32(acc2, _mm512_unpacklo_epi16(ab_hi, cd_hi), wv);
+        acc3 = _mm512_dpbusd_epi32(acc3, _mm512_unpackhi_epi16(ab_hi, cd_hi), wv);
+      };
+      for (; p + 4 <= e; p += 4) {
+        int32_t wq;
+        std::memcpy(&wq, q + p, 4);
+        quad(xm + size_t(cols[p]) * xs, xm + size_t(cols[p + 1]) * xs, xm + size_t(cols[p + 2]) * xs,
+             xm + size_t(cols[p + 3]) * xs, wq);
+      }
+      if (p < e) {  // 1-3 left: pad with weight 0 on the last real row (adds exactly 0)
+        uint8_t wb[4] = {0, 0, 0, 0};
+        const uint8_t* r[4];
+        for (uint32_t i = 0; i < 4; ++i) {
+          const uint32_t pp = p + i < e ? p + i : e - 1;
+          r[i] = xm + size_t(cols[pp]) * xs;
+          if (p + i < e) wb[i] = static_cast<uint8_t>(q[p + i]);
+        }
+        int32_t wq;
+        std::memcpy(&wq, wb, 4);
+        quad(r[0], r[1], r[2], r[3], wq);
+      }
+      // 4x4 transpose of 128-bit blocks: out[b] = m0 + 16 b .. + 15 in order.
+      const __m512i t0 = _mm512_shuffle_i32x4(acc0, acc1, 0x44), t1 = _mm512_shuffle_i32x4(acc0, acc1, 0xEE);
+      const __m512i t2 = _mm512_shuffle_i32x4(acc2, acc3, 0x44), t3 = _mm512_shuffle_i32x4(acc2, acc3, 0xEE);
+      const __m512i out[4] = {_mm512_shuffle_i32x4(t0, t2, 0x88), _mm512_shuffle_i32x4(t0, t2, 0xDD),
+                              _mm512_shuffle_i32x4(t1, t3, 0x88), _mm512_shuffle_i32x4(t1, t3, 0xDD)};
+      const __m512 scale = _mm512_set1_ps(ep.a_scale * wscale[n]);
+      const __m512i corr = _mm512_set1_epi32(ep.a_zero * rowsum[n]);
+      const __m512 bv = _mm512_set1_ps(bias[n]);
+      float* yr = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys) + m0;
+      for (size_t b = 0; b < 4; ++b) {
+        if (!mask[b]) break;
+        const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(out[b], corr)), scale, bv);
+        _mm512_mask_storeu_ps(yr + 16 * b, mask[b], _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void spmm_qu8_64__avx512vnni(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
+                             size_t n_begin, size_t n_end, const Epilogue& ep) {
+  if (w.cols_u16) rows_vnni(w, w.col16(), m, x, xs, y, ys, n_begin, n_end, ep);
+  else rows_vnni(w, w.col32(), m, x, xs, y, ys, n_begin, n_end, ep);
+}
+
+}  // namespace dsq::spmm_qu8
