@@ -33,6 +33,7 @@ py::dict cost_dict(const rt::Cost& c) {
   d["weight_bytes"] = c.weight_bytes;
   d["activation_bytes"] = c.activation_bytes;
   d["skipped_macs"] = c.skipped_macs;
+  d["table_lookups"] = c.table_lookups;
   return d;
 }
 
@@ -155,6 +156,7 @@ class PyModel {
         wd["entropy"] = w.entropy;
         wd["payload_bytes"] = w.payload_bytes;
         wd["f32_bytes"] = w.f32_bytes;
+        wd["huffman_symbols"] = w.huffman_symbols;
         ws.append(wd);
       }
       d["input_shapes"] = ins;
@@ -172,6 +174,13 @@ class PyModel {
     py::dict d = cost_dict(c.total);
     d["runs"] = c.runs;
     return d;
+  }
+  // Per graph node (layers() order), summed over the runs since load / reset.
+  py::list layer_counters() const {
+    const rt::Counters c = model_->counters();
+    py::list out;
+    for (const auto& cost : c.layers) out.append(cost_dict(cost));
+    return out;
   }
   void reset_counters() { model_->reset_counters(); }
 
@@ -388,6 +397,7 @@ PYBIND11_MODULE(_core, m) {
       .def("outputs", [](const PyModel& p) { return p.io(false); })
       .def("layers", &PyModel::layers, py::arg("input_shapes") = py::none())
       .def("counters", &PyModel::counters)
+      .def("layer_counters", &PyModel::layer_counters)
       .def("reset_counters", &PyModel::reset_counters)
       .def("metadata", &PyModel::metadata)
       .def_property("threads", &PyModel::threads, &PyModel::set_threads);

@@ -46,6 +46,10 @@ struct Cost {
   // zero (batch-1 zero-skipping of sparse layers). A plan's static cost has 0 here; runs
   // report it through RunEnv::skipped_macs.
   uint64_t skipped_macs = 0;
+  // Codebook (weight-sharing) table reads: one per MAC whose weight is a code into a
+  // table (the energy model prices them). Static, like the MACs: a zero-skipped MAC of a
+  // codebook layer also skips its look-up (energy.py subtracts skipped_macs for them).
+  uint64_t table_lookups = 0;
   void add(const Cost& o) {
     macs_f32 += o.macs_f32;
     macs_int8 += o.macs_int8;
@@ -53,6 +57,7 @@ struct Cost {
     weight_bytes += o.weight_bytes;
     activation_bytes += o.activation_bytes;
     skipped_macs += o.skipped_macs;
+    table_lookups += o.table_lookups;
   }
 };
 
@@ -71,6 +76,7 @@ struct WeightInfo {
   std::string values, layout, entropy;
   uint64_t payload_bytes = 0;
   uint64_t f32_bytes = 0;
+  uint64_t huffman_symbols = 0;  // symbols decoded from Huffman streams (once, at load)
 };
 
 struct LoadOptions {

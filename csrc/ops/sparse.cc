@@ -91,6 +91,7 @@ class SparseLayer : public Layer {
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
     c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * w.nnz;
+    if (w.codebook) c.table_lookups = c.macs_f32;
     c.weight_bytes = weight_read_bytes;
     return c;
   }
