@@ -74,21 +74,44 @@ class PyModel {
     if (n != want.size())
       throw InputError("the model takes " + std::to_string(want.size()) + " input(s), got " + std::to_string(n));
     std::vector<py::array> keep;
+    keep.reserve(n);
+    for (size_t i = 0; i < n; ++i) keep.push_back(checked_input(inputs[i], i));
+    std::vector<py::array_t<float>> outs = run_arrays(keep);
+    py::list result;
+    for (auto& a : outs) result.append(a);
+    return result;
+  }
+
+  // Fast path of Model.run for one input and one output (batch-1 calls are dominated by
+  // the call overhead): no sequence, no list, the output array returned directly.
+  py::array run_one(const py::handle& x) {
+    if (model_->inputs().size() != 1 || model_->outputs().size() != 1)
+      throw InputError("run_one needs a model with one input and one output");
+    std::vector<py::array> keep{checked_input(x, 0)};
+    return std::move(run_arrays(keep)[0]);
+  }
+
+ private:
+  py::array checked_input(const py::handle& h, size_t i) const {
+    const auto& want = model_->inputs();
+    if (!py::isinstance<py::array>(h))
+      throw InputError("input '" + want[i].name + "': expected a numpy array of float32, got " +
+                       std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+    py::array a = py::reinterpret_borrow<py::array>(h);
+    if (!a.dtype().is(py::dtype::of<float>()))
+      throw InputError("input '" + want[i].name + "': expected dtype float32, got " + std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style)) a = F32Array::ensure(a);  // one copy for strided input
+    return a;
+  }
+
+  std::vector<py::array_t<float>> run_arrays(const std::vector<py::array>& arrays) {
     std::vector<rt::Shape> shapes;
     std::vector<const float*> ptrs;
-    keep.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      py::handle h = inputs[i];
-      if (!py::isinstance<py::array>(h))
-        throw InputError("input '" + want[i].name + "': expected a numpy array of float32, got " +
-                         std::string(py::str(py::type::handle_of(h).attr("__name__"))));
-      py::array a = py::reinterpret_borrow<py::array>(h);
-      if (!a.dtype().is(py::dtype::of<float>()))
-        throw InputError("input '" + want[i].name + "': expected dtype float32, got " + std::string(py::str(a.dtype())));
-      if (!(a.flags() & py::array::c_style)) a = F32Array::ensure(a);  // one copy for strided input
+    shapes.reserve(arrays.size());
+    ptrs.reserve(arrays.size());
+    for (const auto& a : arrays) {
       shapes.push_back(rt::Shape{dims_of(a)});
       ptrs.push_back(static_cast<const float*>(a.data()));
-      keep.push_back(std::move(a));
     }
     std::unique_ptr<rt::Context> ctx = model_->acquire_context();
     struct Release {
@@ -97,24 +120,23 @@ class PyModel {
       ~Release() { m.release_context(std::move(c)); }
     } release_guard{*model_, ctx};
     const rt::Plan& plan = ctx->prepare(shapes);
-    py::list result;
     std::vector<float*> outs;
     std::vector<py::array_t<float>> out_arrays;
+    out_arrays.reserve(model_->outputs().size());
     for (size_t i = 0; i < model_->outputs().size(); ++i) {
       // output value index -> shape
       const auto& s = plan.value_shapes[model_->output_values()[i]];
-      py::array_t<float> arr(s.dims);
-      outs.push_back(arr.mutable_data());
-      out_arrays.push_back(arr);
+      out_arrays.emplace_back(s.dims);
+      outs.push_back(out_arrays.back().mutable_data());
     }
     {
       py::gil_scoped_release release;
       ctx->run(ptrs, outs);
     }
-    for (auto& a : out_arrays) result.append(a);
-    return result;
+    return out_arrays;
   }
 
+ public:
   py::list io(bool inputs) const {
     py::list out;
     for (const auto& io : inputs ? model_->inputs() : model_->outputs()) {
@@ -393,6 +415,7 @@ PYBIND11_MODULE(_core, m) {
       .def_static("from_bytes", &PyModel::from_bytes, py::arg("data"), py::arg("threads") = 0,
                   py::arg("force_kernel") = "")
       .def("run", &PyModel::run)
+      .def("run_one", &PyModel::run_one)
       .def("inputs", [](const PyModel& p) { return p.io(true); })
       .def("outputs", [](const PyModel& p) { return p.io(false); })
       .def("layers", &PyModel::layers, py::arg("input_shapes") = py::none())

@@ -17,6 +17,8 @@ class Model:
     def __init__(self, core: "_core.Model", path: Optional[str] = None):
         self._core = core
         self._run = core.run
+        # one input, one output: run() takes the binding's fast path (no tuple, no list)
+        self._run_one = core.run_one if len(core.inputs()) == 1 and len(core.outputs()) == 1 else None
         self.path = path
         self._inputs = core.inputs()
         self._outputs = core.outputs()
@@ -82,6 +84,8 @@ class Model:
         outputs). Several inputs: a sequence in input order or a dict by name; the result
         is then a dict by output name. C-contiguous float32 arrays are read in place.
         """
+        if self._run_one is not None and type(x) is np.ndarray:
+            return self._run_one(x)
         if isinstance(x, np.ndarray):
             outs = self._run((x,))
             return outs[0] if len(outs) == 1 else tuple(outs)
