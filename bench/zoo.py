@@ -100,7 +100,10 @@ def _weight_modules(net):
             yield mname, mod
 
 
-def _train(net, epochs: float, masks=None):
+FINETUNE_STEPS = 150  # optimizer steps of the masked fine-tune after pruning (batch 128)
+
+
+def _train(net, epochs: float, masks=None, max_steps=None):
     from deepsqueeze.convert.core import TrainConfig, fit
 
     def hold_masks(model):
@@ -109,8 +112,15 @@ def _train(net, epochs: float, masks=None):
                 for mod, mask in masks:
                     mod.weight.mul_(mask)
 
+    torch = _torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small net: more threads only spin on a shared machine
     net.train()
-    fit(net, mnist().train, TrainConfig(epochs=epochs, lr=1e-3, progress=False), after_step=hold_masks)
+    try:
+        fit(net, mnist().train, TrainConfig(epochs=epochs, lr=1e-3, progress=False, max_steps=max_steps),
+            after_step=hold_masks)
+    finally:
+        torch.set_num_threads(threads)
     return net.eval()
 
 
@@ -125,8 +135,18 @@ def _cached_state(key: str, build):
     return state
 
 
+_BASE: Dict[str, object] = {}
+
+
 def base_model(name: str):
-    """The f32 network: trained LeNets (MNIST), random CIFAR nets with measured BN stats."""
+    """The f32 network: trained LeNets (MNIST), random CIFAR nets with measured BN stats.
+    Built once per session; callers that change it take a copy."""
+    if name not in _BASE:
+        _BASE[name] = _build_base(name)
+    return _BASE[name]
+
+
+def _build_base(name: str):
     torch = _torch()
     from deepsqueeze.convert import models
 
@@ -153,7 +173,7 @@ def prune(net, sparsity: float, finetune: bool):
             w.mul_(mask)
             masks.append((mod, mask))
     if finetune:
-        _train(net, 1.0, masks)
+        _train(net, 1.0, masks, max_steps=FINETUNE_STEPS)
     return net.eval()
 
 
@@ -224,7 +244,7 @@ def variant_model(name: str, encoding: str):
     base = base_model(name)
     finetune = HAS_DATA[name]
     if encoding in ("f32", "int8", "int4"):
-        return base, {"f32": "fp32", "int8": "int8", "int4": "int4"}[encoding]
+        return copy.deepcopy(base), {"f32": "fp32", "int8": "int8", "int4": "int4"}[encoding]
     if encoding.startswith("csr"):
         net = copy.deepcopy(base)
         net.load_state_dict(_cached_state(
