@@ -7,8 +7,8 @@ The compressed variants are made here with deliberately simple, self-contained s
 - csrNN: per-layer magnitude pruning of every conv/linear weight (grouped convs stay
   dense) to NN% zeros; LeNets are then fine-tuned one epoch on MNIST with the mask held;
   exported with weights="auto" (CSR when sparse enough, exact values);
-- dc (Deep Compression style): pruned as above (90% for the LeNets, 70% for the conv
-  nets), then the nonzeros of each weight rounded to 2^b shared values by 1-D k-means
+- dc (Deep Compression style): BatchNorm folded into the convs (torch.fx fuse), pruned
+  as above (90% for the LeNets, 70% for the conv nets), then the nonzeros of each weight rounded to 2^b shared values by 1-D k-means
   (b = 5 for linear, 8 for conv), exported with "auto" (CSR + codebook + Huffman);
 - lowrank_int8: every Linear with min(out, in) >= 32 replaced by two SVD factors of rank
   min(out, in) // 4, exported int8.
@@ -165,7 +165,7 @@ def prune(net, sparsity: float, finetune: bool):
     with torch.no_grad():
         for _, mod in _weight_modules(net):
             w = mod.weight
-            k = int(round(sparsity * w.numel()))
+            k = int(np.ceil(sparsity * w.numel()))  # at least the target: export thresholds are <=
             if k <= 0:
                 continue
             thr = w.abs().flatten().kthvalue(k).values
@@ -251,10 +251,16 @@ def variant_model(name: str, encoding: str):
             f"{name}_{encoding}", lambda: prune(base, SPARSITY[encoding], finetune).state_dict()))
         return net, "auto"
     if encoding == "dc":
-        def build():
-            return share_weights(prune(base, dc_sparsity(name), finetune)).state_dict()
+        # BatchNorm folded first, so that one table per weight holds the folded values
+        # (folding after sharing would scale each output channel's values differently).
+        from torch.fx.experimental.optimization import fuse
 
-        net = copy.deepcopy(base)
+        fused = fuse(copy.deepcopy(base))
+
+        def build():
+            return share_weights(prune(fused, dc_sparsity(name), finetune)).state_dict()
+
+        net = copy.deepcopy(fused)
         net.load_state_dict(_cached_state(f"{name}_dc", build))
         return net, "auto"
     if encoding == "lowrank_int8":
