@@ -48,6 +48,8 @@ def _index(recs):
     idx: Dict[tuple, Dict[str, dict]] = {}
     for r in recs:
         e = r["extra_info"]
+        if "model" not in e:
+            continue  # e.g. the Python call overhead rows
         idx.setdefault((e["model"], e["batch"], e["threads"]), {})[e["impl"]] = r
     return idx
 

@@ -146,13 +146,44 @@ def test_sparse_layer_counters_match_nonzeros(codebook):
     enc = {"values": "codebook", "layout": "csr", "codebook_bits": 5} if codebook else \
         {"values": "f32", "layout": "csr"}
     m = linear_model(w, np.zeros(64, np.float32), **enc)
-    # the file's decoded weights decide the nonzeros (codebook rounding keeps zeros zero)
     nnz = int(np.count_nonzero(w))
     x = rng.standard_normal((3, 80)).astype(np.float32)
     m.run(x)
     lc = m.layer_counters[0]
     assert lc["macs_f32"] == 3 * nnz
-    assert lc["table_lookups"] == (3 * nnz if codebook else 0)
+    if not codebook:
+        assert lc["table_lookups"] == 0
+
+
+def cb_linear(force_kernel=""):
+    rng = np.random.default_rng(12)
+    w = sparse_w(rng, 40, 50, 0.2, levels=32)
+    g = GraphBuilder()
+    x = g.add_input("x", (-1, 50))
+    wi = g.add_weight("w", w, values="codebook", layout="csr", codebook_bits=5)
+    g.mark_output(g.add_node("linear", [x], weights=[wi], name="fc"), "y")
+    return deepsqueeze.load(F.to_bytes(g.build()), threads=1, force_kernel=force_kernel), int(np.count_nonzero(w))
+
+
+@pytest.mark.parametrize("force", ["", "spmm_cb_f32_4__scalar"])
+@pytest.mark.parametrize("batch", [1, 3, 300])
+def test_codebook_lookups_per_tile_of_rows(batch, force):
+    """Batch 1: one look-up per MAC. Batched: the spmm kernels decode a code once per
+    nonzero and tile of mr rows (mr from the kernel's name), over chunks of 256 rows."""
+    import math
+    import re
+
+    m, nnz = cb_linear(force)
+    kernel = m.layers([(batch, 50)])[0]["kernel"]
+    mr = int(re.search(r"spmm_cb_f32_(\d+)__", kernel).group(1))
+    m.run(np.ones((batch, 50), np.float32))
+    lc = m.layer_counters[0]
+    if batch == 1 and not force:
+        want = nnz
+    else:
+        want = nnz * sum(math.ceil(min(256, batch - c) / mr) for c in range(0, batch, 256))
+    assert lc["table_lookups"] == want
+    assert lc["macs_f32"] == batch * nnz
 
 
 @pytest.mark.parametrize("codebook", [False, True], ids=["csr-f32", "csr-codebook5"])

@@ -46,9 +46,10 @@ struct Cost {
   // zero (batch-1 zero-skipping of sparse layers). A plan's static cost has 0 here; runs
   // report it through RunEnv::skipped_macs.
   uint64_t skipped_macs = 0;
-  // Codebook (weight-sharing) table reads: one per MAC whose weight is a code into a
-  // table (the energy model prices them). Static, like the MACs: a zero-skipped MAC of a
-  // codebook layer also skips its look-up (energy.py subtracts skipped_macs for them).
+  // Codebook (weight-sharing) table reads the kernel does: one per MAC at batch 1, one
+  // per nonzero and tile of rows in the batched kernels (the energy model prices them).
+  // Static, like the MACs: a zero-skipped batch-1 MAC of a codebook layer also skips its
+  // look-up (energy.py subtracts skipped_macs for them).
   uint64_t table_lookups = 0;
   void add(const Cost& o) {
     macs_f32 += o.macs_f32;

@@ -91,7 +91,19 @@ class SparseLayer : public Layer {
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
     c.macs_f32 = static_cast<uint64_t>(rows_of(out[0])) * w.nnz;
-    if (w.codebook) c.table_lookups = c.macs_f32;
+    if (w.codebook) {
+      // Batch 1 (pointwise): one look-up per MAC. Otherwise the spmm kernels decode each
+      // code once per tile of mr rows (the value is then broadcast across the tile's
+      // lanes), and rows come in chunks of kChunk.
+      const uint64_t M = static_cast<uint64_t>(rows_of(out[0]));
+      if (M == 1 && pointwise()) {
+        c.table_lookups = w.nnz;
+      } else {
+        const uint64_t mr = std::max<uint64_t>(1, spmm_uk->mr), full = M / kChunk, rest = M % kChunk;
+        const uint64_t tiles = full * ((kChunk + mr - 1) / mr) + (rest + mr - 1) / mr;
+        c.table_lookups = static_cast<uint64_t>(w.nnz) * tiles;
+      }
+    }
     c.weight_bytes = weight_read_bytes;
     return c;
   }
