@@ -331,6 +331,17 @@ def plan_rounds(fn: Callable, x, *, budget_s: float = 0.6, min_round_s: float = 
 RECORDS: List[dict] = []
 
 
+def modeled_energy(model, x, cold: bool) -> float:
+    """Modeled joules of one run of a deepsqueeze model on x (docs/ENERGY.md). Cold
+    variants rotate their weights through more copies than the L3 holds, so their weight
+    reads are priced as DRAM reads (cache_bytes=1); warm ones use the default 32 MiB."""
+    model.reset_counters()
+    model.run(x)
+    e = model.energy(cache_bytes=1 if cold else None)
+    model.reset_counters()
+    return float(e["total_joules"])
+
+
 def measure(benchmark, fn: Callable, x, *, spec: LayerSpec, group: str, impl: str,
             encoding: str, threads: int, weight_bytes: int, rounds: int, iterations: int = 1,
             cache: str = "warm", copies: int = 1, kernel: str = "", warmup_rounds: int = 1):

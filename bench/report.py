@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report_models  # noqa: E402  (bench/report_models.py: end-to-end tables and plots)
+
 # ------------------------------------------------------------------ names shared with tests
 OURS = "deepsqueeze"
 TORCH = "torch"
@@ -124,6 +127,11 @@ def machine_state() -> Dict[str, str]:
             pass
     except ImportError:
         st["deepsqueeze"] = "missing"
+    for mod in ("onnxruntime", "onnx", "matplotlib", "pytest_benchmark"):
+        try:
+            st[mod] = __import__(mod).__version__
+        except ImportError:
+            st[mod] = "missing"
     return st
 
 
@@ -285,6 +293,14 @@ def render(records: List[dict], state: Dict[str, str], source: str = "") -> str:
     return "\n".join(out)
 
 
+def _header(state: Dict[str, str], source: str) -> str:
+    lines = ["# deepsqueeze benchmark report", "", f"source: {source}", "",
+             "Ratios between implementations measured back to back in one run are the figures to "
+             "trust; absolute times depend on the (shared) machine's load.", "", "| machine | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in state.items()]
+    return "\n".join(lines) + "\n"
+
+
 def records_from_json(data: dict) -> List[dict]:
     recs = []
     for b in data.get("benchmarks", []):
@@ -312,9 +328,15 @@ def main(argv=None) -> int:
     brand = (mi.get("cpu") or {}).get("brand_raw")
     if brand:
         state["cpu (pytest-benchmark machine_info)"] = brand
-    text = render(records_from_json(data), state, source=str(src))
+    records = records_from_json(data)
     out = Path(a.output) if a.output else src.with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # End-to-end model benchmarks (bench/test_models.py) get their own tables and plots.
+    model_recs = report_models.model_records(records) + report_models.overhead_records(records)
+    layer_recs = [r for r in records if r not in model_recs]
+    text = render(layer_recs, state, source=str(src)) if layer_recs else _header(state, str(src))
+    if model_recs:
+        text += "\n" + report_models.render_models(model_recs, out_dir=out.parent)
     out.write_text(text)
     print(text)
     print(f"\nwritten to {out}", file=sys.stderr)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import (CACHE, LayerSpec, Rotating, copies_for_cold, dsq_model, dsq_weight_bytes,
-                      make_input, measure, plan_rounds, record_peer_failure, report,
+                      make_input, measure, modeled_energy, plan_rounds, record_peer_failure, report,
                       set_threads, torch_dynamic_int8, torch_float_module, torch_mod,
                       torch_static_int8_conv, torch_weight_bytes)
 
@@ -111,6 +111,7 @@ def test_dense(benchmark, label, spec, threads, cache, impl, enc):
                     iterations=iterations, cache=cache or "warm", copies=copies,
                     kernel=kernel)
     if impl == OURS:
+        benchmark.extra_info["energy_J"] = modeled_energy(first, x, cache == "cold")
         err = _rel_err(first.run(x), _reference(spec, x))
         benchmark.extra_info["rel_err_vs_torch_f32"] = err
         assert err <= REL_ERR[enc], f"{group} {impl}:{enc}: relative error {err:.3g}"

@@ -54,7 +54,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from conftest import COLD_TOTAL_BYTES, L3_BYTES, plan_rounds, report, set_threads, torch_mod  # noqa: E402
+from conftest import (COLD_TOTAL_BYTES, L3_BYTES, modeled_energy, plan_rounds, report,  # noqa: E402
+                      set_threads, torch_mod)
 
 import deepsqueeze  # noqa: E402
 from deepsqueeze.builder import GraphBuilder  # noqa: E402
@@ -242,7 +243,7 @@ def ours(layer, batch, threads, cache, sparsity, enc):
     copies = copies_for(cache, touched)
     models = [first] + [deepsqueeze.load(data, threads=threads) for _ in range(copies - 1)]
     fn = Rotating([m.run for m in models]) if copies > 1 else first.run
-    return dict(fn=fn, payload=payload, touched=touched, copies=copies, kernel=info["kernel"],
+    return dict(fn=fn, model=first, payload=payload, touched=touched, copies=copies, kernel=info["kernel"],
                 nnz=nnz if sparsity is not None else LAYERS[layer]["rows"] * LAYERS[layer]["cols"],
                 check=first.run)
 
@@ -342,6 +343,8 @@ def test_sparse(benchmark, layer, batch, threads, cache, sparsity, impl, enc):
     }
     if p["kernel"]:
         info["kernel"] = p["kernel"]
+    if p.get("model") is not None:
+        info["energy_J"] = modeled_energy(p["model"], x, cache == "cold")
     # A sanity check that the benchmark computes the right thing (vs float64 numpy).
     if sparsity is None:
         w, b = _dense_weights(layer)

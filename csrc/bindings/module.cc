@@ -35,6 +35,7 @@ py::dict cost_dict(const rt::Cost& c) {
   d["activation_bytes"] = c.activation_bytes;
   d["skipped_macs"] = c.skipped_macs;
   d["huffman_symbols"] = c.huffman_symbols;
+  d["table_lookups"] = c.table_lookups;
   return d;
 }
 
@@ -87,19 +88,43 @@ class PyModel {
     if (n != want.size())
       throw InputError("the model takes " + std::to_string(want.size()) + " input(s), got " + std::to_string(n));
     std::vector<py::array> keep;
+    keep.reserve(n);
+    for (size_t i = 0; i < n; ++i) keep.push_back(checked_input(inputs[i], i));
+    std::vector<py::array_t<float>> outs = run_arrays(keep);
+    py::list result;
+    for (auto& a : outs) result.append(a);
+    return result;
+  }
+
+  // Fast path of Model.run for one input and one output (batch-1 calls are dominated by
+  // the call overhead): no sequence, no list, the output array returned directly.
+  py::array run_one(const py::handle& x) {
+    if (model_->inputs().size() != 1 || model_->outputs().size() != 1)
+      throw InputError("run_one needs a model with one input and one output");
+    std::vector<py::array> keep{checked_input(x, 0)};
+    return std::move(run_arrays(keep)[0]);
+  }
+
+ private:
+  py::array checked_input(const py::handle& h, size_t i) const {
+    const auto& want = model_->inputs();
+    if (!py::isinstance<py::array>(h))
+      throw InputError("input '" + want[i].name + "': expected a numpy array of float32, got " +
+                       std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+    py::array a = py::reinterpret_borrow<py::array>(h);
+    if (!a.dtype().is(py::dtype::of<float>()))
+      throw InputError("input '" + want[i].name + "': expected dtype float32, got " + std::string(py::str(a.dtype())));
+    return a;
+  }
+
+  // Strided inputs are copied (once) only after the shapes and the memory limit passed.
+  std::vector<py::array_t<float>> run_arrays(std::vector<py::array>& arrays) {
     std::vector<rt::Shape> shapes;
     std::vector<const float*> ptrs;
-    keep.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      py::handle h = inputs[i];
-      if (!py::isinstance<py::array>(h))
-        throw InputError("input '" + want[i].name + "': expected a numpy array of float32, got " +
-                         std::string(py::str(py::type::handle_of(h).attr("__name__"))));
-      py::array a = py::reinterpret_borrow<py::array>(h);
-      if (!a.dtype().is(py::dtype::of<float>()))
-        throw InputError("input '" + want[i].name + "': expected dtype float32, got " + std::string(py::str(a.dtype())));
+    shapes.reserve(arrays.size());
+    ptrs.reserve(arrays.size());
+    for (const auto& a : arrays) {
       shapes.push_back(rt::Shape{dims_of(a)});
-      keep.push_back(std::move(a));
     }
     std::unique_ptr<rt::Context> ctx = model_->acquire_context();
     struct Release {
@@ -110,28 +135,27 @@ class PyModel {
     // Shapes and the memory limit are checked before a strided input is copied, so a
     // huge broadcast view fails with a clear error instead of an allocation attempt.
     const rt::Plan& plan = ctx->prepare(shapes);
-    for (auto& a : keep) {
+    for (auto& a : arrays) {
       if (!(a.flags() & py::array::c_style)) a = F32Array::ensure(a);  // one copy for strided input
       ptrs.push_back(static_cast<const float*>(a.data()));
     }
-    py::list result;
     std::vector<float*> outs;
     std::vector<py::array_t<float>> out_arrays;
+    out_arrays.reserve(model_->outputs().size());
     for (size_t i = 0; i < model_->outputs().size(); ++i) {
       // output value index -> shape
       const auto& s = plan.value_shapes[model_->output_values()[i]];
-      py::array_t<float> arr(s.dims);
-      outs.push_back(arr.mutable_data());
-      out_arrays.push_back(arr);
+      out_arrays.emplace_back(s.dims);
+      outs.push_back(out_arrays.back().mutable_data());
     }
     {
       py::gil_scoped_release release;
       ctx->run(ptrs, outs);
     }
-    for (auto& a : out_arrays) result.append(a);
-    return result;
+    return out_arrays;
   }
 
+ public:
   py::list io(bool inputs) const {
     py::list out;
     for (const auto& io : inputs ? model_->inputs() : model_->outputs()) {
@@ -173,6 +197,7 @@ class PyModel {
         wd["entropy"] = w.entropy;
         wd["payload_bytes"] = w.payload_bytes;
         wd["f32_bytes"] = w.f32_bytes;
+        wd["huffman_symbols"] = w.huffman_symbols;
         ws.append(wd);
       }
       d["input_shapes"] = ins;
@@ -191,6 +216,13 @@ class PyModel {
     py::dict d = cost_dict(c.total);
     d["runs"] = c.runs;
     return d;
+  }
+  // Per graph node (layers() order), summed over the runs since load / reset.
+  py::list layer_counters() const {
+    const rt::Counters c = model_->counters();
+    py::list out;
+    for (const auto& cost : c.layers) out.append(cost_dict(cost));
+    return out;
   }
   void reset_counters() { model_->reset_counters(); }
 
@@ -411,10 +443,12 @@ PYBIND11_MODULE(_core, m) {
                   py::arg("force_kernel") = "", py::arg("max_memory") = 0, py::arg("decode") = "load")
       .def_property_readonly("max_memory", [](const PyModel& p) { return p.model()->max_memory(); })
       .def("run", &PyModel::run)
+      .def("run_one", &PyModel::run_one)
       .def("inputs", [](const PyModel& p) { return p.io(true); })
       .def("outputs", [](const PyModel& p) { return p.io(false); })
       .def("layers", &PyModel::layers, py::arg("input_shapes") = py::none())
       .def("counters", &PyModel::counters)
+      .def("layer_counters", &PyModel::layer_counters)
       .def("reset_counters", &PyModel::reset_counters)
       .def("metadata", &PyModel::metadata)
       .def_property_readonly("weight_memory", &PyModel::weight_memory)

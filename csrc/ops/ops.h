@@ -51,6 +51,11 @@ struct Cost {
   uint64_t skipped_macs = 0;
   // Dynamic: Huffman symbols decoded by the run (decode="stream" layers; 0 otherwise).
   uint64_t huffman_symbols = 0;
+  // Codebook (weight-sharing) table reads the kernel does: one per MAC at batch 1, one
+  // per nonzero and tile of rows in the batched kernels (the energy model prices them).
+  // Static, like the MACs: a zero-skipped batch-1 MAC of a codebook layer also skips its
+  // look-up (energy.py subtracts skipped_macs for them).
+  uint64_t table_lookups = 0;
   void add(const Cost& o) {
     macs_f32 += o.macs_f32;
     macs_int8 += o.macs_int8;
@@ -59,6 +64,7 @@ struct Cost {
     activation_bytes += o.activation_bytes;
     skipped_macs += o.skipped_macs;
     huffman_symbols += o.huffman_symbols;
+    table_lookups += o.table_lookups;
   }
 };
 
@@ -78,6 +84,7 @@ struct WeightInfo {
   std::string values, layout, entropy;
   uint64_t payload_bytes = 0;
   uint64_t f32_bytes = 0;
+  uint64_t huffman_symbols = 0;  // symbols decoded from Huffman streams (once, at load)
 };
 
 // When compressed weights are decoded: kLoad = once at load into the kernel layout;

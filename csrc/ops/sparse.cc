@@ -122,8 +122,22 @@ class SparseLayer : public Layer {
 
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
-    const uint64_t macs = static_cast<uint64_t>(rows_of(out[0])) * (int8 ? qw.nnz : stream ? stream->nnz() : w.nnz);
-    (int8 ? c.macs_int8 : c.macs_f32) = macs;
+    const uint64_t M = static_cast<uint64_t>(rows_of(out[0]));
+    const uint64_t nnz = int8 ? qw.nnz : stream ? stream->nnz() : w.nnz;
+    (int8 ? c.macs_int8 : c.macs_f32) = M * nnz;
+    if (!int8 && (stream ? stream->codebook() : bool(w.codebook))) {
+      // Batch 1 (pointwise): one look-up per MAC. Otherwise the spmm kernels decode each
+      // code once per tile of mr rows (the value is then broadcast across the tile's
+      // lanes), and rows come in chunks of kChunk.
+      if (M == 1 && pointwise()) {
+        c.table_lookups = nnz;
+      } else {
+        const uint64_t mr = std::max<uint64_t>(1, spmm_uk ? spmm_uk->mr : 1), full = M / kChunk,
+                       rest = M % kChunk;
+        const uint64_t tiles = full * ((kChunk + mr - 1) / mr) + (rest + mr - 1) / mr;
+        c.table_lookups = nnz * tiles;
+      }
+    }
     c.weight_bytes = weight_read_bytes;
     return c;
   }

@@ -64,6 +64,7 @@ class StreamWeights {
   // the tile table.
   size_t resident_bytes() const;
   uint64_t coded_symbols() const { return coded_symbols_; }  // Huffman symbols per full pass
+  bool codebook() const { return values_ == format::Values::kCodebook; }
 
  private:
   // One symbol stream (col_idx gaps, codebook indices, int8 / int4 values) as stored.

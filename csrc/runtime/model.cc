@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <cstring>
+#include <unordered_map>
 
 #include "base/error.h"
 
@@ -95,6 +96,16 @@ void Model::init(const format::File& file, const LoadOptions& options) {
       throw LimitError("the packed weights take more than max_memory " + mib(max_memory_) + " (at node '" +
                        node.name + "')");
   }
+  // Huffman symbols each weight decoded at load (the energy model reports them apart).
+  std::unordered_map<std::string, const format::Tensor*> by_name;
+  for (const auto& t : file.tensors) by_name.emplace(t.name, &t);
+  for (auto& layer : layers_)
+    for (auto& w : layer->weights) {
+      auto it = by_name.find(w.name);
+      if (it == by_name.end()) continue;
+      for (const auto& st : it->second->streams)
+        if (st.entropy == format::Entropy::kHuffman) w.huffman_symbols += st.count;
+    }
   pool_ = std::make_shared<ThreadPool>(options.threads ? options.threads : hardware_threads());
   // Check the graph plans for the declared shapes (dynamic dims as 1), so a model that
   // cannot run fails at load, not at its first call.
@@ -240,9 +251,12 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
       ptr[v] = inputs[i];
     }
   }
+  std::vector<uint64_t>& node_skipped = tables.node_skipped;
+  node_skipped.resize(layers_.size());  // sized at the first run: no allocation after
   uint64_t skipped_macs = 0, huffman_symbols = 0;
   RunEnv env{&pool, scratch, &skipped_macs, &huffman_symbols};
   for (size_t i = 0; i < layers_.size(); ++i) {
+    const uint64_t skipped_before = skipped_macs;
     const auto& node = graph_.nodes[i];
     auto& in = tables.node_in[i];
     auto& out = tables.node_out[i];
@@ -251,6 +265,7 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
     for (size_t k = 0; k < node.inputs.size(); ++k) in[k] = ptr[node.inputs[k]];
     for (size_t k = 0; k < node.outputs.size(); ++k) out[k] = const_cast<float*>(ptr[node.outputs[k]]);
     layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], env);
+    node_skipped[i] = skipped_macs - skipped_before;
   }
   for (size_t i = 0; i < outputs_.size(); ++i) {
     const uint32_t v = graph_.outputs[i];
@@ -266,6 +281,11 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
   counters_.total.add(plan.total_cost);
   counters_.total.skipped_macs += skipped_macs;
   counters_.total.huffman_symbols += huffman_symbols;
+  if (counters_.layers.size() != layers_.size()) counters_.layers.assign(layers_.size(), Cost{});
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    counters_.layers[i].add(plan.node_cost[i]);
+    counters_.layers[i].skipped_macs += node_skipped[i];
+  }
 }
 
 const Plan& Context::prepare(const std::vector<Shape>& input_shapes) {

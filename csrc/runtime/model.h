@@ -24,6 +24,7 @@ struct IoInfo {
 struct Counters {
   uint64_t runs = 0;
   Cost total;
+  std::vector<Cost> layers;  // per graph node, summed over runs (same fields as total)
 };
 
 struct LayerInfo {
@@ -53,6 +54,7 @@ struct RunTables {
   std::vector<const float*> value_ptr;
   std::vector<std::vector<const float*>> node_in;
   std::vector<std::vector<float*>> node_out;
+  std::vector<uint64_t> node_skipped;  // zero-skipped MACs of each node in this run
 };
 
 class Model;

@@ -36,6 +36,8 @@ def _load(path: str, threads: Optional[int] = None, decode: str = "load"):
 def cmd_inspect(args) -> int:
     from .inspect import layer_table
 
+    if args.input and not args.energy:
+        raise UserError("--input is only used with --energy")
     model = _load(args.file, threads=1, decode=args.decode)
     print(f"{args.file}")
     meta = model.metadata
@@ -49,7 +51,42 @@ def cmd_inspect(args) -> int:
     print()
     print(layer_table(model.layers(), file_bytes=os.path.getsize(args.file), tensors=args.file))
     print(f"weights held in memory after load (decode={model.decode}): {model.weight_memory:,} bytes")
+    if args.energy:
+        print()
+        _print_energy(model, args)
     return 0
+
+
+def _print_energy(model, args) -> None:
+    """One inference (zeros of the declared shape, dynamic dims 1, or --input), then the
+    modeled energy per layer and in total; RAPL-measured joules where readable."""
+    from . import energy
+
+    if args.input:
+        if len(args.input) != len(model.inputs):
+            raise UserError(f"the model takes {len(model.inputs)} input(s); got {len(args.input)} --input")
+        try:
+            arrays = [np.load(p, allow_pickle=False) for p in args.input]
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read --input: {e}") from None
+        source = ", ".join(args.input)
+    else:
+        arrays = [np.zeros([1 if d is None else d for d in i["shape"]], np.float32) for i in model.inputs]
+        source = "zeros of shape " + ", ".join(str(tuple(a.shape)) for a in arrays)
+    model.reset_counters()
+    try:
+        model.run(arrays)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    e = model.energy(cache_bytes=args.cache_mib * 1024 * 1024)
+    print(f"energy of one inference on {source}:")
+    print(energy.format_report(e))
+    measured = energy.rapl_joules(lambda: model.run(arrays))
+    if measured is None:
+        print("measured (RAPL): not available on this machine")
+    else:
+        print(f"measured (RAPL, whole package): {measured['joules_per_call'] * 1e6:.3f} uJ per inference "
+              f"over {measured['calls']} calls")
 
 
 def cmd_run(args) -> int:
@@ -140,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("inspect", help="per-layer table of a .dsq file: ops, encodings, bytes, kernels")
     sp.add_argument("file", help="the .dsq file")
     sp.add_argument("--decode", choices=("load", "stream"), default="load", help=DECODE_HELP)
+    sp.add_argument("--energy", action="store_true",
+                    help="run one inference and print the modeled energy per layer and in total")
+    sp.add_argument("--input", action="append", metavar="X.npy",
+                    help="with --energy: the input (.npy) instead of zeros; repeat per model input")
+    sp.add_argument("--cache-mib", type=int, default=32,
+                    help="with --energy: cache size the weights must fit to count as SRAM (default 32)")
     sp.set_defaults(func=cmd_inspect)
     sp = sub.add_parser("run", help="run a .dsq file on .npy input(s)")
     sp.add_argument("file", help="the .dsq file")
@@ -180,6 +223,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    if getattr(args, "cache_mib", 1) is not None and getattr(args, "cache_mib", 1) <= 0:
+        print("deepsqueeze: error: --cache-mib must be > 0", file=sys.stderr)
         return 2
     if getattr(args, "threads", None) is not None and args.threads < 0:
         print("deepsqueeze: error: --threads must be >= 0", file=sys.stderr)

@@ -17,6 +17,8 @@ class Model:
     def __init__(self, core: "_core.Model", path: Optional[str] = None):
         self._core = core
         self._run = core.run
+        # one input, one output: run() takes the binding's fast path (no tuple, no list)
+        self._run_one = core.run_one if len(core.inputs()) == 1 and len(core.outputs()) == 1 else None
         self.path = path
         self._inputs = core.inputs()
         self._outputs = core.outputs()
@@ -67,6 +69,30 @@ class Model:
     def reset_counters(self) -> None:
         self._core.reset_counters()
 
+    @property
+    def layer_counters(self) -> List[dict]:
+        """Per layer (layers() order), the counters summed over the runs since load or
+        reset_counters(): MACs by precision, skipped MACs, table look-ups, bytes. Empty
+        before the first run."""
+        return self._core.layer_counters()
+
+    def energy(self, cache_bytes: Optional[int] = None, costs: Optional[Mapping[str, float]] = None) -> dict:
+        """Modeled energy of one run, averaged over the runs since load or reset_counters()
+        (docs/ENERGY.md): {"total_joules", "breakdown_joules", "layers": [...], ...}.
+
+        cache_bytes: the cache the weights must fit to count as SRAM reads (default 32 MiB).
+        costs: picojoules per operation overriding energy.HOROWITZ_45NM_PJ entries.
+        Raises RuntimeError before the first run.
+        """
+        from . import energy as _energy
+
+        runs = int(self._core.counters()["runs"])
+        if runs == 0:
+            raise RuntimeError("Model.energy(): the model has not run since load or reset_counters(); "
+                               "call run() first")
+        kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+        return _energy.estimate(self.layers(), self._core.layer_counters(), runs, costs=costs, **kwargs)
+
     def run(self, x: ArrayOrDict):
         """Runs the model.
 
@@ -74,6 +100,8 @@ class Model:
         outputs). Several inputs: a sequence in input order or a dict by name; the result
         is then a dict by output name. C-contiguous float32 arrays are read in place.
         """
+        if self._run_one is not None and type(x) is np.ndarray:
+            return self._run_one(x)
         if isinstance(x, np.ndarray):
             outs = self._run((x,))
             return outs[0] if len(outs) == 1 else tuple(outs)
