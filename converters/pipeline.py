@@ -22,11 +22,6 @@ __all__ = ["BUILTIN_MODELS", "DATASETS", "load_model", "engine_error", "compress
 BUILTIN_MODELS: Dict[str, Callable[[], nn.Module]] = {
     "lenet_300_100": lambda: models.lenet_300_100(pretrained=True),
 }
-# Per-layer final sparsity that keeps a built-in model's accuracy (the paper's LeNet-300-100
-# keeps 8% / 9% / 26%; our fine-tuning holds fc1 a little sparser).
-BUILTIN_SPARSITY: Dict[str, Dict[str, float]] = {
-    "lenet_300_100": {"fc1": 0.94, "fc2": 0.91, "fc3": 0.74},
-}
 DATASETS = ("mnist",)
 
 
@@ -78,9 +73,11 @@ def _scaled(cfg: core.TrainConfig, scale: float, progress: bool) -> core.TrainCo
 def compress(model: nn.Module, out_path: str, recipe: str = "deep_compression",
              data: str = "mnist", sparsity: Optional[recipes.Sparsity] = None, fc_bits: int = 5,
              conv_bits: int = 8, epochs_scale: float = 1.0, threads: Optional[int] = None,
+             preset: Optional[str] = None,
              progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Compress `model` with `recipe` on a built-in data set, export to `out_path`, and
-    return the measured sizes, errors and latencies."""
+    return the measured sizes, errors and latencies. preset: a recipes.MNIST_PRESETS name
+    whose deep_compression settings to start from (sparsity given here overrides it)."""
     if data not in DATASETS:
         raise ValueError(f"data={data!r}: the built-in data sets are {', '.join(DATASETS)}; "
                          "use the Python API (deepsqueeze.convert.recipes) for your own")
@@ -102,10 +99,11 @@ def compress(model: nn.Module, out_path: str, recipe: str = "deep_compression",
     t0 = time.perf_counter()
     dense_net = copy.deepcopy(model)
     if recipe == "deep_compression":
-        d = recipes.DeepCompressionConfig()
-        config = recipes.DeepCompressionConfig(
-            sparsity=d.sparsity if sparsity is None else sparsity, fc_bits=fc_bits,
+        d = recipes.MNIST_PRESETS.get(preset or "", recipes.DeepCompressionConfig())
+        config = dataclasses.replace(
+            d, sparsity=d.sparsity if sparsity is None else sparsity, fc_bits=fc_bits,
             conv_bits=conv_bits, prune_train=_scaled(d.prune_train, epochs_scale, progress),
+            retrain=None if d.retrain is None else _scaled(d.retrain, epochs_scale, progress),
             centroid_train=_scaled(d.centroid_train, epochs_scale, progress))
         result = recipes.deep_compression(model, loaders.train, example, out_path, config,
                                           val_loader=loaders.test, log=log)

@@ -26,7 +26,7 @@ from . import core
 from .core import TrainConfig
 
 __all__ = ["DeepCompressionConfig", "QuantizedDistillationRecipe", "LowRankInt8Config",
-           "RecipeResult", "deep_compression", "quantized_distillation", "lowrank_int8",
+           "RecipeResult", "MNIST_PRESETS", "deep_compression", "quantized_distillation", "lowrank_int8",
            "RECIPES"]
 
 Sparsity = Union[float, Mapping[str, float]]
@@ -60,6 +60,24 @@ class DeepCompressionConfig:
             b = getattr(self, name)
             if not 1 <= b <= 8:
                 raise ValueError(f"{name} must be in 1..8, got {b}")
+
+
+# Settings that reach Deep Compression's LeNet results on MNIST (bench/deep_compression_mnist.py):
+# per-layer sparsity a little beyond the paper's on the big FC layers, L2 (weight decay)
+# during the pruning fine-tuning, then a longer retraining of the final sparse network.
+_L2 = dict(lr_schedule="cosine", weight_decay=1e-4)
+MNIST_PRESETS: Dict[str, DeepCompressionConfig] = {
+    "lenet_300_100": DeepCompressionConfig(
+        sparsity={"fc1": 0.95, "fc2": 0.91, "fc3": 0.74}, prune_steps=4,
+        prune_train=TrainConfig(epochs=4, lr=5e-4, **_L2),
+        retrain=TrainConfig(epochs=15, lr=2.5e-4, **_L2),
+        centroid_train=TrainConfig(epochs=3, lr=1e-4, lr_schedule="cosine")),
+    "lenet5": DeepCompressionConfig(
+        sparsity={"conv1": 0.34, "conv2": 0.9, "fc1": 0.96, "fc2": 0.85}, prune_steps=4,
+        prune_train=TrainConfig(epochs=2, lr=5e-4, **_L2),
+        retrain=TrainConfig(epochs=6, lr=2.5e-4, **_L2),
+        centroid_train=TrainConfig(epochs=2, lr=1e-4, lr_schedule="cosine")),
+}
 
 
 @dataclass

@@ -137,12 +137,10 @@ def _need_convert():
 def cmd_compress(args) -> int:
     _need_convert()
     from .compress_report import print_summary
-    from deepsqueeze.convert.pipeline import BUILTIN_SPARSITY, compress, load_model
+    from deepsqueeze.convert.pipeline import BUILTIN_MODELS, compress, load_model
 
     sparsity = args.sparsity
-    if sparsity is None:
-        sparsity = BUILTIN_SPARSITY.get(args.model)
-    elif not 0.0 <= sparsity < 1.0:
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise UserError(f"--sparsity must be in [0, 1), got {sparsity}")
     if args.epochs_scale <= 0:
         raise UserError(f"--epochs-scale must be > 0, got {args.epochs_scale}")
@@ -153,7 +151,8 @@ def cmd_compress(args) -> int:
     try:
         summary = compress(model, args.output, recipe=args.recipe, data=args.data,
                            sparsity=sparsity, fc_bits=args.fc_bits, conv_bits=args.conv_bits,
-                           epochs_scale=args.epochs_scale, threads=args.threads)
+                           epochs_scale=args.epochs_scale, threads=args.threads,
+                           preset=args.model if args.model in BUILTIN_MODELS else None)
     except ValueError as e:
         raise UserError(str(e)) from None
     print_summary(summary, model_name=args.model)
@@ -201,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="mnist", choices=("mnist",), help="built-in training/test data")
     sp.add_argument("-o", "--output", required=True, help="the .dsq file to write")
     sp.add_argument("--sparsity", type=float, default=None,
-                    help="deep_compression: final fraction of zero weights per layer (default 0.9)")
+                    help="deep_compression: final fraction of zero weights per layer (default: the built-in "
+                    "model's preset, else 0.9)")
     sp.add_argument("--fc-bits", type=int, default=5, help="deep_compression: codebook bits of FC layers")
     sp.add_argument("--conv-bits", type=int, default=8, help="deep_compression: codebook bits of convs")
     sp.add_argument("--epochs-scale", type=float, default=1.0,

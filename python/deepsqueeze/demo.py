@@ -12,16 +12,16 @@ import os
 
 
 def run_demo(out_dir: str = "deepsqueeze-demo", threads=None, epochs_scale: float = 1.0) -> int:
-    from deepsqueeze.convert.pipeline import BUILTIN_SPARSITY, compress, load_model
+    from deepsqueeze.convert.pipeline import compress, load_model
     from .compress_report import print_summary
 
     model = load_model("lenet_300_100")
     print("LeNet-300-100 (784-300-100-10, 266,610 weights), pretrained on MNIST; "
-          "compressing with deep_compression (pruned to 6% / 9% / 26% of the weights per "
+          "compressing with deep_compression (pruned to 5% / 9% / 26% of the weights per "
           "layer, 5-bit codebooks, Huffman)")
     summary = compress(model, os.path.join(out_dir, "lenet_300_100.dsq"),
                        recipe="deep_compression", data="mnist", epochs_scale=epochs_scale,
-                       sparsity=BUILTIN_SPARSITY["lenet_300_100"],
+                       preset="lenet_300_100",
                        threads=threads)
     print_summary(summary, model_name="LeNet-300-100")
     return 0
