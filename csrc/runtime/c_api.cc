@@ -72,7 +72,7 @@ dsq_status load(const uint8_t* data, size_t size, const dsq_load_options* opts, 
   options.max_memory = opts->max_memory ? opts->max_memory : dsq::rt::kDefaultMaxMemory;
   if (opts->decode != DSQ_DECODE_LOAD && opts->decode != DSQ_DECODE_STREAM)
     return fail(DSQ_ERR_INPUT, "decode must be DSQ_DECODE_LOAD or DSQ_DECODE_STREAM, got " +
-                                   std::to_string(int(opts->decode)));
+                                   std::to_string(opts->decode));
   options.decode = opts->decode == DSQ_DECODE_STREAM ? dsq::rt::Decode::kStream : dsq::rt::Decode::kLoad;
   auto m = std::make_unique<dsq_model>();
   m->model = dsq::rt::Model::load_bytes(data, size, options);

@@ -168,7 +168,7 @@ int main() {
   }
   dsq_model_free(m);
   m = reinterpret_cast<dsq_model*>(1);
-  stream_options.decode = static_cast<dsq_decode>(7);
+  stream_options.decode = 7;
   st = dsq_model_load_buffer_ex(bytes.data(), bytes.size(), &stream_options, &m);
   DSQ_CHECK(st == DSQ_ERR_INPUT && m == nullptr, "bad decode mode gave %s", dsq_status_name(st));
   DSQ_CHECK(std::strstr(dsq_last_error(), "decode") != nullptr, "decode msg '%s'", dsq_last_error());

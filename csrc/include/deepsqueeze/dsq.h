@@ -65,7 +65,7 @@ const char* dsq_status_name(dsq_status status);
 typedef struct dsq_load_options {
   int threads;
   uint64_t max_memory;
-  dsq_decode decode;
+  int decode; /* a dsq_decode value; an int so a bad value is an error, not undefined behaviour */
 } dsq_load_options;
 
 /* As below, with options (NULL = defaults). */
