@@ -19,11 +19,11 @@ import sys
 import time
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 
 import deepsqueeze
 from deepsqueeze.convert import core, data, export, models, recipes
+from deepsqueeze.convert.pipeline import engine_error
 from deepsqueeze.convert.prune import sparsity as sparsity_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,15 +46,6 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "lenet5": {"build": models.lenet5,
                "dense": core.TrainConfig(epochs=12, lr=1e-3, lr_schedule="cosine")},
 }
-
-
-def engine_error(path: str, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -> float:
-    model = deepsqueeze.load(path)
-    wrong = 0
-    for i in range(0, len(images), batch):
-        out = model.run(images[i:i + batch])
-        wrong += int((out.argmax(axis=1) != labels[i:i + batch]).sum())
-    return wrong / len(images)
 
 
 def quick(cfg: core.TrainConfig, factor: float) -> core.TrainConfig:
