@@ -91,22 +91,6 @@ std::vector<uint8_t> decode_symbols(const Stream& s) {
 
 namespace {
 
-uint32_t rd_u32(const uint8_t* p, uint64_t i) {
-  uint32_t v;
-  std::memcpy(&v, p + 4 * i, 4);
-  return v;
-}
-float rd_f32(const uint8_t* p, uint64_t i) {
-  float v;
-  std::memcpy(&v, p + 4 * i, 4);
-  return v;
-}
-uint16_t rd_u16(const uint8_t* p, uint64_t i) {
-  uint16_t v;
-  std::memcpy(&v, p + 2 * i, 2);
-  return v;
-}
-
 const Stream& need(const Tensor& t, Role role) {
   const Stream* s = t.stream(role);
   if (!s) throw FormatError("TENSORS", 0, "tensor '" + t.name + "': no " + role_name(role) + " stream");

@@ -4,6 +4,7 @@
 // Huffman streams are checked there); a bad Huffman stream still only ever throws.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -11,6 +12,24 @@
 #include "format/file.h"
 
 namespace dsq::format {
+
+// Element i of a little-endian stream payload (unaligned: payloads may sit anywhere in a
+// caller's buffer).
+inline uint32_t rd_u32(const uint8_t* p, uint64_t i) {
+  uint32_t v;
+  std::memcpy(&v, p + 4 * i, 4);
+  return v;
+}
+inline uint16_t rd_u16(const uint8_t* p, uint64_t i) {
+  uint16_t v;
+  std::memcpy(&v, p + 2 * i, 2);
+  return v;
+}
+inline float rd_f32(const uint8_t* p, uint64_t i) {
+  float v;
+  std::memcpy(&v, p + 4 * i, 4);
+  return v;
+}
 
 // The elements of a u8 / i8 / i4 / bits (<= 8 wide) stream in order, one unsigned symbol
 // each (i8 as its byte, i4 as its nibble, bits as the b-bit value). A Huffman stream is

@@ -16,26 +16,14 @@ using format::ElemType;
 using format::Layout;
 using format::Role;
 using format::Values;
+using format::rd_f32;
+using format::rd_u16;
+using format::rd_u32;
 
 // Entries a tile aims at: the decoded CSR of a tile (~3-6 B per entry, x 16 for the row
 // tiles' slots) should stay in L2 next to the kernel's working set.
 constexpr uint64_t kTargetTileEntries = 16384;
 
-uint32_t rd_u32(const uint8_t* p, uint64_t i) {
-  uint32_t v;
-  std::memcpy(&v, p + 4 * i, 4);
-  return v;
-}
-uint16_t rd_u16(const uint8_t* p, uint64_t i) {
-  uint16_t v;
-  std::memcpy(&v, p + 2 * i, 2);
-  return v;
-}
-float rd_f32(const uint8_t* p, uint64_t i) {
-  float v;
-  std::memcpy(&v, p + 4 * i, 4);
-  return v;
-}
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 size_t gcd(size_t a, size_t b) { return b ? gcd(b, a % b) : a; }
 
