@@ -80,6 +80,10 @@ CONV_CASES = [
     ("single_channel", 1, 1, (3, 3), (1, 1), (0, 0), (1, 1), 1, False, 0, 5, 5, 1),
     ("2x2_s2_groups3_b3", 9, 6, (2, 2), (2, 2), (0, 0), (1, 1), 3, True, 1, 7, 9, 3),
     ("pad_larger_than_kernel_b3", 3, 4, (3, 3), (2, 3), (3, 4), (1, 1), 1, True, 0, 5, 5, 3),
+    # im2col copies a kernel row's in-bounds taps at once: windows clipped on the left,
+    # the right and both sides at once (kernel wider than the padded-away image).
+    ("5x5_pad2_cin1_clipped_both_sides_b2", 1, 20, (5, 5), (1, 1), (2, 2), (1, 1), 1, True, 1, 6, 3, 2),
+    ("1x7_pad3_s2_cin5", 5, 9, (1, 7), (1, 2), (0, 3), (1, 1), 1, True, 0, 4, 11, 1),
 ]
 
 

@@ -27,6 +27,24 @@ enum class Family { kF32, kQu8, kQ4, kDepthwiseF32 };
 constexpr size_t kRowsPerTask = 256;  // im2col rows per task: keeps the patch block in L2
 constexpr size_t kMaxSlots = 64;      // most scratch slots a layer uses at once
 
+// Copies n elements; im2col copies are often a few bytes (cin = 1..20), where a libc
+// memcpy call costs more than the copy, so short ones use fixed-size (inlined) moves.
+template <typename T>
+inline void copy_short(T* dst, const T* src, size_t n) {
+  size_t bytes = n * sizeof(T);
+  if (bytes > 64) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  auto* d = reinterpret_cast<unsigned char*>(dst);
+  auto* s = reinterpret_cast<const unsigned char*>(src);
+  for (; bytes >= 16; bytes -= 16, d += 16, s += 16) std::memcpy(d, s, 16);
+  if (bytes >= 8) { std::memcpy(d, s, 8); bytes -= 8; d += 8; s += 8; }
+  if (bytes >= 4) { std::memcpy(d, s, 4); bytes -= 4; d += 4; s += 4; }
+  if (bytes >= 2) { std::memcpy(d, s, 2); bytes -= 2; d += 2; s += 2; }
+  if (bytes) *d = *s;
+}
+
 class ConvLayer : public Layer {
  public:
   ConvGeometry g;
@@ -169,16 +187,31 @@ class ConvLayer : public Layer {
         std::fill(d + kg, d + row_len, T(0));
         continue;
       }
+      // Taps in bounds of one kernel row are adjacent in NHWC when the layer is not grouped
+      // and not dilated: one copy of (valid taps x cin) instead of one per tap.
+      const bool contiguous_taps = g.groups == 1 && g.dw == 1;
+      const int64_t w0 = ow * g.sw - g.pw;
+      const int64_t j_begin = contiguous_taps ? std::min<int64_t>(g.kw, std::max<int64_t>(0, -w0)) : 0;
+      const int64_t j_end = contiguous_taps ? std::max<int64_t>(j_begin, std::min<int64_t>(g.kw, W - w0)) : 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        T* dk = d + i * g.kw * cg;
+        if (ih < 0 || ih >= H) {
+          std::fill(dk, dk + g.kw * cg, pad);
+          continue;
+        }
+        const T* src_row = x + (n * H + ih) * W * C + grp * cg;
+        if (contiguous_taps) {
+          std::fill(dk, dk + j_begin * cg, pad);
+          copy_short(dk + j_begin * cg, src_row + (w0 + j_begin) * C, static_cast<size_t>((j_end - j_begin) * cg));
+          std::fill(dk + j_end * cg, dk + g.kw * cg, pad);
+          continue;
+        }
         for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t iw = ow * g.sw - g.pw + j * g.dw;
-          T* dd = d + (i * g.kw + j) * cg;
-          if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-            std::fill(dd, dd + cg, pad);
-          } else {
-            std::memcpy(dd, x + ((n * H + ih) * W + iw) * C + grp * cg, cg * sizeof(T));
-          }
+          const int64_t iw = w0 + j * g.dw;
+          T* dd = dk + j * cg;
+          if (iw < 0 || iw >= W) std::fill(dd, dd + cg, pad);
+          else copy_short(dd, src_row + iw * C, static_cast<size_t>(cg));
         }
       }
       std::fill(d + kg, d + row_len, T(0));

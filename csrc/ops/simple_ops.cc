@@ -114,18 +114,20 @@ class PoolLayer : public Layer {
           float* yp = y + ((n * OH + oh) * OW + ow) * C;
           const int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
           if (is_max) {
-            std::fill(acc, acc + C, -std::numeric_limits<float>::infinity());
+            // Straight into the output row (no accumulator copy); `m < v ? v : m` is
+            // std::max's NaN behaviour and compiles to packed max instructions.
+            float* __restrict m = yp;
+            std::fill(m, m + C, -std::numeric_limits<float>::infinity());
             for (int64_t i = 0; i < kh; ++i) {
               const int64_t ih = h0 + i * dh;
               if (ih < 0 || ih >= H) continue;
               for (int64_t j = 0; j < kw; ++j) {
                 const int64_t iw = w0 + j * dw;
                 if (iw < 0 || iw >= W) continue;
-                const float* xp = x + ((n * H + ih) * W + iw) * C;
-                for (int64_t c = 0; c < C; ++c) acc[c] = std::max(acc[c], xp[c]);
+                const float* __restrict xp = x + ((n * H + ih) * W + iw) * C;
+                for (int64_t c = 0; c < C; ++c) m[c] = m[c] < xp[c] ? xp[c] : m[c];
               }
             }
-            std::memcpy(yp, acc, C * 4);
           } else {
             std::fill(acc, acc + C, 0.f);
             const int64_t hend_pad = std::min(h0 + kh, H + ph), wend_pad = std::min(w0 + kw, W + pw);
