@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 OURS = "deepsqueeze"
 MODEL_TITLES = {"lenet_300_100": "LeNet-300-100", "lenet5": "LeNet-5",
                 "resnet_cifar": "ResNet-CIFAR (ResNet-20-like)", "mobilenet_v2_cifar": "MobileNetV2-CIFAR"}
-ENC_ORDER = ("f32", "int8", "int4", "csr70", "csr90", "csr95", "dc", "lowrank_int8")
+ENC_ORDER = ("f32", "int8", "int4", "csr70", "csr90", "csr95", "dc", "dc_int8", "lowrank_int8")
 PEERS = ("torch:f32", "torch:int8", "ort:f32", "ort:int8_dynamic", "ort:int8_static")
 # Goals of issue 5 (single thread, vs PyTorch f32 eager in the same run): (batch 1, batch 64)
 GOALS = {"lenet_300_100": (12, 4), "lenet5": (10, 7), "resnet_cifar": (7, 4)}
@@ -62,7 +62,7 @@ def _best_ort_int8(group):
 
 def _best_int8_like(group):
     """Our fastest among the int8 / dc encodings (the goal compares plain int8-class)."""
-    c = [(_med(group.get(f"{OURS}:{e}")), e) for e in ("int8", "dc", "int4", "lowrank_int8")]
+    c = [(_med(group.get(f"{OURS}:{e}")), e) for e in ("int8", "dc", "dc_int8", "int4", "lowrank_int8")]
     c = [x for x in c if x[0]]
     return min(c) if c else (None, None)
 
@@ -79,7 +79,7 @@ def render_models(recs: List[dict], out_dir: Optional[Path] = None) -> str:
                "ORT int8 = the faster of quantize_dynamic and static QDQ.")
     out.append("")
     # ---- goal summary
-    out.append("### Goals (issue 5): best of our int8-class encodings (int8, int4, dc, lowrank_int8) vs PyTorch f32 eager")
+    out.append("### Goals (issue 5): best of our int8-class encodings (int8, int4, dc, dc_int8, lowrank_int8) vs PyTorch f32 eager")
     out.append("")
     out.append("| model | batch | goal | 1 thread | enc | 2 threads | enc | met (1 thread) | best any encoding, 1 thread |")
     out.append("|---|---|---|---|---|---|---|---|---|")
@@ -102,7 +102,7 @@ def render_models(recs: List[dict], out_dir: Optional[Path] = None) -> str:
                        f"{_fr(_ratio(_med(g1.get('torch:f32')), best_any[0]))} ({best_any[1] or '-'}) |")
     out.append("")
     # ---- headline: int8 and Deep Compression per model, batch 1 and 64
-    out.append("### Headline: our int8 and Deep Compression (dc) encodings")
+    out.append("### Headline: our int8 and Deep Compression (dc, dc_int8) encodings")
     out.append("")
     out.append("| model | batch | threads | encoding | vs torch f32 | vs ORT f32 | vs ORT int8 (best) | size vs f32 | "
                "energy vs dense f32 |")
@@ -116,7 +116,7 @@ def render_models(recs: List[dict], out_dir: Optional[Path] = None) -> str:
                 f32_bytes = (g.get("torch:f32") or {}).get("extra_info", {}).get("model_bytes")
                 f32_energy = (g.get(f"{OURS}:f32") or {}).get("extra_info", {}).get("energy_J")
                 oi8, _ = _best_ort_int8(g)
-                for e in ("int8", "dc"):
+                for e in ("int8", "dc", "dc_int8"):
                     r = g.get(f"{OURS}:{e}")
                     me = _med(r)
                     if not me:
@@ -230,7 +230,7 @@ def make_plots(idx, models, out_dir: Path):
                     xs.append(s * 100)
                     ys.append(me * 1e3)
             ax.plot(xs, ys, "o-", color="black", label="deepsqueeze f32 -> CSR")
-            for e, mk in (("int8", "s"), ("int4", "^"), ("dc", "*"), ("lowrank_int8", "D")):
+            for e, mk in (("int8", "s"), ("int4", "^"), ("dc", "*"), ("dc_int8", "P"), ("lowrank_int8", "D")):
                 r = g.get(f"{OURS}:{e}")
                 if _med(r):
                     ax.plot([r["extra_info"].get("sparsity", 0) * 100], [_med(r) * 1e3], mk, ms=9, label=f"deepsqueeze {e}")
@@ -294,7 +294,7 @@ def make_plots(idx, models, out_dir: Path):
         g = idx.get((m, 1, 1), {})
         x0 = 0
         ticks, labels, seen = [], [], set()
-        for e in ("f32", "int8", "dc"):
+        for e in ("f32", "int8", "dc", "dc_int8"):
             r = g.get(f"{OURS}:{e}")
             layers = (r or {}).get("extra_info", {}).get("energy_layers") if r else None
             if not layers:

@@ -165,9 +165,13 @@ class ConvLayer : public Layer {
     const int64_t H = xs.dims[2], W = xs.dims[3], C = g.cin, cg = g.cin / g.groups;
     const int64_t OH = ys.dims[2], OW = ys.dims[3];
     const int64_t kg = g.k_group();
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t m = m0 + r;
-      const int64_t n = m / (OH * OW), rem = m % (OH * OW), oh = rem / OW, ow = rem % OW;
+    // Pixel (n, oh, ow) of row m0, then advanced row by row (no divisions per row).
+    int64_t n = m0 / (OH * OW), oh = m0 % (OH * OW) / OW, ow = m0 % OW;
+    for (int64_t r = 0; r < rows; ++r, ++ow) {
+      if (ow == OW) {
+        ow = 0;
+        if (++oh == OH) oh = 0, ++n;
+      }
       T* d = dst + r * row_len;
       if (channel_major) {  // (cin, kh, kw): the file order, used by int4 groups
         const int64_t taps = g.kh * g.kw;
@@ -277,12 +281,10 @@ class ConvLayer : public Layer {
     // turned into ordinary numbers (NaN -> 0, Inf -> an infinite scale) and give finite,
     // wrong outputs. Instead the whole output is NaN (docs/HARDENING.md). The scan is
     // 1/cout of the GEMM's work.
-    const float* x_end = x + xs.numel();
-    for (const float* p = x; p != x_end; ++p)
-      if (!std::isfinite(*p)) {
-        std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
-        return;
-      }
+    if (!all_finite(x, static_cast<size_t>(xs.numel()))) {
+      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
     gemm_qu8::QuantParams qp = quant;
     if (!static_quant) {
       float mn, mx;

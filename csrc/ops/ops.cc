@@ -80,6 +80,23 @@ std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& 
 
 std::vector<float> decode_to_f32(const format::Tensor& t) { return format::decode_dense(t); }
 
+bool all_finite(const float* x, size_t n) {
+  // Exponent bits all ones = Inf or NaN. Integer compares OR-ed over a block vectorize
+  // (a std::isfinite loop with an early exit does not); the early exit is per block.
+  constexpr size_t kBlock = 1024;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = std::min(n, b + kBlock);
+    uint32_t bad = 0;
+    for (size_t i = b; i < e; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, x + i, 4);
+      bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad) return false;
+  }
+  return true;
+}
+
 void transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols) {
   constexpr size_t kBlock = 32;
   for (size_t rb = 0; rb < rows; rb += kBlock) {

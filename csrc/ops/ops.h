@@ -165,6 +165,8 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& node, const format:
 // Shared helpers.
 int64_t attr_int(const format::Node& n, format::Attr key, size_t i, int64_t dflt);
 float attr_float(const format::Node& n, format::Attr key, size_t i, float dflt);
+// False when any of x[0..n) is Inf or NaN.
+bool all_finite(const float* x, size_t n);
 // dst[c][r] = src[r][c] for r < rows, c < cols (strides in elements), in cache blocks.
 void transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols);
 // Fused activation as a clamp range.
