@@ -82,7 +82,7 @@ void spmm_tile(const PackedWeights& w, const Col* cols, size_t mt, const float* 
         if (blocked) {
           p = cursor[n - c0];
           e = last ? rp[n + 1]
-                   : size_t(std::lower_bound(cols + p, cols + rp[n + 1], Col(k0 + kb)) - cols);
+                   : size_t(std::lower_bound(cols + p, cols + rp[n + 1], Col(w.block_col(k0 + kb))) - cols);
           cursor[n - c0] = static_cast<uint32_t>(e);
         } else {
           p = rp[n];
