@@ -4,6 +4,10 @@
 // values stay u8 codes into the table. Activations are moved into the transposed
 // (k, m) layout per chunk of rows and the results moved back. Dense codebooks (groups 1)
 // run here too: batch 1 on the dense code tiles (gemv_cb_*), batch > 1 on the CSR.
+// Convolution columns keep the file's (cin, kh, kw) order. Stride-1 kxk convs run direct
+// (run_direct): no im2col, the kernels read shifted windows of one padded input plane per
+// image. Other kxk convs (stride > 1, decode="stream") build the patches transposed
+// (im2col_t); both paths sum the same products in the same order (bit-identical).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,6 +21,10 @@
 #include "ops/ops.h"
 #include "ops/sparse_stream.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace dsq::rt {
 namespace {
 
@@ -24,6 +32,40 @@ using format::Attr;
 using format::Op;
 
 constexpr size_t kChunk = 256;  // rows (batch items or pixels) per task
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (strides in
+// floats), as rt::transpose, with 4x4 SSE blocks on x86: the layout moves around the spmm
+// kernels (NHWC <-> channel-major) took 20-40% of a sparse conv net's time with the scalar
+// copy. Pure data movement: results do not depend on it.
+void fast_transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols) {
+  constexpr size_t kBlock = 32;  // cache blocking, as rt::transpose
+  for (size_t rb = 0; rb < rows; rb += kBlock) {
+    const size_t re = std::min(rb + kBlock, rows);
+    for (size_t cb = 0; cb < cols; cb += kBlock) {
+      const size_t ce = std::min(cb + kBlock, cols);
+      size_t r = rb;
+#if defined(__SSE2__)
+      for (; r + 4 <= re; r += 4) {
+        const float* s0 = src + r * src_stride;
+        size_t c = cb;
+        for (; c + 4 <= ce; c += 4) {
+          __m128 a = _mm_loadu_ps(s0 + c), b = _mm_loadu_ps(s0 + src_stride + c),
+                 e = _mm_loadu_ps(s0 + 2 * src_stride + c), f = _mm_loadu_ps(s0 + 3 * src_stride + c);
+          _MM_TRANSPOSE4_PS(a, b, e, f);
+          _mm_storeu_ps(dst + c * dst_stride + r, a);
+          _mm_storeu_ps(dst + (c + 1) * dst_stride + r, b);
+          _mm_storeu_ps(dst + (c + 2) * dst_stride + r, e);
+          _mm_storeu_ps(dst + (c + 3) * dst_stride + r, f);
+        }
+        for (; c < ce; ++c)
+          for (size_t i = 0; i < 4; ++i) dst[c * dst_stride + r + i] = s0[i * src_stride + c];
+      }
+#endif
+      for (; r < re; ++r)
+        for (size_t c = cb; c < ce; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+    }
+  }
+}
 
 // Batch-1 zero-skipping (EIE): a pointwise layer whose input column has at least this
 // fraction of exact zeros runs the CSC scatter kernel (one thread), which skips the zero
@@ -49,6 +91,8 @@ class SparseLayer : public Layer {
   // runs for every batch-1 input (spmv_uk is then the same kernel).
   const spmm_f32::Ukernel* csc_uk = nullptr;
   bool csc_always = false;
+  // Stride-1 kxk conv (decode="load", f32/codebook): run_direct instead of im2col_t.
+  bool direct = false;
   double zero_skip_min_fraction = kZeroSkipMinFraction;
   std::vector<size_t> spmv_ranges;             // row ranges balanced by nonzeros
   uint64_t weight_read_bytes = 0;
@@ -94,9 +138,44 @@ class SparseLayer : public Layer {
   }
 
   size_t slot_bytes() const {
-    // per task: patches (chunk x k) when not pointwise, x_t (k x chunk), y_t (cout x chunk)
+    // per task: x_t (k x chunk; im2col_t writes the patches there), y_t (cout x chunk)
     const size_t kk = static_cast<size_t>(k());
-    return ((pointwise() ? 0 : kChunk * kk) + kk * kChunk + static_cast<size_t>(cout) * kChunk) * 4 + 64;
+    return (kk * kChunk + static_cast<size_t>(cout) * kChunk) * 4 + 64;
+  }
+
+  // The direct path's geometry for one input shape: the padded plane of one image (Hp x Wp
+  // per channel) and its columns on the padded-width output grid.
+  struct DirectShape {
+    size_t Hp, Wp, plane, extent, grid;  // extent = cin * plane; grid = columns m' per image
+    bool cols_u16;                       // every offset < 65536
+  };
+  // The kernels read up to this many floats past the last column they compute (none on
+  // the computed grid; a safety margin for vector tails).
+  static constexpr size_t kPlanePad = 64;
+  DirectShape direct_shape(const Shape& xs, const Shape& ys) const {
+    DirectShape d;
+    d.Hp = static_cast<size_t>(xs.dims[2] + 2 * ph);
+    d.Wp = static_cast<size_t>(xs.dims[3] + 2 * pw);
+    d.plane = d.Hp * d.Wp;
+    d.extent = static_cast<size_t>(cin) * d.plane;
+    // Output (oh, ow) is column oh * Wp + ow; columns past the last output are not computed,
+    // so the widest tap of the last one ends at the plane's last float.
+    d.grid = static_cast<size_t>(ys.dims[2] - 1) * d.Wp + static_cast<size_t>(ys.dims[3]);
+    d.cols_u16 = d.extent <= 65536;
+    return d;
+  }
+  static size_t a64(size_t b) { return (b + 63) / 64 * 64; }
+  // Offsets are u32: a plane of 2^32 floats or more (16 GiB per image) takes im2col_t.
+  bool use_direct(const Shape& xs, const Shape& ys) const {
+    return direct && direct_shape(xs, ys).extent + kPlanePad < (uint64_t(1) << 32);
+  }
+  // Shared: offsets of the k logical columns (u32) + the remapped columns; per slot: one
+  // padded plane + y_t (cout x chunk).
+  size_t direct_shared_bytes(const DirectShape& d) const {
+    return a64(static_cast<size_t>(k()) * 4) + a64(w.nnz * (d.cols_u16 ? 2 : 4));
+  }
+  size_t direct_slot_bytes(const DirectShape& d) const {
+    return a64((d.extent + kPlanePad) * 4) + a64(static_cast<size_t>(cout) * kChunk * 4);
   }
 
   size_t q8_slot_bytes() const {
@@ -108,15 +187,19 @@ class SparseLayer : public Layer {
            a64(static_cast<size_t>(cout) * kChunk * 4);
   }
 
-  size_t scratch_bytes(const std::vector<Shape>&, const std::vector<Shape>& out, size_t threads) const override {
+  size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out, size_t threads) const override {
     const size_t slots = std::min<size_t>(threads, 64);
     if (int8) return q8_slot_bytes() * slots;
     if (stream) {
-      // Per thread one decoded tile; batch > 1 also one shared patches / x_t / y_t slab.
+      // Per thread one decoded tile; batch > 1 also one shared x_t / y_t slab.
       const size_t tiles = stream->tile_scratch_bytes() * slots;
       return rows_of(out[0]) == 1 && pointwise() ? tiles : tiles + slot_bytes();
     }
     if (rows_of(out[0]) == 1 && pointwise()) return 0;  // the batch-1 path needs no scratch
+    if (use_direct(in[0], out[0])) {
+      const DirectShape d = direct_shape(in[0], out[0]);
+      return direct_shared_bytes(d) + direct_slot_bytes(d) * slots;
+    }
     return slot_bytes() * slots;
   }
 
@@ -148,7 +231,7 @@ class SparseLayer : public Layer {
              (static_quant ? " (static act quant)" : " (dynamic act quant)");
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
     if (stream) k = "stream-decode " + std::to_string(stream->tiles()) + " tiles: " + k;
-    if (!pointwise()) k += " + im2col";
+    if (!pointwise()) k += direct ? " + direct conv" : " + im2col";
     if (csc_uk && !csc_always)
       k += std::string(" | zero-skip ") + csc_uk->name + " at >= " +
            std::to_string(static_cast<int>(zero_skip_min_fraction * 100 + 0.5)) + "% zeros";
@@ -192,25 +275,23 @@ class SparseLayer : public Layer {
       }
       return;
     }
+    if (use_direct(in_shapes[0], out_shapes[0])) {
+      run_direct(x, in_shapes[0], out_shapes[0], y, env);
+      return;
+    }
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
     const size_t slots = std::min<size_t>({chunks, env.pool->threads(), 64});
     auto do_chunk = [&](size_t chunk, size_t slot) {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
       const int64_t rows = std::min<int64_t>(kChunk, M - m0);
-      float* base = reinterpret_cast<float*>(env.scratch + slot * slot_bytes());
-      float* patches = base;
-      float* x_t = base + (pointwise() ? 0 : kChunk * kk);
+      float* x_t = reinterpret_cast<float*>(env.scratch + slot * slot_bytes());
       float* y_t = x_t + kk * kChunk;
-      const float* a = x + m0 * cin;
-      size_t a_stride = static_cast<size_t>(cin);
-      if (!pointwise()) {
-        im2col(x, in_shapes[0], out_shapes[0], m0, rows, patches);
-        a = patches;
-        a_stride = kk;
-      }
-      transpose(a, a_stride, x_t, kChunk, static_cast<size_t>(rows), kk);
+      if (pointwise())
+        fast_transpose(x + m0 * cin, static_cast<size_t>(cin), x_t, kChunk, static_cast<size_t>(rows), kk);
+      else
+        im2col_t(x, in_shapes[0], out_shapes[0], m0, rows, x_t, kChunk);
       spmm_f32::run(*spmm_uk, w, static_cast<size_t>(rows), x_t, kChunk * 4, y_t, kChunk * 4, 0, w.n, lo, hi);
-      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout),
+      fast_transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout),
                 static_cast<size_t>(rows));
     };
     if (slots <= 1) {
@@ -266,7 +347,7 @@ class SparseLayer : public Layer {
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
       const float* y_t = reinterpret_cast<const float*>(base + a64(pointwise() ? 0 : kChunk * kk * 4) +
                                                         a64(kChunk * kp) + a64(kk * kChunk));
-      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+      fast_transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
     };
     if (threads > 1 && chunks < threads) {
       // Fewer chunks than threads (e.g. batch 64): each chunk's output rows are split
@@ -346,27 +427,21 @@ class SparseLayer : public Layer {
         spmm_f32::run(*spmv_uk, tw, 1, x, 4, y + sw.tile_row_begin(t), 4, 0, tw.n, lo, hi);
       });
     } else {
-      float* base = reinterpret_cast<float*>(env.scratch + slots_for_scratch(env) * tb);
-      float* patches = base;
-      float* x_t = base + (pointwise() ? 0 : kChunk * kk);
+      float* x_t = reinterpret_cast<float*>(env.scratch + slots_for_scratch(env) * tb);
       float* y_t = x_t + kk * kChunk;
       for (int64_t m0 = 0; m0 < M; m0 += static_cast<int64_t>(kChunk)) {
         const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
-        const float* a = x + m0 * cin;
-        size_t a_stride = static_cast<size_t>(cin);
-        if (!pointwise()) {
-          im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
-          a = patches;
-          a_stride = kk;
-        }
-        transpose(a, a_stride, x_t, kChunk, rows, kk);
+        if (pointwise())
+          fast_transpose(x + m0 * cin, static_cast<size_t>(cin), x_t, kChunk, rows, kk);
+        else
+          im2col_t(x, xs, ys, m0, static_cast<int64_t>(rows), x_t, kChunk);
         for_tiles([&](size_t s, size_t t) {
           spmm_f32::PackedWeights tw;
           symbols[s] += sw.decode_tile(t, env.scratch + s * tb, tw, StreamWeights::Needs{});
           spmm_f32::run(*spmm_uk, tw, rows, x_t, kChunk * 4, y_t + sw.tile_row_begin(t) * kChunk, kChunk * 4, 0,
                         tw.n, lo, hi);
         });
-        transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+        fast_transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
       }
     }
     if (env.huffman_symbols)
@@ -375,7 +450,156 @@ class SparseLayer : public Layer {
   // The tile slots scratch_bytes() reserved before the shared slab.
   static size_t slots_for_scratch(const RunEnv& env) { return std::min<size_t>(env.pool->threads(), 64); }
 
-  // Patch rows in (kh, kw, cin) order; the packed columns were remapped to match.
+  // Direct stride-1 conv. Per image the input is copied once into a zero-padded channel-
+  // major plane xp[c][Hp][Wp]; output (oh, ow) is computed as column m' = oh * Wp + ow of a
+  // padded-width grid, where tap (c, i, j) reads xp[c * Hp * Wp + i * dh * Wp + j * dw + m']:
+  // a constant shift of m'. So the spmm kernels run unchanged with x_stride = one float and
+  // each column index replaced by its shift (in the same CSR order as im2col_t's rows: the
+  // same sums, bit for bit). The remap depends on H and W, so it is built for each run in
+  // the run's scratch (O(k + nnz), tiny next to the MACs; no shared state between runs on
+  // several threads). Columns ow >= OW of the grid are computed and dropped.
+  void run_direct(const float* x, const Shape& xs, const Shape& ys, float* y, const RunEnv& env) const {
+    const DirectShape d = direct_shape(xs, ys);
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
+    const size_t kk = static_cast<size_t>(k()), taps = static_cast<size_t>(kh * kw);
+    uint32_t* offsets = reinterpret_cast<uint32_t*>(env.scratch);
+    uint8_t* cols = env.scratch + a64(kk * 4);
+    uint8_t* slot0 = env.scratch + direct_shared_bytes(d);
+    for (size_t c = 0; c < kk; ++c) {
+      const size_t ch = c / taps, t = c % taps, i = t / static_cast<size_t>(kw), j = t % static_cast<size_t>(kw);
+      offsets[c] = static_cast<uint32_t>(ch * d.plane + i * static_cast<size_t>(dh) * d.Wp + j * static_cast<size_t>(dw));
+    }
+    for (size_t p = 0; p < w.nnz; ++p) {
+      const uint32_t off = offsets[w.cols_u16 ? w.col16()[p] : w.col32()[p]];
+      if (d.cols_u16) reinterpret_cast<uint16_t*>(cols)[p] = static_cast<uint16_t>(off);
+      else reinterpret_cast<uint32_t*>(cols)[p] = off;
+    }
+    // The packed weights with the remapped columns (views: nothing is copied).
+    spmm_f32::PackedWeights dwts;
+    dwts.n = w.n;
+    dwts.k = w.k;
+    dwts.nnz = w.nnz;
+    dwts.row_ptr = AlignedBuffer::view(w.row_ptr.data(), w.row_ptr.size());
+    dwts.cols = AlignedBuffer::view(cols, w.nnz * (d.cols_u16 ? 2 : 4));
+    dwts.cols_u16 = d.cols_u16;
+    dwts.codebook = w.codebook;
+    dwts.values = AlignedBuffer::view(w.values.data(), w.values.size());
+    dwts.codes = AlignedBuffer::view(w.codes.data(), w.codes.size());
+    dwts.table = AlignedBuffer::view(w.table.data(), w.table.size());
+    dwts.table_entries = w.table_entries;
+    dwts.table_stride = w.table_stride;
+    dwts.table_per_row = w.table_per_row;
+    dwts.bias = AlignedBuffer::view(w.bias.data(), w.bias.size());
+    dwts.direct_offsets = offsets;
+
+    const size_t slot_b = direct_slot_bytes(d);
+    auto plane_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b); };
+    auto y_t_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b + a64((d.extent + kPlanePad) * 4)); };
+    const size_t c_in = static_cast<size_t>(cin), c_out = static_cast<size_t>(cout);
+    // Image n (NHWC) into the padded plane: zero borders, one transpose per input row.
+    auto build_plane = [&](int64_t n, float* xp) {
+      const size_t h = static_cast<size_t>(H), wd = static_cast<size_t>(W), p_h = static_cast<size_t>(ph),
+                   p_w = static_cast<size_t>(pw);
+      for (size_t c = 0; c < c_in; ++c) {
+        float* pc = xp + c * d.plane;
+        std::fill(pc, pc + p_h * d.Wp, 0.f);
+        std::fill(pc + (p_h + h) * d.Wp, pc + d.plane, 0.f);
+        if (p_w)
+          for (size_t r = p_h; r < p_h + h; ++r) {
+            std::fill(pc + r * d.Wp, pc + r * d.Wp + p_w, 0.f);
+            std::fill(pc + r * d.Wp + p_w + wd, pc + (r + 1) * d.Wp, 0.f);
+          }
+      }
+      std::fill(xp + d.extent, xp + d.extent + kPlanePad, 0.f);
+      const float* src = x + static_cast<size_t>(n) * h * wd * c_in;
+      for (size_t r = 0; r < h; ++r)
+        fast_transpose(src + r * wd * c_in, c_in, xp + (r + p_h) * d.Wp + p_w, d.plane, wd, c_in);
+    };
+    // Grid columns [g0, g1) of image n: spmm into y_t, then the kept columns to NHWC.
+    auto run_cols = [&](int64_t n, const float* xp, size_t g0, size_t g1, float* y_t) {
+      spmm_f32::run(*spmm_uk, dwts, g1 - g0, xp + g0, 4, y_t, kChunk * 4, 0, w.n, lo, hi);
+      float* yn = y + static_cast<size_t>(n) * static_cast<size_t>(OH * OW) * c_out;
+      for (size_t g = g0; g < g1;) {
+        const size_t oh = g / d.Wp, ow = g % d.Wp;
+        const size_t run_end = std::min(g1, oh * d.Wp + static_cast<size_t>(OW));
+        if (ow < static_cast<size_t>(OW))
+          fast_transpose(y_t + (g - g0), kChunk, yn + (oh * static_cast<size_t>(OW) + ow) * c_out, c_out, c_out,
+                    run_end - g);
+        g = (oh + 1) * d.Wp;  // skip the padding columns ow >= OW
+      }
+    };
+    const size_t chunks = (d.grid + kChunk - 1) / kChunk;
+    const size_t slots = std::min<size_t>(env.pool->threads(), 64);
+    auto whole_image = [&](int64_t n, size_t slot) {
+      float* xp = plane_of(slot);
+      build_plane(n, xp);
+      for (size_t c = 0; c < chunks; ++c)
+        run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(slot));
+    };
+    if (slots <= 1) {
+      for (int64_t n = 0; n < N; ++n) whole_image(n, 0);
+    } else if (static_cast<size_t>(N) >= slots || chunks <= 1) {
+      // Images dealt round-robin, each slot with its own plane.
+      const size_t used = std::min<size_t>(slots, static_cast<size_t>(N));
+      env.pool->parallel_for(used, [&](size_t s) {
+        for (size_t n = s; n < static_cast<size_t>(N); n += used) whole_image(static_cast<int64_t>(n), s);
+      });
+    } else {
+      // Fewer images than threads (batch 1): one shared plane per image, its chunks split.
+      const size_t used = std::min(slots, chunks);
+      for (int64_t n = 0; n < N; ++n) {
+        float* xp = plane_of(0);
+        build_plane(n, xp);
+        env.pool->parallel_for(used, [&](size_t s) {
+          for (size_t c = s; c < chunks; c += used)
+            run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(s));
+        });
+      }
+    }
+  }
+
+  // The patches of output rows [m0, m0 + rows), written transposed straight into x_t: row
+  // c * kh * kw + i * kw + j (the file's column order), column r = output row m0 + r, ld
+  // floats between rows. Per tap, each run of output pixels on one output row is one
+  // (pixels x cin) -> (cin x pixels) transpose; taps outside the image are zeros.
+  void im2col_t(const float* x, const Shape& xs, const Shape& ys, int64_t m0, int64_t rows, float* x_t,
+                size_t ld) const {
+    const int64_t H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
+    const size_t cstride = static_cast<size_t>(kh * kw) * ld;  // between channels of one tap
+    const size_t c_in = static_cast<size_t>(cin);
+    for (int64_t r = 0; r < rows;) {
+      const int64_t m = m0 + r, n = m / (OH * OW), rem = m % (OH * OW), oh = rem / OW, ow0 = rem % OW;
+      const int64_t len = std::min(rows - r, OW - ow0);
+      for (int64_t i = 0; i < kh; ++i) {
+        const int64_t ih = oh * sh - ph + i * dh;
+        for (int64_t j = 0; j < kw; ++j) {
+          float* d = x_t + static_cast<size_t>(i * kw + j) * ld + static_cast<size_t>(r);
+          // Output ow reads input column iw = ow * sw + shift; [a, b) = the run's pixels
+          // (relative to ow0) with 0 <= iw < W.
+          const int64_t shift = j * dw - pw;
+          int64_t a = 0, b = 0;
+          if (ih >= 0 && ih < H) {
+            const int64_t first = shift >= 0 ? 0 : (-shift + sw - 1) / sw;   // first ow with iw >= 0
+            const int64_t last = W - 1 - shift < 0 ? -1 : (W - 1 - shift) / sw;  // last ow with iw < W
+            a = std::min(std::max<int64_t>(first - ow0, 0), len);
+            b = std::min(std::max<int64_t>(last + 1 - ow0, a), len);
+          }
+          if (b > a)
+            fast_transpose(x + ((n * H + ih) * W + (ow0 + a) * sw + shift) * cin, static_cast<size_t>(sw) * c_in,
+                      d + a, cstride, static_cast<size_t>(b - a), c_in);
+          if (a > 0 || b < len)
+            for (size_t c = 0; c < c_in; ++c) {
+              std::fill(d + c * cstride, d + c * cstride + a, 0.f);
+              std::fill(d + c * cstride + b, d + c * cstride + len, 0.f);
+            }
+        }
+      }
+      r += len;
+    }
+  }
+
+  // Patch rows in (kh, kw, cin) order (the sparse int8 path; make_int8 remaps its columns
+  // to match).
   void im2col(const float* x, const Shape& xs, const Shape& ys, int64_t m0, int64_t rows, float* dst) const {
     const int64_t H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
     for (int64_t r = 0; r < rows; ++r) {
@@ -516,20 +740,16 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   if (options.decode == Decode::kStream) {
     // Kernel choice below looks at the flags of `sel`: the tiles will get the layouts
     // pack() would have built for the whole matrix.
-    layer->stream = std::make_unique<StreamWeights>(wt, kxk ? static_cast<uint32_t>(layer->kh * layer->kw) : 1,
-                                                    static_cast<uint32_t>(layer->cin), bias.data(),
+    // Columns stay in the file's (cin, kh, kw) order (taps = 1: no remap), as im2col_t builds them.
+    layer->stream = std::make_unique<StreamWeights>(wt, 1, static_cast<uint32_t>(layer->cin), bias.data(),
                                                     StreamWeights::Needs{}, min_tiles);
     spmm_f32::PackedWeights& p = layer->stream->proto();
     p.has_tiles = codebook && !dense_cb && !p.table_per_row && p.table_entries <= 32 && p.k < (size_t(1) << 21);
     p.has_dense = dense_cb;
     layer->stream_decoded = true;
   } else {
+    // Columns in the file's (cin, kh, kw) order: im2col_t's rows, run_direct's remap.
     format::SparseRows s = format::decode_sparse(wt);
-    if (kxk) {
-      // File columns run (cin, kh, kw); the patches run (kh, kw, cin).
-      const uint32_t taps = static_cast<uint32_t>(layer->kh * layer->kw), c_in = static_cast<uint32_t>(layer->cin);
-      for (auto& c : s.col) c = (c % taps) * c_in + c / taps;
-    }
     layer->w = spmm_f32::pack(s.rows, s.cols, s.row_ptr.data(), s.col.data(), codebook ? nullptr : s.values.data(),
                               codebook ? s.codes.data() : nullptr, codebook ? s.table.data() : nullptr,
                               codebook ? s.table_entries : 0, s.per_row, bias.data(), !dense_cb);
@@ -542,7 +762,11 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   };
   layer->spmv_uk = &spmm_f32::best_ukernel_for(sel, 1);
   layer->spmm_uk = &spmm_f32::best_ukernel_for(sel, 2);
-  const std::string& force = options.force_kernel;
+  // force_kernel "im2col" (tests, benchmarks): stride-1 kxk convs keep the im2col path;
+  // no kernel is forced.
+  const bool force_im2col = options.force_kernel == "im2col";
+  const std::string force = force_im2col ? std::string() : options.force_kernel;
+  layer->direct = !layer->pointwise() && !layer->stream && layer->sh == 1 && layer->sw == 1 && !force_im2col;
   if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0 || force.rfind("gemv_cb", 0) == 0)) {
     const spmm_f32::Ukernel* uk = spmm_f32::find_ukernel(force.c_str());
     if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");

@@ -66,6 +66,13 @@ struct PackedWeights {
   bool has_dense = false;
   size_t dense_windows = 0;   // ceil(k / 32)
   AlignedBuffer dense_codes;
+  // Direct convolution (ops/sparse.cc, stride-1 convs without im2col): the columns are
+  // element offsets (in x_stride units) into one zero-padded input plane instead of indices
+  // < k, and direct_offsets[c] (c < k) is the offset of logical column c, non-decreasing.
+  // The AVX-512 kernels split long rows into blocks of logical columns for L2; they find
+  // the block ends through it, so a row is split at the same nonzeros (same sums, same
+  // rounding) as with the logical columns. Null: the columns are the logical indices.
+  const uint32_t* direct_offsets = nullptr;
 
   const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
   const uint16_t* col16() const { return cols.as<uint16_t>(); }
@@ -76,6 +83,8 @@ struct PackedWeights {
   const float* bias_ptr() const { return bias.as<float>(); }
   const uint32_t* cp() const { return csc_col_ptr.as<uint32_t>(); }
   size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
+  // The column value where logical column c (< k) starts.
+  size_t block_col(size_t c) const { return direct_offsets ? direct_offsets[c] : c; }
   // Bytes a batch-1 call reads for the weights with the CSR layout / the row tiles.
   size_t csr_bytes() const;
   size_t tile_bytes() const;

@@ -44,9 +44,11 @@ inline __mmask16 lane_mask(size_t valid) {
 constexpr size_t kSlabBytes = 256 * 1024;
 constexpr size_t kRowChunk = 64;
 
+// kb: the column block of the kernel (from its full tile width), passed in so that a
+// narrower tail tile splits rows exactly where the full tiles do.
 template <int NV, bool kMasked, typename Values, typename Col>
 void spmm_tile(const PackedWeights& w, const Col* cols, size_t mt, const float* x, size_t xs,
-               float* y, size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
+               float* y, size_t ys, size_t n_begin, size_t n_end, float lo, float hi, size_t kb) {
   const uint32_t* rp = w.rp();
   const float* bias = w.bias_ptr();
   __mmask16 mask[NV];
@@ -59,7 +61,6 @@ void spmm_tile(const PackedWeights& w, const Col* cols, size_t mt, const float* 
     return kMasked ? _mm512_maskz_loadu_ps(mask[v], p + 16 * v) : _mm512_loadu_ps(p + 16 * v);
   };
   const size_t k = w.k;
-  const size_t kb = std::max<size_t>(64, kSlabBytes / (NV * 64));
   const bool blocked = k > kb;
   const size_t chunk = blocked ? kRowChunk : n_end - n_begin;
   uint32_t cursor[kRowChunk];
@@ -82,7 +83,7 @@ void spmm_tile(const PackedWeights& w, const Col* cols, size_t mt, const float* 
         if (blocked) {
           p = cursor[n - c0];
           e = last ? rp[n + 1]
-                   : size_t(std::lower_bound(cols + p, cols + rp[n + 1], Col(k0 + kb)) - cols);
+                   : size_t(std::lower_bound(cols + p, cols + rp[n + 1], Col(w.block_col(k0 + kb))) - cols);
           cursor[n - c0] = static_cast<uint32_t>(e);
         } else {
           p = rp[n];
@@ -122,11 +123,22 @@ template <int NV, typename Values, typename Col>
 void spmm_all(const PackedWeights& w, const Col* cols, size_t m, const float* x, size_t xs,
               float* y, size_t ys, size_t n_begin, size_t n_end, float lo, float hi) {
   constexpr size_t kMr = 16 * NV;
+  const size_t kb = std::max<size_t>(64, kSlabBytes / (NV * 64));
   size_t m0 = 0;
   for (; m0 + kMr <= m; m0 += kMr)
-    spmm_tile<NV, false, Values>(w, cols, kMr, x + m0, xs, y + m0, ys, n_begin, n_end, lo, hi);
-  if (m0 < m)
-    spmm_tile<NV, true, Values>(w, cols, m - m0, x + m0, xs, y + m0, ys, n_begin, n_end, lo, hi);
+    spmm_tile<NV, false, Values>(w, cols, kMr, x + m0, xs, y + m0, ys, n_begin, n_end, lo, hi, kb);
+  // The remainder on the narrowest tile that holds it: its lanes do the same arithmetic as
+  // in the full tile (lanes are independent, same column blocks), with fewer idle vectors
+  // (a 14-column tail of a 64-wide tile was 4 masked FMAs per nonzero, now 1; the direct
+  // conv path ends every image with such a tail).
+  const size_t rest = m - m0;
+  if (rest == 0) return;
+  if (NV > 1 && rest <= 16)
+    spmm_tile<1, true, Values>(w, cols, rest, x + m0, xs, y + m0, ys, n_begin, n_end, lo, hi, kb);
+  else if (NV > 2 && rest <= 32)
+    spmm_tile<2, true, Values>(w, cols, rest, x + m0, xs, y + m0, ys, n_begin, n_end, lo, hi, kb);
+  else
+    spmm_tile<NV, true, Values>(w, cols, rest, x + m0, xs, y + m0, ys, n_begin, n_end, lo, hi, kb);
 }
 
 template <int NV, typename Values>
