@@ -21,10 +21,6 @@
 #include "ops/ops.h"
 #include "ops/sparse_stream.h"
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 namespace dsq::rt {
 namespace {
 
@@ -32,40 +28,6 @@ using format::Attr;
 using format::Op;
 
 constexpr size_t kChunk = 256;  // rows (batch items or pixels) per task
-
-// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (strides in
-// floats), as rt::transpose, with 4x4 SSE blocks on x86: the layout moves around the spmm
-// kernels (NHWC <-> channel-major) took 20-40% of a sparse conv net's time with the scalar
-// copy. Pure data movement: results do not depend on it.
-void fast_transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols) {
-  constexpr size_t kBlock = 32;  // cache blocking, as rt::transpose
-  for (size_t rb = 0; rb < rows; rb += kBlock) {
-    const size_t re = std::min(rb + kBlock, rows);
-    for (size_t cb = 0; cb < cols; cb += kBlock) {
-      const size_t ce = std::min(cb + kBlock, cols);
-      size_t r = rb;
-#if defined(__SSE2__)
-      for (; r + 4 <= re; r += 4) {
-        const float* s0 = src + r * src_stride;
-        size_t c = cb;
-        for (; c + 4 <= ce; c += 4) {
-          __m128 a = _mm_loadu_ps(s0 + c), b = _mm_loadu_ps(s0 + src_stride + c),
-                 e = _mm_loadu_ps(s0 + 2 * src_stride + c), f = _mm_loadu_ps(s0 + 3 * src_stride + c);
-          _MM_TRANSPOSE4_PS(a, b, e, f);
-          _mm_storeu_ps(dst + c * dst_stride + r, a);
-          _mm_storeu_ps(dst + (c + 1) * dst_stride + r, b);
-          _mm_storeu_ps(dst + (c + 2) * dst_stride + r, e);
-          _mm_storeu_ps(dst + (c + 3) * dst_stride + r, f);
-        }
-        for (; c < ce; ++c)
-          for (size_t i = 0; i < 4; ++i) dst[c * dst_stride + r + i] = s0[i * src_stride + c];
-      }
-#endif
-      for (; r < re; ++r)
-        for (size_t c = cb; c < ce; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
-    }
-  }
-}
 
 // Batch-1 zero-skipping (EIE): a pointwise layer whose input column has at least this
 // fraction of exact zeros runs the CSC scatter kernel (one thread), which skips the zero
@@ -287,11 +249,11 @@ class SparseLayer : public Layer {
       float* x_t = reinterpret_cast<float*>(env.scratch + slot * slot_bytes());
       float* y_t = x_t + kk * kChunk;
       if (pointwise())
-        fast_transpose(x + m0 * cin, static_cast<size_t>(cin), x_t, kChunk, static_cast<size_t>(rows), kk);
+        transpose(x + m0 * cin, static_cast<size_t>(cin), x_t, kChunk, static_cast<size_t>(rows), kk);
       else
         im2col_t(x, in_shapes[0], out_shapes[0], m0, rows, x_t, kChunk);
       spmm_f32::run(*spmm_uk, w, static_cast<size_t>(rows), x_t, kChunk * 4, y_t, kChunk * 4, 0, w.n, lo, hi);
-      fast_transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout),
+      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout),
                 static_cast<size_t>(rows));
     };
     if (slots <= 1) {
@@ -347,7 +309,7 @@ class SparseLayer : public Layer {
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
       const float* y_t = reinterpret_cast<const float*>(base + a64(pointwise() ? 0 : kChunk * kk * 4) +
                                                         a64(kChunk * kp) + a64(kk * kChunk));
-      fast_transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+      transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
     };
     if (threads > 1 && chunks < threads) {
       // Fewer chunks than threads (e.g. batch 64): each chunk's output rows are split
@@ -432,7 +394,7 @@ class SparseLayer : public Layer {
       for (int64_t m0 = 0; m0 < M; m0 += static_cast<int64_t>(kChunk)) {
         const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
         if (pointwise())
-          fast_transpose(x + m0 * cin, static_cast<size_t>(cin), x_t, kChunk, rows, kk);
+          transpose(x + m0 * cin, static_cast<size_t>(cin), x_t, kChunk, rows, kk);
         else
           im2col_t(x, xs, ys, m0, static_cast<int64_t>(rows), x_t, kChunk);
         for_tiles([&](size_t s, size_t t) {
@@ -441,7 +403,7 @@ class SparseLayer : public Layer {
           spmm_f32::run(*spmm_uk, tw, rows, x_t, kChunk * 4, y_t + sw.tile_row_begin(t) * kChunk, kChunk * 4, 0,
                         tw.n, lo, hi);
         });
-        fast_transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
+        transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
       }
     }
     if (env.huffman_symbols)
@@ -513,7 +475,7 @@ class SparseLayer : public Layer {
       std::fill(xp + d.extent, xp + d.extent + kPlanePad, 0.f);
       const float* src = x + static_cast<size_t>(n) * h * wd * c_in;
       for (size_t r = 0; r < h; ++r)
-        fast_transpose(src + r * wd * c_in, c_in, xp + (r + p_h) * d.Wp + p_w, d.plane, wd, c_in);
+        transpose(src + r * wd * c_in, c_in, xp + (r + p_h) * d.Wp + p_w, d.plane, wd, c_in);
     };
     // Grid columns [g0, g1) of image n: spmm into y_t, then the kept columns to NHWC.
     auto run_cols = [&](int64_t n, const float* xp, size_t g0, size_t g1, float* y_t) {
@@ -523,7 +485,7 @@ class SparseLayer : public Layer {
         const size_t oh = g / d.Wp, ow = g % d.Wp;
         const size_t run_end = std::min(g1, oh * d.Wp + static_cast<size_t>(OW));
         if (ow < static_cast<size_t>(OW))
-          fast_transpose(y_t + (g - g0), kChunk, yn + (oh * static_cast<size_t>(OW) + ow) * c_out, c_out, c_out,
+          transpose(y_t + (g - g0), kChunk, yn + (oh * static_cast<size_t>(OW) + ow) * c_out, c_out, c_out,
                     run_end - g);
         g = (oh + 1) * d.Wp;  // skip the padding columns ow >= OW
       }
@@ -585,7 +547,7 @@ class SparseLayer : public Layer {
             b = std::min(std::max<int64_t>(last + 1 - ow0, a), len);
           }
           if (b > a)
-            fast_transpose(x + ((n * H + ih) * W + (ow0 + a) * sw + shift) * cin, static_cast<size_t>(sw) * c_in,
+            transpose(x + ((n * H + ih) * W + (ow0 + a) * sw + shift) * cin, static_cast<size_t>(sw) * c_in,
                       d + a, cstride, static_cast<size_t>(b - a), c_in);
           if (a > 0 || b < len)
             for (size_t c = 0; c < c_in; ++c) {
