@@ -233,7 +233,8 @@ int main() {
       threw_m = true;
     }
     DSQ_CHECK(threw_tiles && threw_m, "run() rejects an spmv kernel without tiles / with m = 2");
-    const bool vbmi = isa_supported(Isa::kAvx512Vbmi);
+    bool vbmi = false;  // a VBMI tile kernel is built (not DSQ_PORTABLE) and this CPU runs it
+    for (const auto& uk : spmm_qu8::all_ukernels()) vbmi |= uk.spmv && uk.isa == Isa::kAvx512Vbmi && isa_supported(uk.isa);
     const spmm_qu8::Ukernel& best = spmm_qu8::best_spmv_ukernel(w);
     DSQ_CHECK(vbmi ? best.isa == Isa::kAvx512Vbmi : &best == &scalar_ref(), "best_spmv_ukernel: %s", best.name);
     std::printf("best spmv ukernel: %s\n", best.name);
