@@ -29,7 +29,8 @@ import deepsqueeze  # noqa: E402
 from test_stream_decode import FC, model_file, torch_module  # noqa: E402
 
 RESULTS_MD = BENCH_DIR / "results" / "sparse_int8.md"
-QU8 = [k["name"] for k in deepsqueeze.kernels() if k["family"] == "spmm_qu8" and k["supported"]]
+QU8 = [k["name"] for k in deepsqueeze.kernels()
+       if k["family"] == "spmm_qu8" and k["supported"] and not k["name"].startswith("spmv_")]  # batch-1 only
 IMPLS = ["torch_f32_dense", "ours_sparse_f32"] + [f"ours_{k}" for k in QU8]
 RECORDS = {}
 

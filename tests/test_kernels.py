@@ -57,7 +57,8 @@ def test_kernel_list_is_sane():
     for k in KERNELS:
         assert k["mr"] >= 1 and k["nr"] >= 1
         # the sparse family's kernels say their variant: spmm_*, spmm_cb_*, spmv_*, gemv_cb_*
-        prefixes = ("spmm_", "spmv_", "gemv_cb_") if k["family"] == "spmm_f32" else (k["family"],)
+        prefixes = {"spmm_f32": ("spmm_", "spmv_", "gemv_cb_"), "spmm_qu8": ("spmm_qu8", "spmv_qu8")}.get(
+            k["family"], (k["family"],))
         assert k["name"].startswith(prefixes)
         assert isinstance(k["supported"], bool)
 

@@ -25,8 +25,9 @@ VNNI = "spmm_qu8_64__avx512vnni"
 
 
 def variants():
-    """Every spmm_qu8 kernel this CPU runs (the scalar reference always)."""
-    return [n for n, k in KERNELS.items() if k["supported"]]
+    """Every spmm_qu8 kernel this CPU runs (the scalar reference always); not the batch-1
+    spmv_qu8 row-tile kernels, which the op layer picks for m == 1 itself."""
+    return [n for n, k in KERNELS.items() if k["supported"] and not n.startswith("spmv_")]
 
 
 def outputs(data, x, kernel, threads=(1, 2, 3)):

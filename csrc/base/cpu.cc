@@ -48,6 +48,7 @@ CpuFeatures detect() {
     f.avx512bw = ebx & (1u << 30);
     f.avx512vl = ebx & (1u << 31);
     f.avx512vnni = ecx & (1u << 11);
+    f.avx512vbmi = ecx & (1u << 1);
   }
 #elif defined(__aarch64__)
   f.neon = true;
@@ -68,6 +69,7 @@ int max_isa_from_env() {
   if (!std::strcmp(v, "avx2")) return static_cast<int>(Isa::kAvx2);
   if (!std::strcmp(v, "avx512")) return static_cast<int>(Isa::kAvx512);
   if (!std::strcmp(v, "avx512vnni")) return static_cast<int>(Isa::kAvx512Vnni);
+  if (!std::strcmp(v, "avx512vbmi")) return static_cast<int>(Isa::kAvx512Vbmi);
   if (!std::strcmp(v, "neon")) return static_cast<int>(Isa::kNeon);
   if (!std::strcmp(v, "neondot")) return static_cast<int>(Isa::kNeonDot);
   return 1000;
@@ -93,6 +95,9 @@ bool isa_supported(Isa isa) {
     case Isa::kAvx512: return f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl;
     case Isa::kAvx512Vnni:
       return f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni;
+    case Isa::kAvx512Vbmi:
+      return f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni &&
+             f.avx512vbmi;
     case Isa::kNeon: return f.neon;
     case Isa::kNeonDot: return f.neon && f.neon_dot;
     default: return false;
@@ -105,6 +110,7 @@ const char* isa_name(Isa isa) {
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx512Vnni: return "avx512vnni";
+    case Isa::kAvx512Vbmi: return "avx512vbmi";
     case Isa::kNeon: return "neon";
     case Isa::kNeonDot: return "neondot";
   }

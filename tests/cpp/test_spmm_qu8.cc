@@ -4,6 +4,14 @@
 // 1..9 entries (the VNNI kernel's 1-3 leftover entries), a dense row, m from 1 to 130 (m
 // remainders of the 64-lane tile), u32 columns (k > 65536), extreme values (u8 0/255,
 // int8 -128/127), clamping.
+// The batch-1 row-tile kernels (spmv_qu8_16x64__*) against the scalar CSR reference at
+// m = 1 over a grid of n, k (window tails), densities (empty rows, > 4 nonzeros of a row in
+// one window, whole rows inside one window), zero points 0/255, relu and a finite clamp,
+// strided x and y, row ranges cutting 16-row groups. DSQ_BENCH_QTILE=1 also times them.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -52,7 +60,7 @@ Case make_case(size_t n, size_t k, double density, bool extremes) {
 
 void check_case(const Case& c, size_t m, bool extremes, const char* what) {
   const spmm_qu8::PackedWeights w =
-      spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data());
+      spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data(), true);
   const size_t stride = (m + 63) / 64 * 64;  // rows hold a multiple of the widest tile
   std::vector<uint8_t> x(c.k * stride);
   for (auto& v : x) v = extremes ? ((rng() & 1) ? 255 : 0) : static_cast<uint8_t>(rng());
@@ -69,7 +77,7 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
     }
   }
   for (const auto& uk : spmm_qu8::all_ukernels()) {
-    if (!isa_supported(uk.isa)) continue;
+    if (!isa_supported(uk.isa) || !spmm_qu8::compatible(uk, w, m)) continue;
     std::vector<float> y(c.n * m, -99.f);
     spmm_qu8::run(uk, w, m, x.data(), stride, y.data(), m * 4, 0, c.n, ep);
     size_t bad = 0;
@@ -85,6 +93,96 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
         only &= inside ? std::memcmp(&part[r * m + i], &want[r * m + i], 4) == 0 : part[r * m + i] == -99.f;
       }
     DSQ_CHECK(only, "%s %s: row range 3..%zu", what, uk.name, c.n / 2);
+  }
+}
+
+// Random CSR with a given density plus special rows: row 1 all nonzeros in one window
+// (columns 64..127 when k allows), row 2 empty, row 3 dense.
+Case make_tile_case(size_t n, size_t k, double density) {
+  Case c;
+  c.n = n;
+  c.k = k;
+  c.row_ptr.push_back(0);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (size_t r = 0; r < n; ++r) {
+    for (size_t j = 0; j < k; ++j) {
+      bool take = u(rng) < density;
+      if (r == 1) take = k > 128 ? (j >= 64 && j < 128) : true;
+      if (r == 2) take = false;
+      if (r == 3) take = true;
+      if (!take) continue;
+      c.col.push_back(static_cast<uint32_t>(j));
+      c.q.push_back(static_cast<int8_t>(static_cast<int>(rng() % 256) - 128));
+    }
+    c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
+    c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
+    c.bias.push_back(static_cast<float>(u(rng) - 0.5));
+  }
+  return c;
+}
+
+const spmm_qu8::Ukernel& scalar_ref() { return spmm_qu8::all_ukernels()[0]; }
+
+// Every supported spmv kernel against the scalar CSR reference at m = 1, bit for bit.
+void check_tiles(const Case& c, const char* what) {
+  spmm_qu8::PackedWeights w =
+      spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data());
+  DSQ_CHECK(!w.has_tiles, "pack builds no tiles unless asked");
+  spmm_qu8::build_row_tiles(w);
+  spmm_qu8::build_row_tiles(w);  // idempotent
+  DSQ_CHECK(w.has_tiles && w.tile_steps <= c.col.size(), "%s: %zu steps for %zu nonzeros", what, w.tile_steps,
+            c.col.size());
+  const size_t xs = 3;  // strided x (the op layer's x_t rows) and a contiguous copy
+  std::vector<uint8_t> xc(c.k), xst(c.k * xs, 0xAB);
+  for (size_t i = 0; i < c.k; ++i) xc[i] = xst[i * xs] = static_cast<uint8_t>(rng());
+  const float inf = INFINITY;
+  const spmm_qu8::Epilogue eps[] = {{0, 0.0173f, 0.f, inf}, {255, 0.0091f, -0.75f, 2.5f},
+                                    {static_cast<int32_t>(rng() % 256), 0.031f, -inf, inf}};
+  for (const auto& ep : eps) {
+    std::vector<float> want(c.n, -99.f);
+    spmm_qu8::run(scalar_ref(), w, 1, xc.data(), 1, want.data(), 4, 0, c.n, ep);
+    for (const auto& uk : spmm_qu8::all_ukernels()) {
+      if (!uk.spmv || !isa_supported(uk.isa)) continue;
+      DSQ_CHECK(spmm_qu8::compatible(uk, w, 1) && !spmm_qu8::compatible(uk, w, 2), "%s compatible()", uk.name);
+      // Contiguous x, y stride 4 (the whole range), then strided x, y stride 8 over a row
+      // range that cuts 16-row groups at both ends.
+      std::vector<float> y(c.n, -99.f);
+      spmm_qu8::run(uk, w, 1, xc.data(), 1, y.data(), 4, 0, c.n, ep);
+      size_t bad = 0;
+      for (size_t r = 0; r < c.n; ++r) bad += std::memcmp(&y[r], &want[r], 4) != 0;
+      DSQ_CHECK(bad == 0, "%s %s: n=%zu k=%zu zero=%d: %zu rows differ", what, uk.name, c.n, c.k, ep.a_zero, bad);
+      const size_t b0 = std::min<size_t>(5, c.n), b1 = c.n > 20 ? c.n - 3 : c.n;
+      std::vector<float> y2(c.n * 2, -99.f);
+      spmm_qu8::run(uk, w, 1, xst.data(), xs, y2.data(), 8, b0, b1, ep);
+      bool ok = true;
+      for (size_t r = 0; r < c.n; ++r) {
+        ok &= y2[2 * r + 1] == -99.f;
+        ok &= (r >= b0 && r < b1) ? std::memcmp(&y2[2 * r], &want[r], 4) == 0 : y2[2 * r] == -99.f;
+      }
+      DSQ_CHECK(ok, "%s %s: n=%zu k=%zu strided x/y, rows %zu..%zu", what, uk.name, c.n, c.k, b0, b1);
+    }
+  }
+}
+
+void bench_tiles(size_t n, size_t k, double density) {
+  const Case c = make_tile_case(n, k, density);
+  const spmm_qu8::PackedWeights w =
+      spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data(), true);
+  std::vector<uint8_t> x(k);
+  for (auto& v : x) v = static_cast<uint8_t>(rng());
+  std::vector<float> y(n);
+  const spmm_qu8::Epilogue ep{128, 0.01f, 0.f, INFINITY};
+  for (const auto* uk : {&scalar_ref(), &spmm_qu8::best_spmv_ukernel(w)}) {
+    std::vector<double> ns;
+    for (int rep = 0; rep < 31; ++rep) {
+      const int calls = n * k > 1000000 ? 20 : 500;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < calls; ++i) spmm_qu8::run(*uk, w, 1, x.data(), 1, y.data(), 4, 0, n, ep);
+      ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / calls);
+    }
+    std::sort(ns.begin(), ns.end());
+    std::printf("bench n=%zu k=%zu density=%.2f nnz=%zu steps=%zu: %-28s median %.0f ns/call\n", n, k, density,
+                c.col.size(), w.tile_steps, uk->name, ns[ns.size() / 2]);
   }
 }
 
@@ -104,5 +202,47 @@ int main() {
     threw = true;
   }
   DSQ_CHECK(threw, "pack rejects a column >= k");
+
+  for (size_t n : {1, 15, 16, 17, 100, 300})
+    for (size_t k : {1, 63, 64, 65, 784, 3000})
+      for (double d : {0.0, 0.01, 0.1, 0.5, 1.0}) check_tiles(make_tile_case(n, k, d), "tiles");
+  check_tiles(make_tile_case(33, 70000, 0.002), "tiles u32 columns");
+  {
+    const Case c = make_tile_case(20, 100, 0.3);
+    spmm_qu8::PackedWeights w =
+        spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data());
+    const spmm_qu8::Ukernel* tile = nullptr;
+    for (const auto& uk : spmm_qu8::all_ukernels())
+      if (uk.spmv && isa_supported(uk.isa)) tile = &uk;  // the scalar tile reader at least
+    DSQ_CHECK(tile != nullptr, "an spmv kernel is supported");
+    DSQ_CHECK(&spmm_qu8::best_spmv_ukernel(w) == &scalar_ref(), "no tiles: the scalar reference");
+    DSQ_CHECK(!spmm_qu8::best_ukernel().spmv, "best_ukernel never picks an spmv kernel");
+    std::vector<uint8_t> x(c.k, 1);
+    std::vector<float> y(c.n * 2);
+    const spmm_qu8::Epilogue ep{0, 1.f, -INFINITY, INFINITY};
+    bool threw_tiles = false, threw_m = false;
+    try {
+      spmm_qu8::run(*tile, w, 1, x.data(), 1, y.data(), 4, 0, c.n, ep);
+    } catch (const std::invalid_argument&) {
+      threw_tiles = true;
+    }
+    spmm_qu8::build_row_tiles(w);
+    try {
+      spmm_qu8::run(*tile, w, 2, x.data(), 2, y.data(), 8, 0, c.n, ep);
+    } catch (const std::invalid_argument&) {
+      threw_m = true;
+    }
+    DSQ_CHECK(threw_tiles && threw_m, "run() rejects an spmv kernel without tiles / with m = 2");
+    bool vbmi = false;  // a VBMI tile kernel is built (not DSQ_PORTABLE) and this CPU runs it
+    for (const auto& uk : spmm_qu8::all_ukernels()) vbmi |= uk.spmv && uk.isa == Isa::kAvx512Vbmi && isa_supported(uk.isa);
+    const spmm_qu8::Ukernel& best = spmm_qu8::best_spmv_ukernel(w);
+    DSQ_CHECK(vbmi ? best.isa == Isa::kAvx512Vbmi : &best == &scalar_ref(), "best_spmv_ukernel: %s", best.name);
+    std::printf("best spmv ukernel: %s\n", best.name);
+  }
+  const char* bench = std::getenv("DSQ_BENCH_QTILE");
+  if (bench && *bench == '1') {
+    bench_tiles(300, 784, 0.1);
+    bench_tiles(4096, 4096, 0.1);
+  }
   DSQ_TEST_MAIN_END();
 }

@@ -9,12 +9,27 @@
 
 namespace dsq::spmm_qu8 {
 
-#define DSQ_SPMM_QU8_UKERNEL(name, isa, mr)                                                               \
+#define DSQ_SPMM_QU8_UKERNEL(name, isa, mr, spmv, layout)                                                 \
   void name(const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t, size_t y_stride, \
             size_t n_begin, size_t n_end, const Epilogue& ep);
 #include "kernels/spmm_qu8/kernels.inc"
 
 size_t PackedWeights::bytes() const { return (n + 1) * 4 + nnz * (cols_u16 ? 3 : 5) + n * 12; }
+size_t PackedWeights::tile_bytes() const {
+  return has_tiles ? (groups() + 1) * 4 + tile_steps * (kTileStepBytes + 4) + n * 12 : 0;
+}
+
+namespace detail {
+const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n) {
+  if (x_stride == 1) return x;
+  thread_local AlignedBuffer buf;
+  const size_t need = (n + kTileCols - 1) / kTileCols * kTileCols;
+  if (buf.size() < need) buf.resize(need);
+  uint8_t* out = buf.as<uint8_t>();
+  for (size_t i = 0; i < n; ++i) out[i] = x[i * x_stride];
+  return out;
+}
+}  // namespace detail
 
 namespace {
 template <typename Col>
@@ -50,8 +65,91 @@ void spmm_qu8_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x, size
   else ref_rows(w, w.col32(), m, x, xs, y, ys, n_begin, n_end, ep);
 }
 
+// Reads the row tiles lane by lane (m == 1). Unused slots (index 0, weight 0) add 0.
+void spmv_qu8_16x64__scalar(const PackedWeights& w, size_t, const uint8_t* x, size_t xs, float* y, size_t ys,
+                            size_t n_begin, size_t n_end, const Epilogue& ep) {
+  const uint32_t* step_ptr = w.tile_step_ptr.as<uint32_t>();
+  const uint32_t* window = w.tile_window.as<uint32_t>();
+  const uint8_t* data = w.tile_data.as<uint8_t>();
+  for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
+    int32_t acc[kTileRows] = {};
+    for (uint32_t s = step_ptr[g]; s < step_ptr[g + 1]; ++s) {
+      const uint8_t* idx = data + size_t(s) * kTileStepBytes;
+      const int8_t* wq = reinterpret_cast<const int8_t*>(idx + kTileCols);
+      const size_t base = size_t(window[s]) * kTileCols;
+      for (size_t b = 0; b < kTileCols; ++b)
+        if (wq[b]) acc[b / 4] += int32_t(wq[b]) * int32_t(x[(base + idx[b]) * xs]);
+    }
+    for (size_t j = 0; j < kTileRows; ++j) {
+      const size_t n = g * kTileRows + j;
+      if (n < n_begin || n >= n_end) continue;
+      const float scale = ep.a_scale * w.w_scale.as<float>()[n];
+      const int32_t corr = ep.a_zero * w.rowsum.as<int32_t>()[n];
+      float v = std::fma(float(acc[j] - corr), scale, w.bias.as<float>()[n]);
+      v = v > ep.lo ? v : ep.lo;
+      *reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys) = v < ep.hi ? v : ep.hi;
+    }
+  }
+}
+
+void build_row_tiles(PackedWeights& w) {
+  if (w.has_tiles) return;
+  const size_t groups = w.groups();
+  const uint32_t* rp = w.rp();
+  auto col = [&](uint32_t p) -> size_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  // Two passes over the same walk: count the steps, then fill them.
+  std::vector<uint32_t> step_ptr(groups + 1, 0);
+  std::vector<uint32_t> windows;
+  std::vector<uint8_t> data;
+  for (int fill = 0; fill < 2; ++fill) {
+    size_t steps = 0;
+    for (size_t g = 0; g < groups; ++g) {
+      step_ptr[g] = static_cast<uint32_t>(steps);
+      const size_t r0 = g * kTileRows, lanes = std::min(kTileRows, w.n - r0);
+      uint32_t p[kTileRows], e[kTileRows];
+      for (size_t j = 0; j < lanes; ++j) p[j] = rp[r0 + j], e[j] = rp[r0 + j + 1];
+      for (;;) {
+        size_t win = SIZE_MAX;  // the lowest window any lane still has nonzeros in
+        for (size_t j = 0; j < lanes; ++j)
+          if (p[j] < e[j]) win = std::min(win, col(p[j]) / kTileCols);
+        if (win == SIZE_MAX) break;
+        for (;;) {  // steps of this window, 4 nonzeros per lane each
+          bool any = false;
+          for (size_t j = 0; j < lanes; ++j) {
+            for (size_t i = 0; i < 4 && p[j] < e[j] && col(p[j]) / kTileCols == win; ++i, ++p[j]) {
+              any = true;
+              if (fill) {
+                uint8_t* st = data.data() + steps * kTileStepBytes;
+                st[4 * j + i] = static_cast<uint8_t>(col(p[j]) - win * kTileCols);
+                st[kTileCols + 4 * j + i] = static_cast<uint8_t>(w.vals()[p[j]]);
+              }
+            }
+          }
+          if (!any) break;
+          if (fill) windows[steps] = static_cast<uint32_t>(win);
+          ++steps;
+        }
+      }
+    }
+    step_ptr[groups] = static_cast<uint32_t>(steps);
+    if (steps > UINT32_MAX) throw std::invalid_argument("spmm_qu8::build_row_tiles: too many steps");
+    if (!fill) {
+      windows.assign(steps, 0);
+      data.assign(steps * kTileStepBytes, 0);
+    }
+  }
+  w.tile_steps = windows.size();
+  w.tile_step_ptr.resize((groups + 1) * 4);
+  std::memcpy(w.tile_step_ptr.data(), step_ptr.data(), (groups + 1) * 4);
+  w.tile_window.resize(std::max<size_t>(w.tile_steps, 1) * 4);
+  if (w.tile_steps) std::memcpy(w.tile_window.data(), windows.data(), w.tile_steps * 4);
+  w.tile_data.resize(std::max<size_t>(w.tile_steps, 1) * kTileStepBytes);
+  if (w.tile_steps) std::memcpy(w.tile_data.data(), data.data(), data.size());
+  w.has_tiles = true;
+}
+
 PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col, const int8_t* q,
-                   const float* w_scale, const float* bias) {
+                   const float* w_scale, const float* bias, bool build_tiles) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("spmm_qu8::pack: " + what); };
   if (!row_ptr || row_ptr[0] != 0) fail("row_ptr must start at 0");
   for (size_t r = 0; r < n; ++r)
@@ -83,12 +181,13 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
     w.w_scale.as<float>()[r] = w_scale[r];
     w.bias.as<float>()[r] = bias ? bias[r] : 0.f;
   }
+  if (build_tiles) build_row_tiles(w);
   return w;
 }
 
 const std::vector<Ukernel>& all_ukernels() {
   static const std::vector<Ukernel> list = {
-#define DSQ_SPMM_QU8_UKERNEL(name, isa, mr) Ukernel{#name, isa, mr, &name},
+#define DSQ_SPMM_QU8_UKERNEL(name, isa, mr, spmv, layout) Ukernel{#name, isa, mr, &name, spmv, layout},
 #include "kernels/spmm_qu8/kernels.inc"
   };
   return list;
@@ -97,7 +196,23 @@ const std::vector<Ukernel>& all_ukernels() {
 const Ukernel& best_ukernel() {
   const Ukernel* b = &all_ukernels()[0];
   for (const Ukernel& uk : all_ukernels())
-    if (isa_supported(uk.isa) && static_cast<int>(uk.isa) > static_cast<int>(b->isa)) b = &uk;
+    if (!uk.spmv && isa_supported(uk.isa) && static_cast<int>(uk.isa) > static_cast<int>(b->isa)) b = &uk;
+  return *b;
+}
+
+bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m) {
+  if (uk.spmv && m != 1) return false;
+  return uk.layout != Layout::kRowTiles || w.has_tiles;
+}
+
+const Ukernel& best_spmv_ukernel(const PackedWeights& w) {
+  // The scalar tile reader is a layout check, not faster than the CSR reference: only a
+  // SIMD tile kernel replaces the reference.
+  const Ukernel* b = &all_ukernels()[0];
+  for (const Ukernel& uk : all_ukernels())
+    if (uk.spmv && uk.isa != Isa::kScalar && isa_supported(uk.isa) && compatible(uk, w, 1) &&
+        static_cast<int>(uk.isa) > static_cast<int>(b->isa))
+      b = &uk;
   return *b;
 }
 
@@ -110,8 +225,16 @@ const Ukernel* find_ukernel(const char* name) {
 
 void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t,
          size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep) {
+  if (!compatible(uk, w, m))
+    throw std::invalid_argument(std::string("spmm_qu8::run: ") + uk.name +
+                                (uk.spmv && m != 1 ? " runs only m == 1, got m = " + std::to_string(m)
+                                                   : std::string(" needs the row tiles (build_row_tiles)")));
   n_end = std::min(n_end, w.n);
   if (m == 0 || n_begin >= n_end) return;
+  if (uk.spmv && x_stride != 1) {
+    x_t = detail::contiguous_x(x_t, x_stride, w.k);
+    x_stride = 1;
+  }
   uk.fn(w, m, x_t, x_stride, y_t, y_stride, n_begin, n_end, ep);
 }
 

@@ -5,6 +5,8 @@
 // (batch or pixels) as in spmm_f32: qx_t[k][m] (k rows of u8, x_stride bytes apart),
 // y_t[n][m] f32 (y_stride bytes apart). The epilogue is computed in exactly this order
 // (std::fma / vfmadd), so every variant is bit-identical to the scalar reference.
+// M = 1 (batch-1 Linear) has its own kernels (spmv_*, Layout::kRowTiles): see the row
+// tiles below and best_spmv_ukernel().
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -15,6 +17,19 @@
 
 namespace dsq::spmm_qu8 {
 
+// Row-tile layout for the batch-1 kernels (spmv_qu8_16x64__*): rows are grouped 16 at a
+// time (lane j = row 16g + j, one int32 accumulator per row), columns in windows of 64
+// (one zmm of x). A step holds, for each of the 16 lanes, up to 4 nonzeros of that lane's
+// row lying in one window: 64 index bytes (byte 4j + i = column - 64 * window of lane j's
+// i-th nonzero) followed by 64 int8 weights (same order). Unused slots hold index 0 and
+// weight 0, so they add exactly 0. Steps of a group are ordered by window; a window with
+// up to 4c nonzeros in its fullest lane takes c steps.
+constexpr size_t kTileRows = 16;
+constexpr size_t kTileCols = 64;
+constexpr size_t kTileStepBytes = 128;  // 64 index bytes + 64 weights
+
+enum class Layout : int { kCsr = 0, kRowTiles = 1 };
+
 struct PackedWeights {
   size_t n = 0, k = 0, nnz = 0;
   AlignedBuffer row_ptr;  // u32[n + 1]
@@ -24,6 +39,14 @@ struct PackedWeights {
   AlignedBuffer w_scale;  // f32[n]
   AlignedBuffer rowsum;   // int32[n]: sum of the row's int8 values
   AlignedBuffer bias;     // f32[n]
+  // Row tiles (build_row_tiles()): only for batch-1 (spmv) kernels.
+  bool has_tiles = false;
+  size_t tile_steps = 0;
+  AlignedBuffer tile_step_ptr;  // u32[groups() + 1]: first step of each 16-row group
+  AlignedBuffer tile_window;    // u32[tile_steps]: window of the step (first column / 64)
+  AlignedBuffer tile_data;      // tile_steps * kTileStepBytes (64-byte aligned steps)
+  size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
+  size_t tile_bytes() const;    // bytes a batch-1 tile call reads for the weights
   const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
   const uint16_t* col16() const { return cols.as<uint16_t>(); }
   const uint32_t* col32() const { return cols.as<uint32_t>(); }
@@ -39,8 +62,13 @@ struct Epilogue {
 
 // row_ptr u32[n + 1], col u32[nnz] (< k, sorted within rows), q int8[nnz], w_scale f32[n],
 // bias f32[n] or null. Throws std::invalid_argument on inconsistent input.
+// build_tiles = true also builds the row tiles (build_row_tiles()).
 PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col, const int8_t* q,
-                   const float* w_scale, const float* bias);
+                   const float* w_scale, const float* bias, bool build_tiles = false);
+
+// Adds the row tiles the batch-1 kernels read, from the CSR. Idempotent. Costs
+// tile_steps * 132 bytes (at 90 % sparsity about one step per 16 rows x 64 columns).
+void build_row_tiles(PackedWeights& w);
 
 using UkernelFn = void (*)(const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t,
                            size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep);
@@ -51,14 +79,33 @@ struct Ukernel {
   size_t mr;  // m tile; a kernel may read x_t rows up to a multiple of mr past m (the
               // caller's rows hold round_up(m, mr) bytes), never writes past m
   UkernelFn fn;
+  bool spmv = false;             // batch-1 kernel: runs only m == 1
+  Layout layout = Layout::kCsr;  // which packed layout it reads
 };
 
+// Every built variant (kernels.inc), references first.
 const std::vector<Ukernel>& all_ukernels();
+// The best supported kernel for any m (never an spmv kernel).
 const Ukernel& best_ukernel();
+// The best supported kernel for m == 1 on these weights: the row-tile kernel when w has
+// tiles and the CPU has AVX-512 VBMI + VNNI, else the scalar reference.
+const Ukernel& best_spmv_ukernel(const PackedWeights& w);
+// True when uk can run w with m columns (m == 1 for spmv kernels, tiles for kRowTiles).
+bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m);
+// Look up by name; nullptr when not built or not supported by this CPU.
 const Ukernel* find_ukernel(const char* name);
 
-// Rows [n_begin, n_end) for all m columns.
+// Rows [n_begin, n_end) for all m columns. Throws std::invalid_argument when uk is not
+// compatible with w and m. The spmv kernels read x_t[k][0] for k < w.k only (no padding
+// needed); x_stride == 1 (the k bytes contiguous) is fastest, other strides are first
+// copied to a contiguous per-thread buffer.
 void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t,
          size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep);
+
+namespace detail {
+// x_t[k][0] for k < n as contiguous bytes: x itself when x_stride == 1, else a copy in a
+// per-thread buffer (zero padded to a multiple of 64 bytes).
+const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n);
+}  // namespace detail
 
 }  // namespace dsq::spmm_qu8
