@@ -66,6 +66,8 @@ class SparseLayer : public Layer {
   spmm_qu8::PackedWeights qw;
   const spmm_qu8::Ukernel* q_uk = nullptr;        // m >= kQu8MinM
   const spmm_qu8::Ukernel* q_small_uk = nullptr;  // m < kQu8MinM
+  // m == 1 on a pointwise layer: the row-tile kernel (null when this CPU has none).
+  const spmm_qu8::Ukernel* q_spmv_uk = nullptr;
   bool static_quant = false;
   gemm_qu8::QuantParams quant{1.f, 0};
   // The VNNI tile computes 64 m lanes: below 16 rows most of them are wasted and the
@@ -189,7 +191,8 @@ class SparseLayer : public Layer {
 
   std::string kernel() const override {
     if (int8)
-      return std::string(q_small_uk->name) + " | " + q_uk->name + (pointwise() ? "" : " + im2col") +
+      return (q_spmv_uk ? std::string(q_spmv_uk->name) + " | " : std::string()) + q_small_uk->name + " | " + q_uk->name +
+             (pointwise() ? "" : " + im2col") +
              (static_quant ? " (static act quant)" : " (dynamic act quant)");
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
     if (stream) k = "stream-decode " + std::to_string(stream->tiles()) + " tiles: " + k;
@@ -270,6 +273,12 @@ class SparseLayer : public Layer {
   // (k padded), transpose to (k, m) bytes, run the spmm_qu8 kernel, transpose back.
   void run_int8(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
     const size_t kk = static_cast<size_t>(k()), kp = gemm_qu8::padded_k(kk);
+    // As the dense int8 layers: one scale serves the whole input, so a NaN or Inf would
+    // turn into finite wrong outputs; the output is NaN instead (docs/HARDENING.md).
+    if (!all_finite(x, static_cast<size_t>(xs.numel()))) {
+      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
     gemm_qu8::QuantParams qp = quant;
     if (!static_quant) {
       const size_t in_rows = static_cast<size_t>(xs.numel() / cin);
@@ -278,6 +287,23 @@ class SparseLayer : public Layer {
       qp = gemm_qu8::choose_params(mn, mx);
     }
     const spmm_qu8::Epilogue ep{qp.zero, qp.scale, lo, hi};
+    if (M == 1 && q_spmv_uk) {
+      // Batch 1: quantize the row (stride 1, as the tile kernel reads it) and run the row
+      // tiles straight into y; threads split 16-row groups.
+      uint8_t* qa = env.scratch;
+      gemm_qu8::quantize(x, 1, kk, kk * 4, qa, kp, qp);
+      const size_t groups = qw.groups(), threads1 = std::min<size_t>({env.pool->threads(), groups, 64});
+      if (threads1 <= 1) {
+        spmm_qu8::run(*q_spmv_uk, qw, 1, qa, 1, y, 4, 0, qw.n, ep);
+      } else {
+        env.pool->parallel_for(threads1, [&](size_t t) {
+          const size_t r0 = groups * t / threads1 * spmm_qu8::kTileRows;
+          const size_t r1 = std::min(qw.n, groups * (t + 1) / threads1 * spmm_qu8::kTileRows);
+          spmm_qu8::run(*q_spmv_uk, qw, 1, qa, 1, y, 4, r0, r1, ep);
+        });
+      }
+      return;
+    }
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
     const size_t threads = std::min<size_t>(env.pool->threads(), 64);
     auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
@@ -650,8 +676,24 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
     layer->q_uk = layer->q_small_uk = uk;
   }
   layer->weight_read_bytes = layer->qw.bytes();
+  if (layer->pointwise() && force.empty()) {
+    // Batch-1 row tiles, only where a SIMD tile kernel runs them (best_spmv_ukernel
+    // returns the scalar CSR reference otherwise).
+    spmm_qu8::build_row_tiles(layer->qw);
+    const spmm_qu8::Ukernel& uk = spmm_qu8::best_spmv_ukernel(layer->qw);
+    if (uk.layout == spmm_qu8::Layout::kRowTiles) {
+      layer->q_spmv_uk = &uk;
+      layer->weight_read_bytes = layer->qw.tile_bytes();  // what a batch-1 run reads
+    } else {
+      layer->qw.has_tiles = false;
+      layer->qw.tile_step_ptr = AlignedBuffer();
+      layer->qw.tile_window = AlignedBuffer();
+      layer->qw.tile_data = AlignedBuffer();
+    }
+  }
   layer->packed_bytes = layer->qw.row_ptr.size() + layer->qw.cols.size() + layer->qw.values.size() +
-                        layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size();
+                        layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size() +
+                        layer->qw.tile_step_ptr.size() + layer->qw.tile_window.size() + layer->qw.tile_data.size();
   return layer;
 }
 
