@@ -142,7 +142,7 @@ void test_best_for() {
   }
   DSQ_CHECK(&best_ukernel_for(0) == &dflt, "best_ukernel_for(0) is the default");
   if (dflt.isa != Isa::kAvx512) {  // CPU or DSQ_MAX_ISA without it, or a portable build
-    std::printf("skip best_ukernel_for(16) == 16-wide: no avx512 variant runs here (best: %s)\n",
+    std::printf("skip the 16-wide choice check: the best ISA here lacks it (best: %s)\n",
                 dflt.name);
     return;
   }
