@@ -500,7 +500,8 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     if (decode_to_dense)
       layer->decoded_from = std::string(format::layout_name(wt.layout)) + ":" + format::values_name(wt.values) +
                             (wt.entropy != format::Entropy::kNone ? "+huffman" : "");
-    layer->f32_uk = &gemm_f32::best_ukernel();
+    // Least padding for cout; a linear layer may run one row per call (batch 1).
+    layer->f32_uk = &gemm_f32::best_ukernel_for(static_cast<size_t>(cog), g.is_linear ? 1 : 0);
     if (!force.empty() && force.rfind("gemm_f32", 0) == 0) {
       layer->f32_uk = gemm_f32::find_ukernel(force.c_str());
       if (!layer->f32_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
@@ -516,7 +517,7 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   }
   if (wt.values == Values::kInt8Channel) {
     layer->family = Family::kQu8;
-    layer->qu8_uk = &gemm_qu8::best_ukernel();
+    layer->qu8_uk = &gemm_qu8::best_ukernel_for(static_cast<size_t>(cog));  // least padding for cout
     if (!force.empty() && force.rfind("gemm_qu8", 0) == 0) {
       layer->qu8_uk = gemm_qu8::find_ukernel(force.c_str());
       if (!layer->qu8_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
@@ -542,7 +543,7 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   }
   if (wt.values == Values::kInt4Group) {
     layer->family = Family::kQ4;
-    layer->q4_uk = &gemm_q4::best_ukernel();
+    layer->q4_uk = &gemm_q4::best_ukernel_for(static_cast<size_t>(cog));  // least padding for cout
     if (!force.empty() && force.rfind("gemm_q4", 0) == 0) {
       layer->q4_uk = gemm_q4::find_ukernel(force.c_str());
       if (!layer->q4_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");

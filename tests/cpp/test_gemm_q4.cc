@@ -136,7 +136,8 @@ bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
 }
 
 void test_ukernel(const Ukernel& uk, const Ukernel& ref) {
-  const std::vector<size_t> ms = {1, 2, uk.mr - 1, uk.mr, uk.mr + 1, 37};
+  std::vector<size_t> ms = {37};  // every row count of a tile (exact-row instantiations)
+  for (size_t m = 1; m <= uk.mr + 1; ++m) ms.push_back(m);
   const std::vector<size_t> ns = {1, 7, uk.nr - 1, uk.nr, uk.nr + 1, 65};
   const size_t ks[] = {1, 3, 4, 5, 17, 64, 577, 130, 260};
   const size_t groups[] = {8, 32, 128};

@@ -1,6 +1,7 @@
 // gemm_qu8: every built ukernel the CPU supports is bit-identical to the scalar
 // reference; the reference matches a naive double loop; run() touches only its tiles;
 // quantize()/minmax()/choose_params() match naive loops (ties, out-of-range values).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -126,9 +127,14 @@ bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
 }
 
 void test_ukernel(const Ukernel& uk, const Ukernel& ref) {
-  std::vector<size_t> ms = {1, 2, uk.mr - 1, uk.mr, uk.mr + 1, 37};
-  std::vector<size_t> ns = {1, 7, uk.nr - 1, uk.nr, uk.nr + 1, 65};
-  const size_t ks[] = {1, 3, 4, 5, 17, 64, 577};
+  // Every row count of a tile (the exact-row instantiations) and one past; widths
+  // around the 16/32/64-column panels; odd k (padding of the last 4-byte block).
+  std::vector<size_t> ms = {37};
+  for (size_t m = 1; m <= uk.mr + 1; ++m) ms.push_back(m);
+  std::vector<size_t> ns = {1, 7, 15, 16, 17, 31, 33, 64, 65};
+  for (size_t n : {uk.nr - 1, uk.nr, uk.nr + 1})
+    if (std::find(ns.begin(), ns.end(), n) == ns.end()) ns.push_back(n);
+  const size_t ks[] = {1, 3, 4, 5, 25, 144, 577};
   const int32_t zeros[] = {0, 128, 255};
   int idx = 0;
   for (size_t m : ms) {
@@ -247,6 +253,37 @@ void test_quantize() {
   DSQ_CHECK(z.scale > 0 && z.zero >= 0 && z.zero <= 255, "choose_params(0,0)");
 }
 
+// best_ukernel_for: stays within the best ISA and picks the least padded width; on a
+// VNNI machine a 16-output layer gets a 16-wide panel (no FMAs on zero columns).
+void test_best_for() {
+  const Ukernel& dflt = best_ukernel();
+  const size_t widths[] = {1, 10, 16, 20, 32, 48, 64, 65, 100, 128, 1000};
+  for (size_t n : widths) {
+    const Ukernel& uk = best_ukernel_for(n);
+    DSQ_CHECK(uk.isa == dflt.isa, "best_ukernel_for(%zu) = %s, not of the best ISA %s", n, uk.name,
+              isa_name(dflt.isa));
+    const size_t padded = (n + uk.nr - 1) / uk.nr * uk.nr;
+    for (const Ukernel& other : all_ukernels()) {
+      if (other.isa != dflt.isa) continue;
+      const size_t op = (n + other.nr - 1) / other.nr * other.nr;
+      DSQ_CHECK(padded < op || (padded == op && uk.nr >= other.nr),
+                "best_ukernel_for(%zu) = %s but %s pads less or equal with a wider panel", n,
+                uk.name, other.name);
+    }
+  }
+  DSQ_CHECK(&best_ukernel_for(0) == &dflt, "best_ukernel_for(0) is the default");
+  if (dflt.isa != Isa::kAvx512Vnni) {  // CPU or DSQ_MAX_ISA without it, or a portable build
+    std::printf("skip the 16-wide choice check: the best ISA here lacks it (best: %s)\n",
+                dflt.name);
+    return;
+  }
+  DSQ_CHECK(best_ukernel_for(16).nr == 16, "best_ukernel_for(16) = %s", best_ukernel_for(16).name);
+  DSQ_CHECK(best_ukernel_for(64).nr == 64, "best_ukernel_for(64) = %s", best_ukernel_for(64).name);
+  DSQ_CHECK(best_ukernel_for(20).nr == 32, "best_ukernel_for(20) = %s", best_ukernel_for(20).name);
+  std::printf("best_ukernel_for: 16 -> %s, 20 -> %s, 64 -> %s\n", best_ukernel_for(16).name,
+              best_ukernel_for(20).name, best_ukernel_for(64).name);
+}
+
 }  // namespace
 
 int main() {
@@ -273,6 +310,7 @@ int main() {
     ++n_tested;
     std::printf("ok %s\n", uk.name);
   }
+  test_best_for();
   test_quantize();
   std::printf("%d ukernels tested\n", n_tested);
   DSQ_TEST_MAIN_END();

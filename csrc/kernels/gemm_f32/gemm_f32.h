@@ -31,6 +31,13 @@ struct Ukernel {
 const std::vector<Ukernel>& all_ukernels();
 // The best variant this CPU supports.
 const Ukernel& best_ukernel();
+// The variant for a layer with n output columns: among the variants of the best
+// supported ISA, the one with the least estimated time, then the wider panel (each
+// activation broadcast feeds more columns), then the default. With rows == 0 (many rows
+// per call: convolutions) the estimate is the padded width ceil(n / nr) * nr. With a few
+// rows per call (rows = 1 for a batch-1 linear) a tile has too few accumulators to hide
+// the FMA latency, so each tile costs at least 8 vectors of 16 lanes: wide panels win.
+const Ukernel& best_ukernel_for(size_t n, size_t rows = 0);
 // Look up by name; nullptr when not built or not supported by this CPU.
 const Ukernel* find_ukernel(const char* name);
 

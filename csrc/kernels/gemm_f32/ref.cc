@@ -115,6 +115,26 @@ const Ukernel& best_ukernel() {
   return *best;
 }
 
+const Ukernel& best_ukernel_for(size_t n, size_t rows) {
+  const Ukernel& dflt = best_ukernel();
+  if (n == 0) return dflt;
+  // 8 independent 16-lane FMA chains keep two 4-cycle FMA pipes busy (AVX-512, the ISA
+  // with several panel widths); a smaller tile takes that long anyway.
+  static constexpr size_t kMinTileWork = 8 * 16;
+  const auto cost = [n, rows](const Ukernel& uk) {
+    const size_t panels = (n + uk.nr - 1) / uk.nr;
+    if (rows == 0) return panels * uk.nr;
+    const size_t tiles = (rows + uk.mr - 1) / uk.mr;
+    return panels * tiles * std::max(std::min(rows, uk.mr) * uk.nr, kMinTileWork);
+  };
+  const Ukernel* best = &dflt;
+  for (const Ukernel& uk : all_ukernels()) {
+    if (uk.isa != dflt.isa) continue;
+    if (cost(uk) < cost(*best) || (cost(uk) == cost(*best) && uk.nr > best->nr)) best = &uk;
+  }
+  return *best;
+}
+
 const Ukernel* find_ukernel(const char* name) {
   if (!name) return nullptr;
   for (const Ukernel& uk : all_ukernels())

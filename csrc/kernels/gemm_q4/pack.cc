@@ -100,6 +100,18 @@ const Ukernel& best_ukernel() {
   return *best;
 }
 
+const Ukernel& best_ukernel_for(size_t n) {
+  const Ukernel& dflt = best_ukernel();
+  if (n == 0) return dflt;
+  const auto padded = [n](const Ukernel& uk) { return (n + uk.nr - 1) / uk.nr * uk.nr; };
+  const Ukernel* best = &dflt;
+  for (const Ukernel& uk : all_ukernels()) {
+    if (uk.isa != dflt.isa) continue;
+    if (padded(uk) < padded(*best) || (padded(uk) == padded(*best) && uk.nr > best->nr)) best = &uk;
+  }
+  return *best;
+}
+
 const Ukernel* find_ukernel(const char* name) {
   for (const Ukernel& uk : all_ukernels()) {
     if (std::strcmp(uk.name, name) == 0) return &uk;

@@ -52,6 +52,11 @@ struct Ukernel {
 
 const std::vector<Ukernel>& all_ukernels();
 const Ukernel& best_ukernel();
+// The variant for a layer with n output columns: among the variants of the best
+// supported ISA, the one with the least padded work (ceil(n / nr) * nr columns); on a
+// tie the wider panel (each activation broadcast feeds more columns), then the default
+// (best_ukernel), then the earlier line of kernels.inc.
+const Ukernel& best_ukernel_for(size_t n);
 const Ukernel* find_ukernel(const char* name);
 
 // qw: [n][k] int8 row-major, w_scale: n floats, bias may be null.
