@@ -23,14 +23,19 @@ CORPUS = ROOT / "tests" / "fuzz" / "corpus"
 GOLDEN_FILES = sorted(GOLDEN.glob("*.dsq"))
 
 
-def linear_file(values="f32", n_in=48, n_out=10, activation=None):
+def linear_file(values="f32", n_in=48, n_out=10, activation=None, layout="dense", input_quant=None):
     rng = np.random.default_rng(11)
     b = GraphBuilder()
     x = b.add_input("x", (-1, n_in))
     w = np.round(rng.standard_normal((n_out, n_in)), 1).astype(np.float32)  # < 256 levels (codebook)
-    w = b.add_weight("fc.w", w, values, 8)
+    if layout != "dense":
+        w[rng.random(w.shape) < 0.7] = 0.0
+    w = b.add_weight("fc.w", w, values, 8, layout=layout)
     bias = b.add_weight("fc.b", rng.standard_normal(n_out).astype(np.float32))
-    attrs = {"activation": activation} if activation else None
+    attrs = {"activation": activation} if activation else {}
+    if input_quant:
+        attrs["input_quant"] = list(input_quant)
+    attrs = attrs or None
     y = b.add_node("linear", [x], [w, bias], attrs, name="fc")
     b.mark_output(y, "y")
     return F.to_bytes(b.build({"dsq.producer": "test_hardening"}))
@@ -136,6 +141,20 @@ def test_nan_inf_inputs(values, special):
     else:
         assert not np.isfinite(y[1]).any(), f"row 1 holds {special} but its output is {y[1]}"
         np.testing.assert_array_equal(y[[0, 2]], clean[[0, 2]])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("special", [np.nan, np.inf], ids=["nan", "inf"])
+def test_nan_inf_inputs_sparse_int8(batch, special):
+    """The sparse int8 layers (CSR int8 weights + input_quant; batch 1 runs the row-tile
+    kernel) follow the dense int8 rule: a NaN/Inf anywhere makes the whole output NaN."""
+    m = deepsqueeze.load(linear_file("int8_channel", layout="csr", input_quant=(0.05, 128.0)), threads=1)
+    assert "spmm_qu8" in m.layers()[0]["kernel"], m.layers()[0]["kernel"]
+    x = np.random.default_rng(3).standard_normal((batch, 48)).astype(np.float32)
+    assert np.isfinite(m.run(x)).all()
+    x[-1, 7] = special
+    y = m.run(x)
+    assert np.isnan(y).all(), y
 
 
 def test_object_and_subclass_arrays():
