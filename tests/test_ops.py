@@ -84,6 +84,9 @@ CONV_CASES = [
     # the right and both sides at once (kernel wider than the padded-away image).
     ("5x5_pad2_cin1_clipped_both_sides_b2", 1, 20, (5, 5), (1, 1), (2, 2), (1, 1), 1, True, 1, 6, 3, 2),
     ("1x7_pad3_s2_cin5", 5, 9, (1, 7), (1, 2), (0, 3), (1, 1), 1, True, 0, 4, 11, 1),
+    # int8 implicit GEMM (kw * cin % 4 == 0): row dilation with padding, strided 5x5
+    ("dil_h2_pad21_cin4_b2", 4, 12, (3, 3), (1, 1), (2, 1), (2, 1), 1, True, 1, 9, 8, 2),
+    ("5x5_s2_pad2_cin8_b3", 8, 20, (5, 5), (2, 2), (2, 2), (1, 1), 1, True, 0, 11, 10, 3),
 ]
 
 
@@ -123,6 +126,26 @@ def test_conv2d(case, enc):
         xin = x  # float kernels (incl. depthwise, which runs on decoded weights)
     check_close(outs[0], conv_ref(xin, dec, case), what=what)
     check_threads(outs, exact=enc in ("int8_channel", "int4_group"), what=what)
+
+
+@pytest.mark.parametrize("input_quant", [None, (0.02, 110.0)], ids=["dynamic", "static"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv2d_int8_implicit_gemm_matches_im2col(case, input_quant):
+    """int8 kxk convs whose kernel rows are whole 4-byte blocks (kw * cin % 4 == 0) read
+    the GEMM rows straight from a padded u8 input (implicit GEMM); integer sums make the
+    result bit-identical to the im2col path (force_kernel="im2col"), at 1 and 2 threads."""
+    data, x, _ = conv_model(case, "int8_channel", input_quant=input_quant, seed=2)
+    (_, cin, _, k, _, _, d, g, *_rest) = case
+    default = load(data)
+    kernel = default.layers()[0]["kernel"]
+    pointwise = k == (1, 1) and case[4] == (1, 1) and case[5] == (0, 0)
+    eligible = g == 1 and not pointwise and d[1] == 1 and (k[1] * cin) % 4 == 0
+    if not pointwise and g == 1:
+        assert ("implicit gemm" in kernel) == eligible, kernel
+    ref = load(data, force_kernel="im2col").run(x)
+    for t in (1, 2):
+        y = load(data, threads=t).run(x)
+        assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)), f"{case[0]} threads={t} [{kernel}]"
 
 
 @pytest.mark.parametrize("enc", ("int8_channel", "int4_group"))

@@ -52,6 +52,9 @@ class ConvLayer : public Layer {
   float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
   bool static_quant = false;
   gemm_qu8::QuantParams quant{1.f, 0};
+  // int8 kxk conv without im2col: the GEMM rows are read straight from a zero-point padded
+  // u8 copy of the input, kh segments of kw * cin bytes each (gemm_qu8::run_segmented).
+  bool implicit_gemm = false;
   // One packed weight set per group.
   const gemm_f32::Ukernel* f32_uk = nullptr;
   const gemm_qu8::Ukernel* qu8_uk = nullptr;
@@ -85,6 +88,10 @@ class ConvLayer : public Layer {
     return {Shape{{x.dims[0], g.cout, oh, ow}}};
   }
 
+  size_t padded_input_bytes(const Shape& x) const {
+    return static_cast<size_t>(x.dims[0] * (x.dims[2] + 2 * g.ph) * (x.dims[3] + 2 * g.pw) * g.cin);
+  }
+
   int64_t gemm_rows(const Shape& out) const {
     return g.is_linear ? out.numel() / g.cout : out.dims[0] * out.dims[2] * out.dims[3];
   }
@@ -97,6 +104,9 @@ class ConvLayer : public Layer {
     size_t bytes = 0;
     if (family == Family::kF32) {
       if (!g.pointwise() || g.groups > 1) bytes += threads * kRowsPerTask * kg * 4;
+    } else if (implicit_gemm) {
+      // the padded u8 input (+4: a row quantize writes its k padded to 4 bytes)
+      return padded_input_bytes(in[0]) + 64;
     } else {
       const size_t kp = gemm_qu8::padded_k(kg);
       // whole input quantized once (u8), then per-task u8 patches
@@ -128,7 +138,7 @@ class ConvLayer : public Layer {
       case Family::kDepthwiseF32:
         return "dwconv_f32_nhwc" + (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
     }
-    if (!g.is_linear && !g.pointwise()) k += " + im2col";
+    if (!g.is_linear && !g.pointwise()) k += implicit_gemm ? " + implicit gemm" : " + im2col";
     if (family == Family::kF32 && !decoded_from.empty()) k += " (weights decoded from " + decoded_from + ")";
     if (g.groups > 1) k += " x" + std::to_string(g.groups) + " groups";
     if ((family == Family::kQu8 || family == Family::kQ4))
@@ -322,6 +332,7 @@ class ConvLayer : public Layer {
       });
       return;
     }
+    if (implicit_gemm) return run_implicit(x, xs, y, ys, qp, ep, env);
     // Quantize the whole input once (NHWC u8), then build u8 patches per task with the
     // zero point as padding (it stands for 0.0).
     uint8_t* qx = scratch;
@@ -343,6 +354,49 @@ class ConvLayer : public Layer {
       }
       const size_t pcount = family == Family::kQu8 ? qu8_w[grp].panel_count() : q4_w[grp].panel_count();
       gemm(grp, patches, kp, 0, rows, 0, pcount, y + m0 * g.cout + grp * cog);
+    });
+  }
+
+  // The u8 input with its padding as a real border (the zero point stands for 0.0), then
+  // per output row one segmented GEMM: row ow starts at padded pixel (oh * sh, ow * sw),
+  // segment i (kernel row i) dh padded rows further down.
+  void run_implicit(const float* x, const Shape& xs, float* y, const Shape& ys, const gemm_qu8::QuantParams& qp,
+                    const gemm_qu8::Epilogue& ep, const RunEnv& env) const {
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
+    const int64_t Hp = H + 2 * g.ph, Wp = W + 2 * g.pw, OH = ys.dims[2], OW = ys.dims[3];
+    const size_t row_bytes = static_cast<size_t>(Wp * C);
+    uint8_t* xp = env.scratch;
+    const uint8_t zero = static_cast<uint8_t>(qp.zero);
+    // Interior rows in increasing order (each quantize call may write 3 bytes past its
+    // row; the next row or the border fill below overwrites them), then the borders.
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H; ++h)
+        gemm_qu8::quantize(x + (n * H + h) * W * C, 1, static_cast<size_t>(W * C), 0,
+                           xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C, gemm_qu8::padded_k(static_cast<size_t>(W * C)), qp);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < Hp; ++h) {
+        uint8_t* row = xp + (n * Hp + h) * Wp * C;
+        if (h < g.ph || h >= g.ph + H) {
+          std::memset(row, zero, row_bytes);
+        } else {
+          std::memset(row, zero, static_cast<size_t>(g.pw * C));
+          std::memset(row + (g.pw + W) * C, zero, static_cast<size_t>(g.pw * C));
+        }
+      }
+    const auto& w = qu8_w[0];
+    const size_t panels = w.panel_count(), c_stride = static_cast<size_t>(g.cout) * 4;
+    const size_t out_rows = static_cast<size_t>(N * OH);
+    const size_t rows_per_task = std::max<size_t>(1, kRowsPerTask / static_cast<size_t>(OW));
+    const size_t chunks = (out_rows + rows_per_task - 1) / rows_per_task;
+    run_tasks(env, chunks, [&](size_t chunk, size_t) {
+      const size_t r_end = std::min(out_rows, (chunk + 1) * rows_per_task);
+      for (size_t r = chunk * rows_per_task; r < r_end; ++r) {
+        const int64_t n = static_cast<int64_t>(r) / OH, oh = static_cast<int64_t>(r) % OH;
+        const uint8_t* a = xp + (n * Hp + oh * g.sh) * Wp * C;
+        gemm_qu8::run_segmented(*qu8_uk, w, a, static_cast<size_t>(g.sw * C), static_cast<size_t>(g.kh),
+                                static_cast<size_t>(g.dh) * row_bytes, y + r * OW * g.cout, c_stride, 0,
+                                static_cast<size_t>(OW), 0, panels, ep);
+      }
     });
   }
 
@@ -539,6 +593,9 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
       layer->packed_bytes += layer->qu8_w.back().panels.size() + 12 * cog;
     }
     layer->weight_read_bytes = static_cast<uint64_t>(g.cout) * kg + 4 * g.cout;
+    layer->implicit_gemm = !g.is_linear && !g.pointwise() && g.groups == 1 && g.dw == 1 &&
+                           force != "im2col" && gemm_qu8::segmented_ok(*layer->qu8_uk, layer->qu8_w[0],
+                                                                       static_cast<size_t>(g.kh));
     return layer;
   }
   if (wt.values == Values::kInt4Group) {

@@ -255,6 +255,39 @@ void test_quantize() {
 
 // best_ukernel_for: stays within the best ISA and picks the least padded width; on a
 // VNNI machine a 16-output layer gets a 16-wide panel (no FMAs on zero columns).
+// run_segmented (implicit GEMM) reads each A row as `segs` strided segments: the rows of
+// an NHWC image band, as a conv with kh = segs reads them. Bit-identical to the reference
+// on the gathered (im2col) rows.
+void test_segmented(const Ukernel& uk, const Ukernel& ref) {
+  const size_t cases[][4] = {  // segs, bytes per segment, rows (m), n
+      {3, 48, 37, 16}, {3, 48, 1, 20}, {5, 100, 24, 50}, {1, 64, 13, 64}, {3, 12, 29, 33}, {2, 4, 7, 1}};
+  for (const auto& cs : cases) {
+    const size_t segs = cs[0], seg_bytes = cs[1], m = cs[2], n = cs[3], k = segs * seg_bytes;
+    const size_t a_stride = 4 + static_cast<size_t>(rand_int(0, 3));  // rows overlap, as neighbouring pixels
+    const size_t seg_stride = m * a_stride + seg_bytes + static_cast<size_t>(rand_int(0, 9));
+    std::vector<uint8_t> image(segs * seg_stride + m * a_stride + seg_bytes);
+    for (auto& v : image) v = static_cast<uint8_t>(rand_int(0, 255));
+    Problem pr = make_problem(m, n, k, rand_int(0, 255), rand_int(0, 1) == 1, rand_int(0, 2));
+    pr.a_stride = k;  // the gathered rows
+    pr.a.assign(m * k, 0);
+    for (size_t i = 0; i < m; ++i)
+      for (size_t sgm = 0; sgm < segs; ++sgm)
+        std::memcpy(&pr.a[i * k + sgm * seg_bytes], &image[i * a_stride + sgm * seg_stride], seg_bytes);
+    const std::vector<float> want = run_full(ref, pr);
+    PackedWeights w = pack(pr.qw.data(), pr.w_scale.data(), pr.has_bias ? pr.bias.data() : nullptr, n, k, uk.nr);
+    DSQ_CHECK(segmented_ok(uk, w, segs), "%s segmented_ok segs=%zu k=%zu", uk.name, segs, k);
+    std::vector<float> got(m * pr.c_stride / sizeof(float), kSentinel);
+    run_segmented(uk, w, image.data(), a_stride, segs, seg_stride, got.data(), pr.c_stride, 0, m, 0, w.panel_count(),
+                  pr.ep);
+    DSQ_CHECK(same_bits(got, want), "%s segmented segs=%zu seg_bytes=%zu m=%zu n=%zu", uk.name, segs, seg_bytes, m, n);
+  }
+  // k that does not split into whole 4-byte blocks per segment: refused.
+  std::vector<int8_t> qw(2 * 18, 1);
+  std::vector<float> sc(2, 1.f);
+  PackedWeights w = pack(qw.data(), sc.data(), nullptr, 2, 18, uk.nr);
+  DSQ_CHECK(!segmented_ok(uk, w, 3), "%s: k=18 in 3 segments of 6 bytes must be refused", uk.name);
+}
+
 void test_best_for() {
   const Ukernel& dflt = best_ukernel();
   const size_t widths[] = {1, 10, 16, 20, 32, 48, 64, 65, 100, 128, 1000};
@@ -307,11 +340,20 @@ int main() {
     }
     test_ukernel(uk, ref);
     test_subranges(uk);
+    if (uk.seg_fn) {
+      test_segmented(uk, ref);
+      std::printf("ok %s segmented\n", uk.name);
+    }
     ++n_tested;
     std::printf("ok %s\n", uk.name);
   }
   test_best_for();
   test_quantize();
+#if DSQ_X86
+  // Every AVX-512 VNNI variant has a segmented twin (the conv layers rely on it).
+  for (const Ukernel& uk : list)
+    if (uk.isa == Isa::kAvx512Vnni) DSQ_CHECK(uk.seg_fn != nullptr, "%s has no segmented twin", uk.name);
+#endif
   std::printf("%d ukernels tested\n", n_tested);
   DSQ_TEST_MAIN_END();
 }

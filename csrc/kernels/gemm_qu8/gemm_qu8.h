@@ -42,12 +42,21 @@ using UkernelFn = void (*)(size_t m, const uint8_t* a, size_t a_stride,
                            const PackedWeights& w, size_t p, float* c, size_t c_stride,
                            size_t n_valid, const Epilogue& ep);
 
+// Implicit GEMM (convolution without im2col): row i of A is `segs` segments of
+// k_padded / segs bytes each, segment s at a + i * a_stride + s * seg_stride (e.g. the kh
+// kernel rows of a conv patch, each kw * cin contiguous bytes of an NHWC image). Needs
+// k_padded == k and k % (4 * segs) == 0. Same results as the plain call on the gathered rows.
+using SegUkernelFn = void (*)(size_t m, const uint8_t* a, size_t a_stride, size_t segs, size_t seg_stride,
+                              const PackedWeights& w, size_t p, float* c, size_t c_stride, size_t n_valid,
+                              const Epilogue& ep);
+
 struct Ukernel {
   const char* name;  // e.g. "gemm_qu8_4x64__avx512vnni"
   Isa isa;
   size_t mr;
   size_t nr;
   UkernelFn fn;
+  SegUkernelFn seg_fn = nullptr;  // the segmented twin, where the variant has one
 };
 
 const std::vector<Ukernel>& all_ukernels();
@@ -66,6 +75,14 @@ PackedWeights pack(const int8_t* qw, const float* w_scale, const float* bias, si
 void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride,
          float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
          size_t p_end, const Epilogue& ep);
+
+// run() with segmented A rows (see SegUkernelFn). Throws std::invalid_argument when uk has
+// no segmented twin or the shape does not split into segs whole 4-byte blocks.
+void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride, size_t segs,
+                   size_t seg_stride, float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
+                   size_t p_end, const Epilogue& ep);
+// True when run_segmented can run uk on w with `segs` segments.
+bool segmented_ok(const Ukernel& uk, const PackedWeights& w, size_t segs);
 
 // Dynamic per-tensor quantization of activations.
 struct QuantParams {

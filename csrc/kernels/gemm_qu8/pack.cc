@@ -66,12 +66,39 @@ void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_s
   }
 }
 
+bool segmented_ok(const Ukernel& uk, const PackedWeights& w, size_t segs) {
+  return uk.seg_fn && uk.nr == w.nr && segs > 0 && w.k_padded == w.k && w.k % (kKr * segs) == 0;
+}
+
+void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride, size_t segs,
+                   size_t seg_stride, float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
+                   size_t p_end, const Epilogue& ep) {
+  if (!segmented_ok(uk, w, segs))
+    throw std::invalid_argument("gemm_qu8::run_segmented: no segmented twin, or k does not split into segments");
+  const size_t mr = uk.mr, nr = w.nr;
+  for (size_t p = p_begin; p < p_end; ++p) {
+    const size_t n0 = p * nr;
+    const size_t n_valid = w.n - n0 < nr ? w.n - n0 : nr;
+    for (size_t m0 = m_begin; m0 < m_end; m0 += mr) {
+      const size_t mt = m_end - m0 < mr ? m_end - m0 : mr;
+      uk.seg_fn(mt, a + m0 * a_stride, a_stride, segs, seg_stride, w, p,
+                reinterpret_cast<float*>(reinterpret_cast<char*>(c) + m0 * c_stride) + n0, c_stride, n_valid, ep);
+    }
+  }
+}
+
 const std::vector<Ukernel>& all_ukernels() {
-  static const std::vector<Ukernel> list = {
+  static const std::vector<Ukernel> list = [] {
+    std::vector<Ukernel> l = {
 #define DSQ_GEMM_QU8_UKERNEL(ident, isa, mr, nr) {#ident, Isa::isa, mr, nr, ident},
 #include "kernels/gemm_qu8/kernels.inc"
 #undef DSQ_GEMM_QU8_UKERNEL
-  };
+    };
+#if DSQ_X86
+    for (Ukernel& uk : l) uk.seg_fn = avx512vnni_segmented(uk.fn);
+#endif
+    return l;
+  }();
   return list;
 }
 

@@ -47,6 +47,8 @@ void quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, u
                           size_t q_stride, QuantParams p);
 
 #if DSQ_X86
+// The segmented twin of an AVX-512 VNNI variant (x86_avx512vnni.cc), null for others.
+SegUkernelFn avx512vnni_segmented(UkernelFn fn);
 // Row-wise helpers for the x86 quantize paths; rows of k floats -> k_padded bytes.
 void minmax_avx2(const float* x, size_t m, size_t k, size_t x_stride, float* lo, float* hi);
 void quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,

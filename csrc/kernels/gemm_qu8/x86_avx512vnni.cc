@@ -31,12 +31,14 @@ using vnni::load_u32;
 // Exactly M rows x 16*V columns. The exported variants dispatch on the tile's row count
 // to the instantiation with M = m, so a remainder tile (batch 1 above all) computes only
 // its own rows instead of MR - m copies of the last one.
+// A row is `segs` segments of kb_count / segs k blocks, segment s at ar[i] + s *
+// seg_stride (segs = 1: the plain contiguous row).
 template <size_t M, size_t V>
-void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, const PackedWeights& w,
-             size_t p, float* c, size_t c_stride, size_t n_valid, const Epilogue& ep) {
+void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, size_t segs, size_t seg_stride,
+             const PackedWeights& w, size_t p, float* c, size_t c_stride, size_t n_valid, const Epilogue& ep) {
   constexpr size_t kNr = 16 * V;
   const int8_t* b = w.panel(p);
-  const size_t kb_count = w.k_padded / kKr;
+  const size_t kb_count = w.k_padded / kKr / segs;
   const uint8_t* ar[M];
 #pragma GCC unroll 16
   for (size_t i = 0; i < M; ++i) ar[i] = a + i * a_stride;
@@ -63,11 +65,17 @@ void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, const PackedW
       for (size_t v = 0; v < V; ++v) acc[u][i][v] = dpbusd(acc[u][i][v], av, bv[v]);
     }
   };
-  size_t kb = 0;
-  for (; kb + U <= kb_count; kb += U)
+  for (size_t s = 0; s < segs; ++s) {
+    if (s) {
+#pragma GCC unroll 16
+      for (size_t i = 0; i < M; ++i) ar[i] += seg_stride;
+    }
+    size_t kb = 0;
+    for (; kb + U <= kb_count; kb += U)
 #pragma GCC unroll 4
-    for (size_t u = 0; u < U; ++u) step(u, kb + u);
-  for (; kb < kb_count; ++kb) step(0, kb);
+      for (size_t u = 0; u < U; ++u) step(u, kb + u);
+    for (; kb < kb_count; ++kb) step(0, kb);
+  }
 #pragma GCC unroll 4
   for (size_t u = 1; u < U; ++u)
 #pragma GCC unroll 16
@@ -104,30 +112,45 @@ void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, const PackedW
   }
 }
 
+using RowFn = void (*)(size_t, const uint8_t*, size_t, size_t, size_t, const PackedWeights&, size_t, float*, size_t,
+                      size_t, const Epilogue&);
+
 template <size_t V, size_t... Ms>
-constexpr std::array<UkernelFn, sizeof...(Ms)> row_table(std::index_sequence<Ms...>) {
+constexpr std::array<RowFn, sizeof...(Ms)> row_table(std::index_sequence<Ms...>) {
   return {&ukernel<Ms + 1, V>...};
 }
 
 // An m x n_valid tile, 1 <= m <= MR, on the exact-row-count instantiation.
 template <size_t MR, size_t V>
-inline void tile(size_t m, const uint8_t* a, size_t a_stride, const PackedWeights& w, size_t p,
-                 float* c, size_t c_stride, size_t n_valid, const Epilogue& ep) {
-  static constexpr std::array<UkernelFn, MR> table = row_table<V>(std::make_index_sequence<MR>());
+inline void tile(size_t m, const uint8_t* a, size_t a_stride, size_t segs, size_t seg_stride, const PackedWeights& w,
+                 size_t p, float* c, size_t c_stride, size_t n_valid, const Epilogue& ep) {
+  static constexpr std::array<RowFn, MR> table = row_table<V>(std::make_index_sequence<MR>());
   if (m == 0) return;
-  table[m - 1](m, a, a_stride, w, p, c, c_stride, n_valid, ep);
+  table[m - 1](m, a, a_stride, segs, seg_stride, w, p, c, c_stride, n_valid, ep);
 }
 
 }  // namespace
 
-#define DSQ_DEFINE(ident, MR, V)                                                           \
-  void ident(size_t m, const uint8_t* a, size_t a_stride, const PackedWeights& w, size_t p, \
-             float* c, size_t c_stride, size_t n_valid, const Epilogue& ep) {             \
-    tile<MR, V>(m, a, a_stride, w, p, c, c_stride, n_valid, ep);                           \
+#define DSQ_DEFINE(ident, MR, V)                                                                              \
+  void ident(size_t m, const uint8_t* a, size_t a_stride, const PackedWeights& w, size_t p, float* c,         \
+             size_t c_stride, size_t n_valid, const Epilogue& ep) {                                          \
+    tile<MR, V>(m, a, a_stride, 1, 0, w, p, c, c_stride, n_valid, ep);                                        \
+  }                                                                                                          \
+  static void ident##_seg(size_t m, const uint8_t* a, size_t a_stride, size_t segs, size_t seg_stride,       \
+                          const PackedWeights& w, size_t p, float* c, size_t c_stride, size_t n_valid,       \
+                          const Epilogue& ep) {                                                              \
+    tile<MR, V>(m, a, a_stride, segs, seg_stride, w, p, c, c_stride, n_valid, ep);                            \
   }
 DSQ_DEFINE(gemm_qu8_4x64__avx512vnni, 4, 4)
 DSQ_DEFINE(gemm_qu8_8x32__avx512vnni, 8, 2)
 DSQ_DEFINE(gemm_qu8_12x16__avx512vnni, 12, 1)
 #undef DSQ_DEFINE
+
+SegUkernelFn avx512vnni_segmented(UkernelFn fn) {
+  if (fn == &gemm_qu8_4x64__avx512vnni) return &gemm_qu8_4x64__avx512vnni_seg;
+  if (fn == &gemm_qu8_8x32__avx512vnni) return &gemm_qu8_8x32__avx512vnni_seg;
+  if (fn == &gemm_qu8_12x16__avx512vnni) return &gemm_qu8_12x16__avx512vnni_seg;
+  return nullptr;
+}
 
 }  // namespace dsq::gemm_qu8
