@@ -38,7 +38,7 @@ CASES = [
 ]
 
 
-def _make(case, any_size=False):
+def _make(case, any_size=False, input_quant=None):
     label, kh, kw, cin, cout, pad, dil, H, W, batch, vals, layout = case
     rng = np.random.default_rng(zlib.crc32(label.encode()))
     values, extra, cb_bits, per_row = VALUES[vals]
@@ -49,6 +49,8 @@ def _make(case, any_size=False):
     b = rng.standard_normal(cout).astype(np.float32)
     act = len(label) % 3
     attrs = {"padding": list(pad), "dilation": list(dil), "activation": act}
+    if input_quant is not None:
+        attrs["input_quant"] = list(input_quant)
     data, _, wd, _ = build("conv2d", w, enc, bias=b, attrs=attrs, in_dims=(-1, cin, -1 if any_size else H, -1 if any_size else W),
                            values=values)
     x = rng.standard_normal((batch, cin, H, W)).astype(np.float32)
@@ -72,6 +74,26 @@ def test_direct_matches_reference_and_im2col(case):
     check_close(runs["direct", 1], ref, mag, label)
     for key, y in runs.items():
         assert np.array_equal(y, runs["direct", 1]), (
+            f"{label}: {key} differs from direct/1 thread in {int(np.sum(y != runs['direct', 1]))} places")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_int8_direct_matches_im2col(case):
+    """Sparse int8 convs (int8 CSR + input_quant: spmm_qu8 on u8 activations) run direct
+    on a zero-point padded u8 plane; integer sums make them bit-identical to the im2col
+    path, at 1 and 2 threads."""
+    label = case[0]
+    data, _, _, x, _ = _make(case[:10] + ("int8", case[11]), input_quant=(0.03, 120.0))
+    runs = {}
+    for path, kw in (("direct", {}), ("im2col", {"force_kernel": "im2col"})):
+        for t in (1, 2):
+            m = deepsqueeze.load(data, threads=t, **kw)
+            kernel = m.layers([x.shape])[0]["kernel"]
+            assert "spmm_qu8" in kernel and (("direct conv" in kernel) == (path == "direct")), f"{label} {path}: {kernel}"
+            runs[path, t] = m.run(x)
+    assert np.isfinite(runs["direct", 1]).all()
+    for key, y in runs.items():
+        assert np.array_equal(y.view(np.uint32), runs["direct", 1].view(np.uint32)), (
             f"{label}: {key} differs from direct/1 thread in {int(np.sum(y != runs['direct', 1]))} places")
 
 

@@ -142,6 +142,16 @@ class SparseLayer : public Layer {
     return a64((d.extent + kPlanePad) * 4) + a64(static_cast<size_t>(cout) * kChunk * 4);
   }
 
+  // The int8 direct path: shared offsets (u32 per column) + remapped columns; per slot one
+  // padded u8 plane (+ the kernel's 64-byte over-read), one quantized input row, y_t.
+  size_t q8_direct_shared_bytes(const DirectShape& d) const {
+    return a64(static_cast<size_t>(k()) * 4) + a64(qw.nnz * (d.cols_u16 ? 2 : 4));
+  }
+  size_t q8_direct_slot_bytes(const DirectShape& d, const Shape& xs) const {
+    return a64(d.extent + kPlanePad) + a64(gemm_qu8::padded_k(static_cast<size_t>(xs.dims[3] * cin))) +
+           a64(static_cast<size_t>(cout) * kChunk * 4);
+  }
+
   size_t q8_slot_bytes() const {
     // per task: patches (chunk x k f32) when not pointwise, quantized rows (chunk x k_padded),
     // their transpose (k x chunk u8), y_t (cout x chunk f32)
@@ -153,7 +163,13 @@ class SparseLayer : public Layer {
 
   size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out, size_t threads) const override {
     const size_t slots = std::min<size_t>(threads, 64);
-    if (int8) return q8_slot_bytes() * slots;
+    if (int8) {
+      if (use_direct(in[0], out[0])) {
+        const DirectShape d = direct_shape(in[0], out[0]);
+        return q8_direct_shared_bytes(d) + q8_direct_slot_bytes(d, in[0]) * slots;
+      }
+      return q8_slot_bytes() * slots;
+    }
     if (stream) {
       // Per thread one decoded tile; batch > 1 also one shared x_t / y_t slab.
       const size_t tiles = stream->tile_scratch_bytes() * slots;
@@ -192,7 +208,7 @@ class SparseLayer : public Layer {
   std::string kernel() const override {
     if (int8)
       return (q_spmv_uk ? std::string(q_spmv_uk->name) + " | " : std::string()) + q_small_uk->name + " | " + q_uk->name +
-             (pointwise() ? "" : " + im2col") +
+             (pointwise() ? "" : direct ? " + direct conv" : " + im2col") +
              (static_quant ? " (static act quant)" : " (dynamic act quant)");
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
     if (stream) k = "stream-decode " + std::to_string(stream->tiles()) + " tiles: " + k;
@@ -304,6 +320,7 @@ class SparseLayer : public Layer {
       }
       return;
     }
+    if (use_direct(xs, ys)) return run_int8_direct(x, xs, ys, y, qp, ep, env);
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
     const size_t threads = std::min<size_t>(env.pool->threads(), 64);
     auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
@@ -546,6 +563,99 @@ class SparseLayer : public Layer {
     }
   }
 
+  // The int8 twin of run_direct: per image a zero-point padded u8 plane xp[c][Hp][Wp] (the
+  // input quantized exactly as the im2col path quantizes it), the spmm_qu8 kernel on shifted
+  // windows (x_stride = 1 byte, columns remapped to shifts), y_t back to NHWC without the
+  // grid's padding columns. Integer sums: the same outputs as the im2col path, bit for bit.
+  void run_int8_direct(const float* x, const Shape& xs, const Shape& ys, float* y, const gemm_qu8::QuantParams& qp,
+                       const spmm_qu8::Epilogue& ep, const RunEnv& env) const {
+    const DirectShape d = direct_shape(xs, ys);
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
+    const size_t kk = static_cast<size_t>(k()), c_in = static_cast<size_t>(cin), c_out = static_cast<size_t>(cout);
+    const size_t kwc = static_cast<size_t>(kw) * c_in;
+    uint32_t* offsets = reinterpret_cast<uint32_t*>(env.scratch);
+    uint8_t* cols = env.scratch + a64(kk * 4);
+    uint8_t* slot0 = env.scratch + q8_direct_shared_bytes(d);
+    for (size_t c = 0; c < kk; ++c) {  // make_int8 ordered the columns (kh, kw, cin)
+      const size_t i = c / kwc, j = c % kwc / c_in, ch = c % c_in;
+      offsets[c] = static_cast<uint32_t>(ch * d.plane + i * static_cast<size_t>(dh) * d.Wp + j * static_cast<size_t>(dw));
+    }
+    for (size_t p = 0; p < qw.nnz; ++p) {
+      const uint32_t off = offsets[qw.cols_u16 ? qw.col16()[p] : qw.col32()[p]];
+      if (d.cols_u16) reinterpret_cast<uint16_t*>(cols)[p] = static_cast<uint16_t>(off);
+      else reinterpret_cast<uint32_t*>(cols)[p] = off;
+    }
+    spmm_qu8::PackedWeights dq;
+    dq.n = qw.n;
+    dq.k = qw.k;
+    dq.nnz = qw.nnz;
+    dq.row_ptr = AlignedBuffer::view(qw.row_ptr.data(), qw.row_ptr.size());
+    dq.cols = AlignedBuffer::view(cols, qw.nnz * (d.cols_u16 ? 2 : 4));
+    dq.cols_u16 = d.cols_u16;
+    dq.values = AlignedBuffer::view(qw.values.data(), qw.values.size());
+    dq.w_scale = AlignedBuffer::view(qw.w_scale.data(), qw.w_scale.size());
+    dq.rowsum = AlignedBuffer::view(qw.rowsum.data(), qw.rowsum.size());
+    dq.bias = AlignedBuffer::view(qw.bias.data(), qw.bias.size());
+
+    const size_t slot_b = q8_direct_slot_bytes(d, xs);
+    const size_t plane_b = a64(d.extent + kPlanePad), qrow_b = a64(gemm_qu8::padded_k(static_cast<size_t>(W) * c_in));
+    auto plane_of = [&](size_t slot) { return slot0 + slot * slot_b; };
+    auto qrow_of = [&](size_t slot) { return slot0 + slot * slot_b + plane_b; };
+    auto y_t_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b + plane_b + qrow_b); };
+    const uint8_t zero = static_cast<uint8_t>(qp.zero);
+    auto build_plane = [&](int64_t n, uint8_t* xp, uint8_t* qrow) {
+      const size_t h = static_cast<size_t>(H), wd = static_cast<size_t>(W), p_h = static_cast<size_t>(ph),
+                   p_w = static_cast<size_t>(pw);
+      std::memset(xp, zero, d.extent);  // borders (the interior is overwritten below)
+      std::memset(xp + d.extent, 0, kPlanePad);
+      const float* src = x + static_cast<size_t>(n) * h * wd * c_in;
+      for (size_t r = 0; r < h; ++r) {
+        gemm_qu8::quantize(src + r * wd * c_in, 1, wd * c_in, 0, qrow, gemm_qu8::padded_k(wd * c_in), qp);
+        uint8_t* dst = xp + (r + p_h) * d.Wp + p_w;
+        for (size_t c = 0; c < c_in; ++c)  // (W x cin) -> (cin x W) bytes
+          for (size_t q = 0; q < wd; ++q) dst[c * d.plane + q] = qrow[q * c_in + c];
+      }
+    };
+    auto run_cols = [&](int64_t n, const uint8_t* xp, size_t g0, size_t g1, float* y_t) {
+      spmm_qu8::run(*q_uk, dq, g1 - g0, xp + g0, 1, y_t, kChunk * 4, 0, qw.n, ep);
+      float* yn = y + static_cast<size_t>(n) * static_cast<size_t>(OH * OW) * c_out;
+      for (size_t g = g0; g < g1;) {
+        const size_t oh = g / d.Wp, ow = g % d.Wp;
+        const size_t run_end = std::min(g1, oh * d.Wp + static_cast<size_t>(OW));
+        if (ow < static_cast<size_t>(OW))
+          transpose(y_t + (g - g0), kChunk, yn + (oh * static_cast<size_t>(OW) + ow) * c_out, c_out, c_out,
+                    run_end - g);
+        g = (oh + 1) * d.Wp;
+      }
+    };
+    const size_t chunks = (d.grid + kChunk - 1) / kChunk;
+    const size_t slots = std::min<size_t>(env.pool->threads(), 64);
+    auto whole_image = [&](int64_t n, size_t slot) {
+      uint8_t* xp = plane_of(slot);
+      build_plane(n, xp, qrow_of(slot));
+      for (size_t c = 0; c < chunks; ++c)
+        run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(slot));
+    };
+    if (slots <= 1) {
+      for (int64_t n = 0; n < N; ++n) whole_image(n, 0);
+    } else if (static_cast<size_t>(N) >= slots || chunks <= 1) {
+      const size_t used = std::min<size_t>(slots, static_cast<size_t>(N));
+      env.pool->parallel_for(used, [&](size_t s) {
+        for (size_t n = s; n < static_cast<size_t>(N); n += used) whole_image(static_cast<int64_t>(n), s);
+      });
+    } else {
+      const size_t used = std::min(slots, chunks);
+      for (int64_t n = 0; n < N; ++n) {
+        uint8_t* xp = plane_of(0);
+        build_plane(n, xp, qrow_of(0));
+        env.pool->parallel_for(used, [&](size_t s) {
+          for (size_t c = s; c < chunks; c += used)
+            run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(s));
+        });
+      }
+    }
+  }
+
   // The patches of output rows [m0, m0 + rows), written transposed straight into x_t: row
   // c * kh * kw + i * kw + j (the file's column order), column r = output row m0 + r, ld
   // floats between rows. Per tap, each run of output pixels on one output row is one
@@ -668,6 +778,8 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
   layer->qw = spmm_qu8::pack(rows, static_cast<size_t>(s.cols), row_ptr.data(), col.data(), q.data(), scale.data(),
                              bias.data());
   layer->int8 = true;
+  // Stride-1 convs (not pointwise) run direct (run_int8_direct); force_kernel "im2col" keeps im2col.
+  layer->direct = !layer->pointwise() && layer->sh == 1 && layer->sw == 1 && force != "im2col";
   layer->q_uk = &spmm_qu8::best_ukernel();
   layer->q_small_uk = &spmm_qu8::all_ukernels()[0];  // the scalar reference
   if (force.rfind("spmm_qu8", 0) == 0) {
