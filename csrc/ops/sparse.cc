@@ -143,12 +143,14 @@ class SparseLayer : public Layer {
   }
 
   // The int8 direct path: shared offsets (u32 per column) + remapped columns; per slot one
-  // padded u8 plane (+ the kernel's 64-byte over-read), one quantized input row, y_t.
+  // padded u8 plane (+ the kernel's 64-byte over-read), the image channel-major (f32), one
+  // quantized channel row, y_t.
   size_t q8_direct_shared_bytes(const DirectShape& d) const {
     return a64(static_cast<size_t>(k()) * 4) + a64(qw.nnz * (d.cols_u16 ? 2 : 4));
   }
   size_t q8_direct_slot_bytes(const DirectShape& d, const Shape& xs) const {
-    return a64(d.extent + kPlanePad) + a64(gemm_qu8::padded_k(static_cast<size_t>(xs.dims[3] * cin))) +
+    const size_t wd = static_cast<size_t>(xs.dims[3]), hw = static_cast<size_t>(xs.dims[2]) * wd;
+    return a64(d.extent + kPlanePad) + a64(hw * static_cast<size_t>(cin) * 4) + a64(gemm_qu8::padded_k(wd)) +
            a64(static_cast<size_t>(cout) * kChunk * 4);
   }
 
@@ -598,22 +600,32 @@ class SparseLayer : public Layer {
     dq.bias = AlignedBuffer::view(qw.bias.data(), qw.bias.size());
 
     const size_t slot_b = q8_direct_slot_bytes(d, xs);
-    const size_t plane_b = a64(d.extent + kPlanePad), qrow_b = a64(gemm_qu8::padded_k(static_cast<size_t>(W) * c_in));
+    const size_t wd_ = static_cast<size_t>(W), hw = static_cast<size_t>(H) * wd_;
+    const size_t plane_b = a64(d.extent + kPlanePad), imgt_b = a64(hw * c_in * 4);
     auto plane_of = [&](size_t slot) { return slot0 + slot * slot_b; };
-    auto qrow_of = [&](size_t slot) { return slot0 + slot * slot_b + plane_b; };
-    auto y_t_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b + plane_b + qrow_b); };
+    auto imgt_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b + plane_b); };
+    auto qrow_of = [&](size_t slot) { return slot0 + slot * slot_b + plane_b + imgt_b; };
+    auto y_t_of = [&](size_t slot) {
+      return reinterpret_cast<float*>(slot0 + slot * slot_b + plane_b + imgt_b + a64(gemm_qu8::padded_k(wd_)));
+    };
     const uint8_t zero = static_cast<uint8_t>(qp.zero);
-    auto build_plane = [&](int64_t n, uint8_t* xp, uint8_t* qrow) {
-      const size_t h = static_cast<size_t>(H), wd = static_cast<size_t>(W), p_h = static_cast<size_t>(ph),
-                   p_w = static_cast<size_t>(pw);
+    // The image (H*W x cin floats) to channel-major with the fast float transpose, then
+    // each channel quantized (as the im2col path quantizes it) into the plane's interior.
+    auto build_plane = [&](int64_t n, uint8_t* xp, float* imgt, uint8_t* qrow) {
+      const size_t h = static_cast<size_t>(H), wd = wd_, p_h = static_cast<size_t>(ph), p_w = static_cast<size_t>(pw);
       std::memset(xp, zero, d.extent);  // borders (the interior is overwritten below)
       std::memset(xp + d.extent, 0, kPlanePad);
-      const float* src = x + static_cast<size_t>(n) * h * wd * c_in;
-      for (size_t r = 0; r < h; ++r) {
-        gemm_qu8::quantize(src + r * wd * c_in, 1, wd * c_in, 0, qrow, gemm_qu8::padded_k(wd * c_in), qp);
-        uint8_t* dst = xp + (r + p_h) * d.Wp + p_w;
-        for (size_t c = 0; c < c_in; ++c)  // (W x cin) -> (cin x W) bytes
-          for (size_t q = 0; q < wd; ++q) dst[c * d.plane + q] = qrow[q * c_in + c];
+      transpose(x + static_cast<size_t>(n) * hw * c_in, c_in, imgt, hw, hw, c_in);
+      for (size_t c = 0; c < c_in; ++c) {
+        uint8_t* dst = xp + c * d.plane + p_h * d.Wp + p_w;
+        if (wd % gemm_qu8::kKr == 0) {  // rows of whole 4-byte blocks: straight into the plane
+          gemm_qu8::quantize(imgt + c * hw, h, wd, wd * 4, dst, d.Wp, qp);
+        } else {  // quantize pads its rows to 4 bytes: via qrow, so no border byte changes
+          for (size_t r = 0; r < h; ++r) {
+            gemm_qu8::quantize(imgt + c * hw + r * wd, 1, wd, 0, qrow, gemm_qu8::padded_k(wd), qp);
+            std::memcpy(dst + r * d.Wp, qrow, wd);
+          }
+        }
       }
     };
     auto run_cols = [&](int64_t n, const uint8_t* xp, size_t g0, size_t g1, float* y_t) {
@@ -632,7 +644,7 @@ class SparseLayer : public Layer {
     const size_t slots = std::min<size_t>(env.pool->threads(), 64);
     auto whole_image = [&](int64_t n, size_t slot) {
       uint8_t* xp = plane_of(slot);
-      build_plane(n, xp, qrow_of(slot));
+      build_plane(n, xp, imgt_of(slot), qrow_of(slot));
       for (size_t c = 0; c < chunks; ++c)
         run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(slot));
     };
@@ -647,7 +659,7 @@ class SparseLayer : public Layer {
       const size_t used = std::min(slots, chunks);
       for (int64_t n = 0; n < N; ++n) {
         uint8_t* xp = plane_of(0);
-        build_plane(n, xp, qrow_of(0));
+        build_plane(n, xp, imgt_of(0), qrow_of(0));
         env.pool->parallel_for(used, [&](size_t s) {
           for (size_t c = s; c < chunks; c += used)
             run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(s));
