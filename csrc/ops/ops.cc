@@ -129,6 +129,19 @@ inline void transpose4x4(const float* src, size_t src_stride, float* dst, size_t
 }  // namespace
 
 void transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols) {
+  // A single row or column is a (strided) copy; contiguous on both sides, one memcpy
+  // (e.g. NCHW <-> NHWC of a 1-channel image).
+  if (rows == 0 || cols == 0) return;
+  if (cols == 1 || rows == 1) {
+    const size_t n = cols == 1 ? rows : cols;
+    const size_t ss = cols == 1 ? src_stride : 1, ds = cols == 1 ? 1 : dst_stride;
+    if (ss == 1 && ds == 1) {
+      std::memcpy(dst, src, n * sizeof(float));
+    } else {
+      for (size_t i = 0; i < n; ++i) dst[i * ds] = src[i * ss];
+    }
+    return;
+  }
   // Cache blocks of 32 x 32, moved in 4 x 4 register blocks (SSE / NEON; the baseline
   // ISA of the core library), edges element by element.
   constexpr size_t kBlock = 32;

@@ -315,15 +315,15 @@ class ConcatLayer : public Layer {
 };
 
 // NHWC <-> NCHW copies for layout changes at reshapes.
+// Per image one (HW x C) <-> (C x HW) transpose (register-blocked, see rt::transpose); with
+// C == 1 or HW == 1 both layouts are the same bytes.
 void nhwc_to_nchw(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t p = 0; p < H * W; ++p) y[(n * C + c) * H * W + p] = x[(n * H * W + p) * C + c];
+  const size_t hw = static_cast<size_t>(H * W), c = static_cast<size_t>(C);
+  for (int64_t n = 0; n < N; ++n) transpose(x + n * hw * c, c, y + n * hw * c, hw, hw, c);
 }
 void nchw_to_nhwc(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t p = 0; p < H * W; ++p)
-      for (int64_t c = 0; c < C; ++c) y[(n * H * W + p) * C + c] = x[(n * C + c) * H * W + p];
+  const size_t hw = static_cast<size_t>(H * W), c = static_cast<size_t>(C);
+  for (int64_t n = 0; n < N; ++n) transpose(x + n * hw * c, hw, y + n * hw * c, c, c, hw);
 }
 
 class ReshapeLayer : public Layer {
