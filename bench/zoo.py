@@ -34,9 +34,10 @@ INPUT_SHAPE = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28),
                "resnet_cifar": (3, 32, 32), "mobilenet_v2_cifar": (3, 32, 32)}
 HAS_DATA = {"lenet_300_100": True, "lenet5": True, "resnet_cifar": False, "mobilenet_v2_cifar": False}
 OUR_ENCODINGS = ("f32", "int8", "int4", "csr70", "csr90", "csr95", "dc", "dc_int8", "lowrank_int8")
-# dc_int8: the Deep Compression pipeline (same pruning, 5-bit shared FC values) with the
-# conv layers' 8-bit k-means codebook replaced by int8 per-channel values (same bits per
-# nonzero) and calibrated static u8 activations, so convs run the sparse int8 kernels.
+# dc_int8: Deep Compression's pruning and Huffman coding with int8 per-channel values in
+# place of the k-means codebooks (8 bits per nonzero, as Han et al.'s conv codebooks; FC
+# layers get 8 instead of 5) and calibrated static u8 activations, so every layer runs the
+# sparse int8 kernels.
 SPARSITY = {"f32": 0.0, "int8": 0.0, "int4": 0.0, "csr70": 0.7, "csr90": 0.9, "csr95": 0.95,
             "lowrank_int8": 0.0}
 PEERS = ("torch:f32", "torch:int8", "ort:f32", "ort:int8_dynamic", "ort:int8_static")
@@ -202,13 +203,11 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 15) -> np.ndarray:
     return out
 
 
-def share_weights(net, linear_only: bool = False):
+def share_weights(net):
     """Deep Compression step 2: the nonzeros of each weight to 2^b shared values."""
     torch = _torch()
     with torch.no_grad():
         for _, mod in _weight_modules(net):
-            if linear_only and not isinstance(mod, torch.nn.Linear):
-                continue
             bits = 5 if isinstance(mod, torch.nn.Linear) else 8
             w = mod.weight.detach().numpy().copy()
             nz = w != 0
@@ -261,10 +260,10 @@ def variant_model(name: str, encoding: str):
         from torch.fx.experimental.optimization import fuse
 
         fused = fuse(copy.deepcopy(base))
-        linear_only = encoding == "dc_int8"
 
         def build():
-            return share_weights(prune(fused, dc_sparsity(name), finetune), linear_only).state_dict()
+            pruned = prune(fused, dc_sparsity(name), finetune)
+            return (share_weights(pruned) if encoding == "dc" else pruned).state_dict()
 
         net = copy.deepcopy(fused)
         net.load_state_dict(_cached_state(f"{name}_{encoding}", build))
@@ -272,7 +271,7 @@ def variant_model(name: str, encoding: str):
             return net, "auto"
         torch = _torch()
         sparse_int8 = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto"}
-        return net, {n: (sparse_int8 if isinstance(m, torch.nn.Conv2d) and m.groups == 1 else "auto")
+        return net, {n: (sparse_int8 if isinstance(m, torch.nn.Linear) or m.groups == 1 else "auto")
                      for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     if encoding == "lowrank_int8":
         return low_rank(base), "int8"
