@@ -289,12 +289,9 @@ class ConvLayer : public Layer {
     const int64_t in_rows = g.is_linear ? M : xs.dims[0] * xs.dims[2] * xs.dims[3];
     // One quantization scale serves the whole input, so a NaN or Inf anywhere would be
     // turned into ordinary numbers (NaN -> 0, Inf -> an infinite scale) and give finite,
-    // wrong outputs. Instead the whole output is NaN (docs/HARDENING.md). The scan is
-    // 1/cout of the GEMM's work.
-    if (!all_finite(x, static_cast<size_t>(xs.numel()))) {
-      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
-      return;
-    }
+    // wrong outputs. Instead the whole output is NaN (docs/HARDENING.md): quantize()
+    // reports non-finite inputs while it reads them (choose_params copes with any range).
+    auto nan_output = [&] { std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN()); };
     gemm_qu8::QuantParams qp = quant;
     if (!static_quant) {
       float mn, mx;
@@ -314,7 +311,7 @@ class ConvLayer : public Layer {
     if (g.pointwise() && g.groups == 1) {
       // Quantize the rows once (k padded), then split rows and panels over threads.
       uint8_t* qa = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
-      gemm_qu8::quantize(x, M, kg, kg * 4, qa, kp, qp);
+      if (!gemm_qu8::quantize(x, M, kg, kg * 4, qa, kp, qp)) return nan_output();
       const size_t threads = env.pool->threads();
       const size_t mr = family == Family::kQu8 ? qu8_uk->mr : q4_uk->mr;
       const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
@@ -332,11 +329,16 @@ class ConvLayer : public Layer {
       });
       return;
     }
-    if (implicit_gemm) return run_implicit(x, xs, y, ys, qp, ep, env);
+    if (implicit_gemm) {
+      if (!run_implicit(x, xs, y, ys, qp, ep, env)) nan_output();
+      return;
+    }
     // Quantize the whole input once (NHWC u8), then build u8 patches per task with the
     // zero point as padding (it stands for 0.0).
     uint8_t* qx = scratch;
-    gemm_qu8::quantize(x, 1, static_cast<size_t>(xs.numel()), 0, qx, gemm_qu8::padded_k(static_cast<size_t>(xs.numel())), qp);
+    if (!gemm_qu8::quantize(x, 1, static_cast<size_t>(xs.numel()), 0, qx,
+                            gemm_qu8::padded_k(static_cast<size_t>(xs.numel())), qp))
+      return nan_output();
     uint8_t* patch_base = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
     const size_t chunks = (static_cast<size_t>(M) + kRowsPerTask - 1) / kRowsPerTask;
     run_tasks(env, chunks * g.groups, [&](size_t task, size_t slot) {
@@ -360,7 +362,8 @@ class ConvLayer : public Layer {
   // The u8 input with its padding as a real border (the zero point stands for 0.0), then
   // per output row one segmented GEMM: row ow starts at padded pixel (oh * sh, ow * sw),
   // segment i (kernel row i) dh padded rows further down.
-  void run_implicit(const float* x, const Shape& xs, float* y, const Shape& ys, const gemm_qu8::QuantParams& qp,
+  // Returns false (and computes nothing) when the input holds a NaN or Inf.
+  bool run_implicit(const float* x, const Shape& xs, float* y, const Shape& ys, const gemm_qu8::QuantParams& qp,
                     const gemm_qu8::Epilogue& ep, const RunEnv& env) const {
     const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
     const int64_t Hp = H + 2 * g.ph, Wp = W + 2 * g.pw, OH = ys.dims[2], OW = ys.dims[3];
@@ -369,10 +372,13 @@ class ConvLayer : public Layer {
     const uint8_t zero = static_cast<uint8_t>(qp.zero);
     // Interior rows in increasing order (each quantize call may write 3 bytes past its
     // row; the next row or the border fill below overwrites them), then the borders.
+    bool finite = true;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t h = 0; h < H; ++h)
-        gemm_qu8::quantize(x + (n * H + h) * W * C, 1, static_cast<size_t>(W * C), 0,
-                           xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C, gemm_qu8::padded_k(static_cast<size_t>(W * C)), qp);
+        finite &= gemm_qu8::quantize(x + (n * H + h) * W * C, 1, static_cast<size_t>(W * C), 0,
+                                     xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C,
+                                     gemm_qu8::padded_k(static_cast<size_t>(W * C)), qp);
+    if (!finite) return false;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t h = 0; h < Hp; ++h) {
         uint8_t* row = xp + (n * Hp + h) * Wp * C;
@@ -398,6 +404,7 @@ class ConvLayer : public Layer {
                                 static_cast<size_t>(OW), 0, panels, ep);
       }
     });
+    return true;
   }
 
   void run_depthwise(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {

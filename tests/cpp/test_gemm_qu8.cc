@@ -190,7 +190,7 @@ uint8_t naive_quant(float x, QuantParams p) {
 void test_quantize() {
   const size_t ks[] = {1, 3, 4, 5, 15, 16, 17, 31, 33, 64, 577};
   for (size_t k : ks) {
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 4; ++variant) {
       const size_t m = 5;
       const size_t x_stride = (k + 3) * sizeof(float);
       const size_t kp = padded_k(k);
@@ -212,6 +212,13 @@ void test_quantize() {
         for (size_t i = 0; i < m; ++i)
           for (size_t j = 0; j < k; ++j)
             x[i * (k + 3) + j] = rand_int(0, 2) ? specials[rand_int(0, 9)] : rand_float(-3, 3);
+      } else if (variant == 3) {
+        // One NaN anywhere (vector body or scalar tail): quantize must report it.
+        p = {0.02f, 128};
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = rand_float(-2.0f, 2.0f);
+        x[static_cast<size_t>(rand_int(0, static_cast<int>(m) - 1)) * (k + 3) +
+          static_cast<size_t>(rand_int(0, static_cast<int>(k) - 1))] = std::numeric_limits<float>::quiet_NaN();
       } else {
         for (size_t i = 0; i < m; ++i)
           for (size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = rand_float(-3.0f, 5.0f);
@@ -232,7 +239,12 @@ void test_quantize() {
                   "choose_params range k=%zu", k);
       }
       std::vector<uint8_t> q(m * q_stride, 0xCD);
-      quantize(x.data(), m, k, x_stride, q.data(), q_stride, p);
+      const bool finite = quantize(x.data(), m, k, x_stride, q.data(), q_stride, p);
+      bool want_finite = true;  // the stride gap (999) is not part of the input
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = 0; j < k; ++j) want_finite = want_finite && std::isfinite(x[i * (k + 3) + j]);
+      DSQ_CHECK(finite == want_finite, "quantize k=%zu variant=%d reports finite=%d, want %d", k, variant, finite,
+                want_finite);
       bool ok = true;
       for (size_t i = 0; i < m && ok; ++i) {
         for (size_t j = 0; j < q_stride; ++j) {

@@ -93,8 +93,10 @@ struct QuantParams {
 void minmax(const float* x, size_t m, size_t k, size_t x_stride, float* lo, float* hi);
 QuantParams choose_params(float lo, float hi);  // asymmetric u8 over [lo, hi]
 // q = clamp(nearbyint(x / scale) + zero, 0, 255); writes k_padded bytes per row
-// (padding zeros). Rounds half to even, the same in every variant.
-void quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+// (padding zeros). Rounds half to even, the same in every variant. Returns false when any
+// input is NaN or +-Inf (they are still written as defined: NaN -> 0), so callers need no
+// separate scan for the NaN-output rule of the int8 layers (docs/HARDENING.md).
+bool quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
               size_t q_stride, QuantParams p);
 
 }  // namespace dsq::gemm_qu8

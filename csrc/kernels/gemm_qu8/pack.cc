@@ -152,13 +152,13 @@ QuantParams choose_params(float lo, float hi) {
   return {scale, static_cast<int32_t>(zero)};
 }
 
-void quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
               size_t q_stride, QuantParams p) {
 #if DSQ_X86
   if (isa_supported(Isa::kAvx512)) return quantize_avx512(x, m, k, x_stride, q, q_stride, p);
   if (isa_supported(Isa::kAvx2)) return quantize_avx2(x, m, k, x_stride, q, q_stride, p);
 #endif
-  quantize_scalar_rows(x, m, k, x_stride, q, q_stride, p);
+  return quantize_scalar_rows(x, m, k, x_stride, q, q_stride, p);
 }
 
 }  // namespace dsq::gemm_qu8

@@ -57,16 +57,21 @@ void minmax_scalar(const float* x, size_t m, size_t k, size_t x_stride, float* l
   *hi = h;
 }
 
-void quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                           size_t q_stride, QuantParams p) {
   const size_t kp = padded_k(k);
   const float zero = static_cast<float>(p.zero);
+  bool finite = true;
   for (size_t i = 0; i < m; ++i) {
     const float* xr = row(x, i, x_stride);
     uint8_t* qr = q + i * q_stride;
-    for (size_t j = 0; j < k; ++j) qr[j] = quantize_scalar(xr[j], p.scale, zero);
+    for (size_t j = 0; j < k; ++j) {
+      finite = finite && is_finite_bits(xr[j]);
+      qr[j] = quantize_scalar(xr[j], p.scale, zero);
+    }
     for (size_t j = k; j < kp; ++j) qr[j] = 0;
   }
+  return finite;
 }
 
 }  // namespace dsq::gemm_qu8

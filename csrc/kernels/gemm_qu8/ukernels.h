@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/gemm_qu8/gemm_qu8.h"
 
@@ -34,6 +35,12 @@ inline float epilogue_scalar(int32_t acc, int32_t a_zero, int32_t colsum, float 
 // nearbyint (current rounding mode, half to even by default) of the IEEE quotient, plus
 // the zero point, clamped to [0, 255] (NaN -> 0). The addition is done in float: exact
 // while |r| < 2^24, and beyond that the clamp gives the same result as integer math.
+inline bool is_finite_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return (b & 0x7f800000u) != 0x7f800000u;
+}
+
 inline uint8_t quantize_scalar(float x, float scale, float zero) {
   float v = std::nearbyint(x / scale) + zero;
   v = v > 0.0f ? v : 0.0f;
@@ -43,7 +50,7 @@ inline uint8_t quantize_scalar(float x, float scale, float zero) {
 
 void minmax_scalar(const float* x, size_t m, size_t k, size_t x_stride, float* lo,
                    float* hi);
-void quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                           size_t q_stride, QuantParams p);
 
 #if DSQ_X86
@@ -51,11 +58,11 @@ void quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, u
 SegUkernelFn avx512vnni_segmented(UkernelFn fn);
 // Row-wise helpers for the x86 quantize paths; rows of k floats -> k_padded bytes.
 void minmax_avx2(const float* x, size_t m, size_t k, size_t x_stride, float* lo, float* hi);
-void quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                    size_t q_stride, QuantParams p);
 void minmax_avx512(const float* x, size_t m, size_t k, size_t x_stride, float* lo,
                    float* hi);
-void quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                      size_t q_stride, QuantParams p);
 #endif
 

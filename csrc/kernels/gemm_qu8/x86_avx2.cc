@@ -112,9 +112,12 @@ void minmax_avx2(const float* x, size_t m, size_t k, size_t x_stride, float* lo,
   *hi = h;
 }
 
-void quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                    size_t q_stride, QuantParams p) {
   const size_t kp = padded_k(k);
+  const __m256i exp_mask = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();  // lanes whose exponent bits were all ones
+  bool tail_finite = true;
   const float zero_f = static_cast<float>(p.zero);
   const __m256 scale = _mm256_set1_ps(p.scale), zero = _mm256_set1_ps(zero_f);
   const __m256 vmin = _mm256_setzero_ps(), vmax = _mm256_set1_ps(255.0f);
@@ -123,8 +126,11 @@ void quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t*
     uint8_t* qr = q + i * q_stride;
     size_t j = 0;
     for (; j + 16 <= k; j += 16) {
-      __m256 v0 = _mm256_div_ps(_mm256_loadu_ps(xr + j), scale);
-      __m256 v1 = _mm256_div_ps(_mm256_loadu_ps(xr + j + 8), scale);
+      const __m256 x0 = _mm256_loadu_ps(xr + j), x1 = _mm256_loadu_ps(xr + j + 8);
+      bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x0), exp_mask), exp_mask));
+      bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x1), exp_mask), exp_mask));
+      __m256 v0 = _mm256_div_ps(x0, scale);
+      __m256 v1 = _mm256_div_ps(x1, scale);
       v0 = _mm256_add_ps(_mm256_round_ps(v0, _MM_FROUND_CUR_DIRECTION), zero);
       v1 = _mm256_add_ps(_mm256_round_ps(v1, _MM_FROUND_CUR_DIRECTION), zero);
       v0 = _mm256_min_ps(_mm256_max_ps(v0, vmin), vmax);  // NaN -> 0 as the scalar code
@@ -137,9 +143,13 @@ void quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t*
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + j),
                        _mm_shuffle_epi32(u8, _MM_SHUFFLE(3, 1, 2, 0)));
     }
-    for (; j < k; ++j) qr[j] = quantize_scalar(xr[j], p.scale, zero_f);
+    for (; j < k; ++j) {
+      tail_finite = tail_finite && is_finite_bits(xr[j]);
+      qr[j] = quantize_scalar(xr[j], p.scale, zero_f);
+    }
     for (; j < kp; ++j) qr[j] = 0;
   }
+  return tail_finite && _mm256_testz_si256(bad, bad);
 }
 
 }  // namespace dsq::gemm_qu8

@@ -49,9 +49,11 @@ void minmax_avx512(const float* x, size_t m, size_t k, size_t x_stride, float* l
   *hi = h;
 }
 
-void quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                      size_t q_stride, QuantParams p) {
   const size_t kp = padded_k(k);
+  const __m512i exp_mask = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;  // lanes whose exponent bits were all ones (masked-off lanes load 0)
   const __m512 scale = _mm512_set1_ps(p.scale);
   const __m512 zero = _mm512_set1_ps(static_cast<float>(p.zero));
   const __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_set1_ps(255.0f);
@@ -63,7 +65,9 @@ void quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_
       const size_t out = kp - j < 16 ? kp - j : 16;
       const __mmask16 mk = static_cast<__mmask16>((1u << cnt) - 1);
       const __mmask16 mo = static_cast<__mmask16>((1u << out) - 1);
-      __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mk, xr + j), scale);
+      const __m512 xv = _mm512_maskz_loadu_ps(mk, xr + j);
+      bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(xv), exp_mask), exp_mask);
+      __m512 v = _mm512_div_ps(xv, scale);
       v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION), zero);
       v = _mm512_min_ps(_mm512_max_ps(v, vmin), vmax);
       __m128i u8 = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
@@ -71,6 +75,7 @@ void quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_
       _mm_mask_storeu_epi8(qr + j, mo, u8);
     }
   }
+  return bad == 0;
 }
 
 }  // namespace dsq::gemm_qu8
