@@ -146,11 +146,19 @@ class ConvLayer : public Layer {
     return k;
   }
 
+  bool fuses_residual() const override {
+    return lo == -std::numeric_limits<float>::infinity() && hi == std::numeric_limits<float>::infinity();
+  }
+
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
-    if (family == Family::kDepthwiseF32) return run_depthwise(in[0], in_shapes[0], out[0], out_shapes[0], env);
-    if (family == Family::kF32) return run_f32(in[0], in_shapes[0], out[0], out_shapes[0], env);
-    return run_quantized(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    bool residual_done = false;  // the implicit GEMM path adds it row by row, in cache
+    if (family == Family::kDepthwiseF32) run_depthwise(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    else if (family == Family::kF32) run_f32(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    else residual_done = run_quantized(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    if (env.residual && !residual_done)
+      add_residual(out[0], env.residual, static_cast<size_t>(out_shapes[0].numel()), env.residual_lo, env.residual_hi,
+                   env);
   }
 
  private:
@@ -280,7 +288,8 @@ class ConvLayer : public Layer {
     });
   }
 
-  void run_quantized(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
+  // Returns true when it has also added env.residual (the implicit GEMM path).
+  bool run_quantized(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
     const int64_t M = gemm_rows(ys);
     const size_t kg = static_cast<size_t>(g.k_group());
     const size_t kp = gemm_qu8::padded_k(kg);
@@ -291,7 +300,10 @@ class ConvLayer : public Layer {
     // turned into ordinary numbers (NaN -> 0, Inf -> an infinite scale) and give finite,
     // wrong outputs. Instead the whole output is NaN (docs/HARDENING.md): quantize()
     // reports non-finite inputs while it reads them (choose_params copes with any range).
-    auto nan_output = [&] { std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN()); };
+    auto nan_output = [&] {
+      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+      return false;
+    };
     gemm_qu8::QuantParams qp = quant;
     if (!static_quant) {
       float mn, mx;
@@ -320,19 +332,16 @@ class ConvLayer : public Layer {
       const size_t tasks = threads <= 1 ? 1 : m_tasks * p_tasks;
       if (tasks <= 1) {
         gemm(0, qa, kp, 0, M, 0, panels, y);
-        return;
+        return false;
       }
       env.pool->parallel_for(tasks, [&](size_t t) {
         const size_t mt = t % m_tasks, pt = t / m_tasks;
         const size_t mb = m_blocks * mt / m_tasks * mr, me = std::min<size_t>(M, m_blocks * (mt + 1) / m_tasks * mr);
         gemm(0, qa, kp, mb, me, panels * pt / p_tasks, panels * (pt + 1) / p_tasks, y);
       });
-      return;
+      return false;
     }
-    if (implicit_gemm) {
-      if (!run_implicit(x, xs, y, ys, qp, ep, env)) nan_output();
-      return;
-    }
+    if (implicit_gemm) return run_implicit(x, xs, y, ys, qp, ep, env) || nan_output();
     // Quantize the whole input once (NHWC u8), then build u8 patches per task with the
     // zero point as padding (it stands for 0.0).
     uint8_t* qx = scratch;
@@ -357,12 +366,14 @@ class ConvLayer : public Layer {
       const size_t pcount = family == Family::kQu8 ? qu8_w[grp].panel_count() : q4_w[grp].panel_count();
       gemm(grp, patches, kp, 0, rows, 0, pcount, y + m0 * g.cout + grp * cog);
     });
+    return false;
   }
 
   // The u8 input with its padding as a real border (the zero point stands for 0.0), then
   // per output row one segmented GEMM: row ow starts at padded pixel (oh * sh, ow * sw),
   // segment i (kernel row i) dh padded rows further down.
-  // Returns false (and computes nothing) when the input holds a NaN or Inf.
+  // Returns false (and computes nothing) when the input holds a NaN or Inf; otherwise true,
+  // with env.residual (if any) added.
   bool run_implicit(const float* x, const Shape& xs, float* y, const Shape& ys, const gemm_qu8::QuantParams& qp,
                     const gemm_qu8::Epilogue& ep, const RunEnv& env) const {
     const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
@@ -399,9 +410,15 @@ class ConvLayer : public Layer {
       for (size_t r = chunk * rows_per_task; r < r_end; ++r) {
         const int64_t n = static_cast<int64_t>(r) / OH, oh = static_cast<int64_t>(r) % OH;
         const uint8_t* a = xp + (n * Hp + oh * g.sh) * Wp * C;
+        float* yr = y + r * OW * g.cout;
         gemm_qu8::run_segmented(*qu8_uk, w, a, static_cast<size_t>(g.sw * C), static_cast<size_t>(g.kh),
-                                static_cast<size_t>(g.dh) * row_bytes, y + r * OW * g.cout, c_stride, 0,
+                                static_cast<size_t>(g.dh) * row_bytes, yr, c_stride, 0,
                                 static_cast<size_t>(OW), 0, panels, ep);
+        if (env.residual) {  // the fused add, while the row is in cache (add_residual's expression)
+          const float* rr = env.residual + r * OW * g.cout;
+          const float rlo = env.residual_lo, rhi = env.residual_hi;
+          for (int64_t i = 0; i < OW * g.cout; ++i) yr[i] = std::min(std::max(yr[i] + rr[i], rlo), rhi);
+        }
       }
     });
     return true;

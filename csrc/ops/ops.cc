@@ -86,6 +86,20 @@ std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& 
 
 std::vector<float> decode_to_f32(const format::Tensor& t) { return format::decode_dense(t); }
 
+void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env) {
+  constexpr size_t kChunk = 1 << 14;
+  const size_t chunks = (n + kChunk - 1) / kChunk;
+  auto body = [&](size_t c) {
+    const size_t e = std::min(n, (c + 1) * kChunk);
+    for (size_t i = c * kChunk; i < e; ++i) out[i] = std::min(std::max(out[i] + residual[i], lo), hi);
+  };
+  if (chunks <= 1 || env.pool->threads() <= 1) {
+    for (size_t c = 0; c < chunks; ++c) body(c);
+  } else {
+    env.pool->parallel_for(chunks, body);
+  }
+}
+
 bool all_finite(const float* x, size_t n) {
   // Exponent bits all ones = Inf or NaN. Integer compares OR-ed over a block vectorize
   // (a std::isfinite loop with an early exit does not); the early exit is per block.

@@ -76,6 +76,11 @@ struct RunEnv {
   // into locals), so no atomics are needed. Model::execute adds them to Model.counters.
   uint64_t* skipped_macs = nullptr;
   uint64_t* huffman_symbols = nullptr;
+  // Set by the executor for a layer that also does the residual add after it (see
+  // Layer::fuses_residual): out = clamp(layer(x) + residual, residual_lo, residual_hi),
+  // the add layer's own arithmetic; residual has the output's shape and layout.
+  const float* residual = nullptr;
+  float residual_lo = 0.f, residual_hi = 0.f;
 };
 
 struct WeightInfo {
@@ -95,6 +100,12 @@ enum class Decode { kLoad = 0, kStream = 1 };
 
 // Default of LoadOptions::max_memory: 16 GiB on 64-bit targets, 1 GiB on 32-bit ones.
 constexpr uint64_t kDefaultMaxMemory = sizeof(size_t) >= 8 ? uint64_t(16) << 30 : uint64_t(1) << 30;
+
+// force_kernel values that are test switches, not kernel names: "im2col" (convs keep the
+// im2col path) and "unfused" (no residual add is folded into its producer).
+inline bool is_path_switch(const std::string& force_kernel) {
+  return force_kernel == "im2col" || force_kernel == "unfused";
+}
 
 struct LoadOptions {
   size_t threads = 0;  // 0 = hardware threads
@@ -123,6 +134,11 @@ class Layer {
   virtual Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const;
   // The kernel this layer runs (shown by summary/inspect).
   virtual std::string kernel() const { return "ref"; }
+  // True when run() honours RunEnv::residual (a following same-shape add folded into
+  // this layer's output pass; the layer must have no activation of its own).
+  virtual bool fuses_residual() const { return false; }
+  // An add without broadcasting that could be folded into its producer: its clamp range.
+  virtual bool residual_add_range(float* lo, float* hi) const { return false; }
 
   std::string name;
   format::Op op;
@@ -169,6 +185,9 @@ float attr_float(const format::Node& n, format::Attr key, size_t i, float dflt);
 bool all_finite(const float* x, size_t n);
 // dst[c][r] = src[r][c] for r < rows, c < cols (strides in elements), in cache blocks.
 void transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols);
+// out[i] = clamp(out[i] + residual[i], lo, hi) for i < n, with the add layer's expression
+// (so a fused add gives the same bits as the separate one), split over the pool.
+void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env);
 // Fused activation as a clamp range.
 void activation_range(int64_t activation, float* lo, float* hi);
 

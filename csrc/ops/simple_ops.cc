@@ -201,6 +201,13 @@ class BinaryLayer : public Layer {
  public:
   float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
 
+  bool residual_add_range(float* l, float* h) const override {
+    if (op != Op::kAdd) return false;
+    *l = lo;
+    *h = hi;
+    return true;
+  }
+
   std::vector<Shape> infer(const std::vector<Shape>& in) const override {
     const Shape &a = in[0], &b = in[1];
     const int rank = std::max(a.rank(), b.rank());

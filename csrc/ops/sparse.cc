@@ -800,7 +800,7 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
     layer->q_uk = layer->q_small_uk = uk;
   }
   layer->weight_read_bytes = layer->qw.bytes();
-  if (layer->pointwise() && force.empty()) {
+  if (layer->pointwise() && (force.empty() || is_path_switch(force))) {
     // Batch-1 row tiles, only where a SIMD tile kernel runs them (best_spmv_ukernel
     // returns the scalar CSR reference otherwise).
     spmm_qu8::build_row_tiles(layer->qw);
@@ -893,7 +893,7 @@ std::unique_ptr<Layer> make_sparse_layer(const format::Node& n, const format::Fi
   // force_kernel "im2col" (tests, benchmarks): stride-1 kxk convs keep the im2col path;
   // no kernel is forced.
   const bool force_im2col = options.force_kernel == "im2col";
-  const std::string force = force_im2col ? std::string() : options.force_kernel;
+  const std::string force = is_path_switch(options.force_kernel) ? std::string() : options.force_kernel;
   layer->direct = !layer->pointwise() && !layer->stream && layer->sh == 1 && layer->sw == 1 && !force_im2col;
   if (!force.empty() && (force.rfind("spmm", 0) == 0 || force.rfind("spmv", 0) == 0 || force.rfind("gemv_cb", 0) == 0)) {
     const spmm_f32::Ukernel* uk = spmm_f32::find_ukernel(force.c_str());

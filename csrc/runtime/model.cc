@@ -75,6 +75,7 @@ void Model::init(const format::File& file, const LoadOptions& options) {
   for (const auto& in : graph_.inputs) inputs_.push_back({graph_.values[in.value], in.dims});
   for (uint32_t v : graph_.outputs) outputs_.push_back({graph_.values[v], {}});
   decode_ = options.decode;
+  fuse_residual_ = options.force_kernel != "unfused";
   // Before anything is unpacked: the streams once entropy-decoded are a lower bound of
   // what the packed weights take, so a small Huffman-coded file that expands past the
   // limit is refused before it allocates.
@@ -182,6 +183,7 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
     plan.node_cost[i] = layers_[i]->cost(in, out);
     plan.total_cost.add(plan.node_cost[i]);
   }
+  plan_residual_adds(plan);
   // Liveness: a value lives from the node that makes it to its last reader; graph
   // outputs live to the end. Graph inputs of rank != 4 are read in place from the
   // caller's buffer; rank-4 inputs are converted to NHWC into the arena first.
@@ -193,6 +195,10 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes) const {
     for (uint32_t v : graph_.nodes[i].outputs) first[v] = last[v] = i;
   }
   for (uint32_t v : graph_.outputs) last[v] = end;
+  // A fused add's output is written by its producer: it must not share memory with
+  // anything live from there on (the producer's own input above all).
+  for (int64_t i = 0; i < end; ++i)
+    if (plan.residual_add[i] >= 0) first[graph_.nodes[plan.residual_add[i]].outputs[0]] = i;
   plan.value_offset.assign(nv, -1);
   struct Placed {
     size_t offset, bytes;
@@ -262,9 +268,22 @@ void Model::execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTable
     auto& out = tables.node_out[i];
     in.resize(node.inputs.size());
     out.resize(node.outputs.size());
+    if (plan.fused_away[i]) {  // done by its producer
+      node_skipped[i] = 0;
+      continue;
+    }
     for (size_t k = 0; k < node.inputs.size(); ++k) in[k] = ptr[node.inputs[k]];
     for (size_t k = 0; k < node.outputs.size(); ++k) out[k] = const_cast<float*>(ptr[node.outputs[k]]);
-    layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], env);
+    if (plan.residual_add[i] >= 0) {
+      const int64_t j = plan.residual_add[i];
+      out[0] = const_cast<float*>(ptr[graph_.nodes[j].outputs[0]]);
+      RunEnv fused = env;
+      fused.residual = ptr[plan.residual_value[i]];
+      layers_[j]->residual_add_range(&fused.residual_lo, &fused.residual_hi);
+      layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], fused);
+    } else {
+      layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], env);
+    }
     node_skipped[i] = skipped_macs - skipped_before;
   }
   for (size_t i = 0; i < outputs_.size(); ++i) {
@@ -330,6 +349,37 @@ void Model::reset_counters() {
   counters_ = Counters{};
 }
 
+void Model::plan_residual_adds(Plan& plan) const {
+  const size_t n = layers_.size(), nv = graph_.values.size();
+  plan.residual_add.assign(n, -1);
+  plan.residual_value.assign(n, -1);
+  plan.fused_away.assign(n, false);
+  if (!fuse_residual_) return;
+  std::vector<int64_t> producer(nv, -1), readers(nv, 0);
+  for (size_t i = 0; i < n; ++i) {
+    for (uint32_t v : graph_.nodes[i].outputs) producer[v] = static_cast<int64_t>(i);
+    for (uint32_t v : graph_.nodes[i].inputs) ++readers[v];
+  }
+  for (uint32_t v : graph_.outputs) ++readers[v];
+  for (size_t j = 0; j < n; ++j) {
+    const auto& add = graph_.nodes[j];
+    float lo, hi;
+    if (!layers_[j]->residual_add_range(&lo, &hi) || add.inputs.size() != 2 || add.outputs.size() != 1) continue;
+    const Shape& out = plan.node_out_shapes[j][0];
+    if (plan.node_in_shapes[j][0] != out || plan.node_in_shapes[j][1] != out) continue;  // broadcasting
+    for (size_t k = 0; k < 2; ++k) {
+      const uint32_t u = add.inputs[k], v = add.inputs[1 - k];
+      const int64_t i = producer[u];
+      if (i < 0 || u == v || readers[u] != 1 || plan.residual_add[i] >= 0 || producer[v] >= i) continue;
+      if (graph_.nodes[i].outputs.size() != 1 || !layers_[i]->fuses_residual()) continue;
+      plan.residual_add[i] = static_cast<int64_t>(j);
+      plan.residual_value[i] = v;
+      plan.fused_away[j] = true;
+      break;
+    }
+  }
+}
+
 std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) const {
   const Plan plan = make_plan(input_shapes);
   std::vector<LayerInfo> out;
@@ -339,6 +389,9 @@ std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) con
     info.name = node.name;
     info.op = format::op_name(node.op);
     info.kernel = layers_[i]->kernel();
+    if (plan.fused_away[i])
+      for (size_t p = 0; p < layers_.size(); ++p)
+        if (plan.residual_add[p] == static_cast<int64_t>(i)) info.kernel += " (fused into '" + graph_.nodes[p].name + "')";
     for (uint32_t v : node.inputs) info.input_shapes.push_back(plan.value_shapes[v]);
     for (uint32_t v : node.outputs) info.output_shapes.push_back(plan.value_shapes[v]);
     info.weights = layers_[i]->weights;

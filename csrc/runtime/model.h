@@ -47,6 +47,12 @@ struct Plan {
   Cost total_cost;
   // Per node, the shapes its layer sees (kept so a run builds nothing).
   std::vector<std::vector<Shape>> node_in_shapes, node_out_shapes;
+  // Residual adds folded into the layer that produces one of their inputs (a conv without
+  // activation whose output only that add reads; shapes equal, no broadcasting): for the
+  // producer, the add's node index and the other input's value (-1: none); the add itself
+  // is skipped (fused_away). The add's output is then born at the producer (liveness).
+  std::vector<int64_t> residual_add, residual_value;
+  std::vector<bool> fused_away;
 };
 
 // Per-run pointer tables, sized at prepare() and refilled by each run.
@@ -113,11 +119,13 @@ class Model {
 
  private:
   void init(const format::File& file, const LoadOptions& options);
+  void plan_residual_adds(Plan& plan) const;
 
   format::Graph graph_;
   std::vector<format::MetaEntry> metadata_;
   std::vector<std::unique_ptr<Layer>> layers_;
   Decode decode_ = Decode::kLoad;
+  bool fuse_residual_ = true;  // LoadOptions::force_kernel "unfused" turns it off (tests)
   std::vector<IoInfo> inputs_, outputs_;
   std::shared_ptr<ThreadPool> pool_;
   uint64_t max_memory_ = kDefaultMaxMemory, weight_memory_ = 0;
