@@ -3,7 +3,9 @@
 - `deep_compression`: gradual magnitude pruning with fine-tuning -> k-means weight
   sharing (8 bits for convs, 5 for fully connected layers, as Han et al.) -> centroid
   fine-tuning with the pruning mask fixed -> export with weights="auto" (relative-index
-  CSR + codebook + Huffman, chosen losslessly per layer).
+  CSR + codebook + Huffman, chosen losslessly per layer). With values="int8" the shared
+  values are replaced by int8 per channel and calibrated u8 activations (the engine's
+  sparse int8 kernels: int8 MACs on the nonzeros only, docs/ENERGY.md).
 - `quantized_distillation`: a small student trained with quantized weights against a
   teacher (Polino et al.), exported as codebooks.
 - `lowrank_int8`: truncated SVD / Tucker-2 factorization, fine-tuning, int8 export.
@@ -42,6 +44,10 @@ class DeepCompressionConfig:
     given, is a longer fine-tuning of the final sparse network (mask fixed). conv_bits /
     fc_bits: k-means codebook sizes (2^bits shared values, non-zeros only) with linear
     initialization, then `centroid_train` fine-tunes the shared values (mask fixed).
+    values: "codebook" (the paper) or "int8": no weight sharing; the nonzeros are exported
+    as int8 per output channel (relative-index CSR + Huffman) with static u8 activation
+    ranges calibrated on `calibration_batches` training batches, so every conv/linear runs
+    the sparse int8 kernels (grouped convs keep "auto").
     """
     sparsity: Sparsity = 0.9
     prune_steps: int = 3
@@ -52,10 +58,16 @@ class DeepCompressionConfig:
     cluster_init: str = "linear"
     centroid_train: TrainConfig = TrainConfig(epochs=2, lr=1e-4, lr_schedule="cosine")
     layers: Any = None
+    values: str = "codebook"
+    calibration_batches: int = 8
 
     def __post_init__(self):
         if self.prune_steps < 1:
             raise ValueError(f"prune_steps must be >= 1, got {self.prune_steps}")
+        if self.values not in ("codebook", "int8"):
+            raise ValueError(f"values must be 'codebook' or 'int8', got {self.values!r}")
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
         for name in ("conv_bits", "fc_bits"):
             b = getattr(self, name)
             if not 1 <= b <= 8:
@@ -130,27 +142,57 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
     log(f"pruned: sparsity {sparsity(model)['total']:.3f}"
         + (f", error {err:.4f}" if err is not None else ""))
 
-    t = time.perf_counter()
-    bits = _bits_by_layer(model, config.layers, config.conv_bits, config.fc_bits)
-    cluster(model, ClusterConfig(bits=bits, init=config.cluster_init), layers=config.layers)
-    err = _eval(model, val_loader)
-    result.stage("cluster", time.perf_counter() - t, bits=bits, error=err)
-    log("clustered" + (f": error {err:.4f}" if err is not None else ""))
+    if config.values == "codebook":
+        t = time.perf_counter()
+        bits = _bits_by_layer(model, config.layers, config.conv_bits, config.fc_bits)
+        cluster(model, ClusterConfig(bits=bits, init=config.cluster_init), layers=config.layers)
+        err = _eval(model, val_loader)
+        result.stage("cluster", time.perf_counter() - t, bits=bits, error=err)
+        log("clustered" + (f": error {err:.4f}" if err is not None else ""))
 
-    t = time.perf_counter()
-    fine_tune_centroids(model, train_loader, config.centroid_train, val_loader=None)
-    err = _eval(model, val_loader)
-    result.stage("centroid fine-tune", time.perf_counter() - t, error=err)
-    log("centroids fine-tuned" + (f": error {err:.4f}" if err is not None else ""))
-    core.record(model, "recipe", name="deep_compression", retrain=config.retrain)
+        t = time.perf_counter()
+        fine_tune_centroids(model, train_loader, config.centroid_train, val_loader=None)
+        err = _eval(model, val_loader)
+        result.stage("centroid fine-tune", time.perf_counter() - t, error=err)
+        log("centroids fine-tuned" + (f": error {err:.4f}" if err is not None else ""))
+    core.record(model, "recipe", name="deep_compression", retrain=config.retrain, values=config.values)
 
     if path is not None:
         if example_inputs is None:
             raise ValueError("deep_compression: export needs example_inputs")
         t = time.perf_counter()
-        result.path, result.file_bytes = _export(model, example_inputs, path, weights="auto")
-        result.stage("export", time.perf_counter() - t, bytes=result.file_bytes)
+        if config.values == "codebook":
+            result.path, result.file_bytes = _export(model, example_inputs, path, weights="auto")
+        else:
+            result.path, result.file_bytes = _export(model, example_inputs, path, weights=sparse_int8_spec(model),
+                                                     calibration=_calibration_batches(train_loader,
+                                                                                      config.calibration_batches))
+        result.stage("export", time.perf_counter() - t, bytes=result.file_bytes, values=config.values)
     return result
+
+
+# Relative-index CSR (4-bit gaps, as Deep Compression's conv layers) + int8 per output
+# channel + Huffman where it saves bytes.
+SPARSE_INT8 = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto"}
+
+
+def sparse_int8_spec(model: nn.Module) -> Dict[str, Any]:
+    """Export spec: SPARSE_INT8 for every Linear and ungrouped Conv2d, "auto" for grouped
+    convs (no sparse kernel)."""
+    return {name: (dict(SPARSE_INT8) if isinstance(m, nn.Linear) or m.groups == 1 else "auto")
+            for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def _calibration_batches(loader: Iterable, n: int) -> List[torch.Tensor]:
+    """The inputs of the first n batches of a (inputs, targets) loader."""
+    out = []
+    for batch in loader:
+        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        if len(out) >= n:
+            break
+    if not out:
+        raise ValueError("deep_compression: calibration needs at least one training batch")
+    return out
 
 
 @dataclass(frozen=True)

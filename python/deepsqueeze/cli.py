@@ -152,7 +152,7 @@ def cmd_compress(args) -> int:
         summary = compress(model, args.output, recipe=args.recipe, data=args.data,
                            sparsity=sparsity, fc_bits=args.fc_bits, conv_bits=args.conv_bits,
                            epochs_scale=args.epochs_scale, threads=args.threads,
-                           preset=args.model if args.model in BUILTIN_MODELS else None)
+                           preset=args.model if args.model in BUILTIN_MODELS else None, values=args.values)
     except ValueError as e:
         raise UserError(str(e)) from None
     print_summary(summary, model_name=args.model)
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "model's preset, else 0.9)")
     sp.add_argument("--fc-bits", type=int, default=5, help="deep_compression: codebook bits of FC layers")
     sp.add_argument("--conv-bits", type=int, default=8, help="deep_compression: codebook bits of convs")
+    sp.add_argument("--values", default="codebook", choices=("codebook", "int8"),
+                    help="deep_compression: k-means codebooks (the paper), or int8 per channel with calibrated "
+                    "u8 activations (sparse int8 kernels: less energy, docs/ENERGY.md)")
     sp.add_argument("--epochs-scale", type=float, default=1.0,
                     help="multiply every fine-tuning stage's epochs (e.g. 0.25 for a quick run)")
     sp.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
