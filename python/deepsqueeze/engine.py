@@ -138,7 +138,10 @@ def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = N
     """Loads a .dsq file (a path, or the file's bytes).
 
     threads: worker threads for this model (default: all hardware threads).
-    force_kernel: run every conv/linear of the matching family on this kernel (tests).
+    force_kernel: run every conv/linear of the matching family on this kernel (tests);
+    two values are path switches instead: "im2col" (convolutions keep the im2col path:
+    no direct sparse conv, no int8 implicit GEMM) and "unfused" (residual adds run as
+    their own layer instead of inside the conv before them). Results are the same bits.
     max_memory: bytes the model may use, its packed weights plus the activations and
     scratch of one run (default deepsqueeze.DEFAULT_MAX_MEMORY, 16 GiB; 1 GiB on 32-bit
     platforms). A file needing more fails to load, and a run whose input shapes need more
