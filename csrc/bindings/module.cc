@@ -12,6 +12,7 @@
 #include "base/huffman.h"
 #include "format/file.h"
 #include "format/matrix.h"
+#include "kernels/dwconv_f32/dwconv_f32.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -364,6 +365,7 @@ PYBIND11_MODULE(_core, m) {
     for (const auto& k : gemm_q4::all_ukernels()) add("gemm_q4", k.name, k.isa, k.mr, k.nr);
     for (const auto& k : spmm_f32::all_ukernels()) add("spmm_f32", k.name, k.isa, k.mr, 1);
     for (const auto& k : spmm_qu8::all_ukernels()) add("spmm_qu8", k.name, k.isa, k.mr, 1);
+    for (const auto& k : dwconv_f32::all_ukernels()) add("dwconv_f32", k.name, k.isa, 1, 1);
     return out;
   });
 

@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "format/matrix.h"
+#include "kernels/dwconv_f32/dwconv_f32.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -64,6 +65,7 @@ class ConvLayer : public Layer {
   std::vector<gemm_q4::PackedWeights> q4_w;
   // Depthwise: weights [kh][kw][cout], bias [cout].
   std::vector<float> dw_weights, dw_bias;
+  const dwconv_f32::Ukernel* dw_uk = nullptr;
   std::string decoded_from;  // depthwise with quantized weights: which encoding
   uint64_t weight_read_bytes = 0;
 
@@ -136,7 +138,8 @@ class ConvLayer : public Layer {
       case Family::kQu8: k = qu8_uk->name; break;
       case Family::kQ4: k = q4_uk->name; break;
       case Family::kDepthwiseF32:
-        return "dwconv_f32_nhwc" + (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
+        return std::string(dw_uk->name) + " nhwc" +
+               (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
     }
     if (!g.is_linear && !g.pointwise()) k += implicit_gemm ? " + implicit gemm" : " + im2col";
     if (family == Family::kF32 && !decoded_from.empty()) k += " (weights decoded from " + decoded_from + ")";
@@ -426,29 +429,11 @@ class ConvLayer : public Layer {
 
   void run_depthwise(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
     const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
-    const int64_t OH = ys.dims[2], OW = ys.dims[3], CO = g.cout, mult = CO / C;
+    const int64_t OH = ys.dims[2], OW = ys.dims[3], CO = g.cout;
+    const dwconv_f32::Geometry dg{H, W, C, CO, OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, lo, hi};
     run_tasks(env, static_cast<size_t>(N * OH), [&](size_t row, size_t) {
       const int64_t n = static_cast<int64_t>(row) / OH, oh = static_cast<int64_t>(row) % OH;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        float* yp = y + ((n * OH + oh) * OW + ow) * CO;
-        std::memcpy(yp, dw_bias.data(), CO * 4);
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t iw = ow * g.sw - g.pw + j * g.dw;
-            if (iw < 0 || iw >= W) continue;
-            const float* xp = x + ((n * H + ih) * W + iw) * C;
-            const float* wp = dw_weights.data() + (i * g.kw + j) * CO;
-            if (mult == 1) {
-              for (int64_t c = 0; c < CO; ++c) yp[c] += xp[c] * wp[c];
-            } else {
-              for (int64_t c = 0; c < CO; ++c) yp[c] += xp[c / mult] * wp[c];
-            }
-          }
-        }
-        for (int64_t c = 0; c < CO; ++c) yp[c] = std::min(std::max(yp[c], lo), hi);
-      }
+      dw_uk->fn(dg, x + n * H * W * C, dw_weights.data(), dw_bias.data(), y + (n * OH + oh) * OW * CO, oh);
     });
   }
 };
@@ -534,6 +519,11 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     for (int64_t o = 0; o < g.cout; ++o)
       for (int64_t i = 0; i < g.kh * g.kw; ++i) layer->dw_weights[i * g.cout + o] = w[o * g.kh * g.kw + i];
     layer->dw_bias = bias;
+    layer->dw_uk = &dwconv_f32::best_ukernel();
+    if (force.rfind("dwconv_f32", 0) == 0) {
+      layer->dw_uk = dwconv_f32::find_ukernel(force.c_str());
+      if (!layer->dw_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+    }
     layer->weight_read_bytes = layer->dw_weights.size() * 4;
     layer->packed_bytes = layer->weight_read_bytes + bias.size() * 4;
     return layer;
