@@ -457,6 +457,49 @@ class SparseLayer : public Layer {
   // The tile slots scratch_bytes() reserved before the shared slab.
   static size_t slots_for_scratch(const RunEnv& env) { return std::min<size_t>(env.pool->threads(), 64); }
 
+  // Grid columns [g0, g1) of y_t (cout x kChunk, column g - g0) into image n's NHWC output
+  // (OW x cout per row), dropping the grid's padding columns ow >= OW.
+  void grid_to_nhwc(const float* y_t, size_t g0, size_t g1, const DirectShape& d, int64_t OW, float* yn) const {
+    const size_t c_out = static_cast<size_t>(cout), ow_n = static_cast<size_t>(OW);
+    for (size_t g = g0; g < g1;) {
+      const size_t oh = g / d.Wp, ow = g % d.Wp;
+      const size_t run_end = std::min(g1, oh * d.Wp + ow_n);
+      if (ow < ow_n) transpose(y_t + (g - g0), kChunk, yn + (oh * ow_n + ow) * c_out, c_out, c_out, run_end - g);
+      g = (oh + 1) * d.Wp;  // skip the padding columns ow >= OW
+    }
+  }
+
+  // The direct paths' schedule over N images: build(n, slot) fills slot's plane with image
+  // n; cols(n, plane_slot, g0, g1, work_slot) computes grid columns [g0, g1) (chunks of
+  // kChunk) from that plane using work_slot's y_t. Images go round-robin over the slots;
+  // with fewer images than threads (batch 1) one shared plane per image has its chunks
+  // split instead.
+  template <typename Build, typename Cols>
+  void schedule_direct(const RunEnv& env, int64_t N, const DirectShape& d, Build&& build, Cols&& cols) const {
+    const size_t chunks = (d.grid + kChunk - 1) / kChunk;
+    const size_t slots = std::min<size_t>(env.pool->threads(), 64);
+    auto whole_image = [&](int64_t n, size_t slot) {
+      build(n, slot);
+      for (size_t c = 0; c < chunks; ++c) cols(n, slot, c * kChunk, std::min(d.grid, (c + 1) * kChunk), slot);
+    };
+    if (slots <= 1) {
+      for (int64_t n = 0; n < N; ++n) whole_image(n, 0);
+    } else if (static_cast<size_t>(N) >= slots || chunks <= 1) {
+      const size_t used = std::min<size_t>(slots, static_cast<size_t>(N));
+      env.pool->parallel_for(used, [&](size_t s) {
+        for (size_t n = s; n < static_cast<size_t>(N); n += used) whole_image(static_cast<int64_t>(n), s);
+      });
+    } else {
+      const size_t used = std::min(slots, chunks);
+      for (int64_t n = 0; n < N; ++n) {
+        build(n, 0);
+        env.pool->parallel_for(used, [&](size_t s) {
+          for (size_t c = s; c < chunks; c += used) cols(n, 0, c * kChunk, std::min(d.grid, (c + 1) * kChunk), s);
+        });
+      }
+    }
+  }
+
   // Direct stride-1 conv. Per image the input is copied once into a zero-padded channel-
   // major plane xp[c][Hp][Wp]; output (oh, ow) is computed as column m' = oh * Wp + ow of a
   // padded-width grid, where tap (c, i, j) reads xp[c * Hp * Wp + i * dh * Wp + j * dw + m']:
@@ -523,46 +566,13 @@ class SparseLayer : public Layer {
         transpose(src + r * wd * c_in, c_in, xp + (r + p_h) * d.Wp + p_w, d.plane, wd, c_in);
     };
     // Grid columns [g0, g1) of image n: spmm into y_t, then the kept columns to NHWC.
-    auto run_cols = [&](int64_t n, const float* xp, size_t g0, size_t g1, float* y_t) {
-      spmm_f32::run(*spmm_uk, dwts, g1 - g0, xp + g0, 4, y_t, kChunk * 4, 0, w.n, lo, hi);
-      float* yn = y + static_cast<size_t>(n) * static_cast<size_t>(OH * OW) * c_out;
-      for (size_t g = g0; g < g1;) {
-        const size_t oh = g / d.Wp, ow = g % d.Wp;
-        const size_t run_end = std::min(g1, oh * d.Wp + static_cast<size_t>(OW));
-        if (ow < static_cast<size_t>(OW))
-          transpose(y_t + (g - g0), kChunk, yn + (oh * static_cast<size_t>(OW) + ow) * c_out, c_out, c_out,
-                    run_end - g);
-        g = (oh + 1) * d.Wp;  // skip the padding columns ow >= OW
-      }
-    };
-    const size_t chunks = (d.grid + kChunk - 1) / kChunk;
-    const size_t slots = std::min<size_t>(env.pool->threads(), 64);
-    auto whole_image = [&](int64_t n, size_t slot) {
-      float* xp = plane_of(slot);
-      build_plane(n, xp);
-      for (size_t c = 0; c < chunks; ++c)
-        run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(slot));
-    };
-    if (slots <= 1) {
-      for (int64_t n = 0; n < N; ++n) whole_image(n, 0);
-    } else if (static_cast<size_t>(N) >= slots || chunks <= 1) {
-      // Images dealt round-robin, each slot with its own plane.
-      const size_t used = std::min<size_t>(slots, static_cast<size_t>(N));
-      env.pool->parallel_for(used, [&](size_t s) {
-        for (size_t n = s; n < static_cast<size_t>(N); n += used) whole_image(static_cast<int64_t>(n), s);
-      });
-    } else {
-      // Fewer images than threads (batch 1): one shared plane per image, its chunks split.
-      const size_t used = std::min(slots, chunks);
-      for (int64_t n = 0; n < N; ++n) {
-        float* xp = plane_of(0);
-        build_plane(n, xp);
-        env.pool->parallel_for(used, [&](size_t s) {
-          for (size_t c = s; c < chunks; c += used)
-            run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(s));
-        });
-      }
-    }
+    const size_t img_out = static_cast<size_t>(OH * OW) * c_out;
+    schedule_direct(env, N, d, [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot)); },
+                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
+                      spmm_f32::run(*spmm_uk, dwts, g1 - g0, plane_of(ps) + g0, 4, y_t_of(ws), kChunk * 4, 0, w.n,
+                                    lo, hi);
+                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out);
+                    });
   }
 
   // The int8 twin of run_direct: per image a zero-point padded u8 plane xp[c][Hp][Wp] (the
@@ -628,44 +638,12 @@ class SparseLayer : public Layer {
         }
       }
     };
-    auto run_cols = [&](int64_t n, const uint8_t* xp, size_t g0, size_t g1, float* y_t) {
-      spmm_qu8::run(*q_uk, dq, g1 - g0, xp + g0, 1, y_t, kChunk * 4, 0, qw.n, ep);
-      float* yn = y + static_cast<size_t>(n) * static_cast<size_t>(OH * OW) * c_out;
-      for (size_t g = g0; g < g1;) {
-        const size_t oh = g / d.Wp, ow = g % d.Wp;
-        const size_t run_end = std::min(g1, oh * d.Wp + static_cast<size_t>(OW));
-        if (ow < static_cast<size_t>(OW))
-          transpose(y_t + (g - g0), kChunk, yn + (oh * static_cast<size_t>(OW) + ow) * c_out, c_out, c_out,
-                    run_end - g);
-        g = (oh + 1) * d.Wp;
-      }
-    };
-    const size_t chunks = (d.grid + kChunk - 1) / kChunk;
-    const size_t slots = std::min<size_t>(env.pool->threads(), 64);
-    auto whole_image = [&](int64_t n, size_t slot) {
-      uint8_t* xp = plane_of(slot);
-      build_plane(n, xp, imgt_of(slot), qrow_of(slot));
-      for (size_t c = 0; c < chunks; ++c)
-        run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(slot));
-    };
-    if (slots <= 1) {
-      for (int64_t n = 0; n < N; ++n) whole_image(n, 0);
-    } else if (static_cast<size_t>(N) >= slots || chunks <= 1) {
-      const size_t used = std::min<size_t>(slots, static_cast<size_t>(N));
-      env.pool->parallel_for(used, [&](size_t s) {
-        for (size_t n = s; n < static_cast<size_t>(N); n += used) whole_image(static_cast<int64_t>(n), s);
-      });
-    } else {
-      const size_t used = std::min(slots, chunks);
-      for (int64_t n = 0; n < N; ++n) {
-        uint8_t* xp = plane_of(0);
-        build_plane(n, xp, imgt_of(0), qrow_of(0));
-        env.pool->parallel_for(used, [&](size_t s) {
-          for (size_t c = s; c < chunks; c += used)
-            run_cols(n, xp, c * kChunk, std::min(d.grid, (c + 1) * kChunk), y_t_of(s));
-        });
-      }
-    }
+    const size_t img_out = static_cast<size_t>(OH * OW) * c_out;
+    schedule_direct(env, N, d, [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot), imgt_of(slot), qrow_of(slot)); },
+                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
+                      spmm_qu8::run(*q_uk, dq, g1 - g0, plane_of(ps) + g0, 1, y_t_of(ws), kChunk * 4, 0, qw.n, ep);
+                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out);
+                    });
   }
 
   // The patches of output rows [m0, m0 + rows), written transposed straight into x_t: row
