@@ -87,6 +87,8 @@ CONV_CASES = [
     # int8 implicit GEMM (kw * cin % 4 == 0): row dilation with padding, strided 5x5
     ("dil_h2_pad21_cin4_b2", 4, 12, (3, 3), (1, 1), (2, 1), (2, 1), 1, True, 1, 9, 8, 2),
     ("5x5_s2_pad2_cin8_b3", 8, 20, (5, 5), (2, 2), (2, 2), (1, 1), 1, True, 0, 11, 10, 3),
+    # kw * cin % 4 == 0 but W * cin % 4 != 0: the padded input is quantized row by row in order
+    ("2x2_pad1_cin2_odd_width_b2", 2, 6, (2, 2), (1, 1), (1, 1), (1, 1), 1, True, 0, 6, 7, 2),
 ]
 
 

@@ -384,15 +384,30 @@ class ConvLayer : public Layer {
     const size_t row_bytes = static_cast<size_t>(Wp * C);
     uint8_t* xp = env.scratch;
     const uint8_t zero = static_cast<uint8_t>(qp.zero);
-    // Interior rows in increasing order (each quantize call may write 3 bytes past its
-    // row; the next row or the border fill below overwrites them), then the borders.
-    bool finite = true;
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t h = 0; h < H; ++h)
-        finite &= gemm_qu8::quantize(x + (n * H + h) * W * C, 1, static_cast<size_t>(W * C), 0,
-                                     xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C,
-                                     gemm_qu8::padded_k(static_cast<size_t>(W * C)), qp);
-    if (!finite) return false;
+    // Interior rows, then the borders. A quantize call writes its row padded to 4 bytes:
+    // when W * cin is not a multiple of 4 those extra bytes land on the next row (or the
+    // border, filled afterwards), so the rows go in order on one thread; otherwise the
+    // rows are split over the threads.
+    const size_t in_rows = static_cast<size_t>(N * H), row_len = static_cast<size_t>(W * C);
+    char finite[kMaxSlots];
+    std::fill(finite, finite + kMaxSlots, 1);
+    auto quantize_rows = [&](size_t r0, size_t r1, size_t slot) {
+      for (size_t r = r0; r < r1; ++r) {
+        const int64_t n = static_cast<int64_t>(r) / H, h = static_cast<int64_t>(r) % H;
+        if (!gemm_qu8::quantize(x + r * row_len, 1, row_len, 0, xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C,
+                                gemm_qu8::padded_k(row_len), qp))
+          finite[slot] = 0;
+      }
+    };
+    if (row_len % gemm_qu8::kKr != 0) {
+      quantize_rows(0, in_rows, 0);
+    } else {
+      constexpr size_t kRowsPerChunk = 16;
+      run_tasks(env, (in_rows + kRowsPerChunk - 1) / kRowsPerChunk, [&](size_t chunk, size_t slot) {
+        quantize_rows(chunk * kRowsPerChunk, std::min(in_rows, (chunk + 1) * kRowsPerChunk), slot);
+      });
+    }
+    if (!std::all_of(finite, finite + kMaxSlots, [](char f) { return f != 0; })) return false;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t h = 0; h < Hp; ++h) {
         uint8_t* row = xp + (n * Hp + h) * Wp * C;
