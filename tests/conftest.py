@@ -3,8 +3,13 @@ test_format_cpp): one-op graph builders, the engine's activation fake-quantizati
 numpy, and the CRC/directory surgery used to make structurally bad but CRC-valid files."""
 from __future__ import annotations
 
+import os
 import struct
 from typing import Dict, List, Optional, Sequence, Tuple
+
+# Layers smaller than this many MACs run on one thread (csrc/ops/conv.cc); the test
+# models are tiny, so 0 keeps every threaded path under test. Read once, at first use.
+os.environ.setdefault("DSQ_MIN_PARALLEL_MACS", "0")
 
 import numpy as np
 import pytest

@@ -5,6 +5,7 @@
 // im2col patches ordered (kh, kw, cin), columns are output channels.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -153,8 +154,27 @@ class ConvLayer : public Layer {
     return lo == -std::numeric_limits<float>::infinity() && hi == std::numeric_limits<float>::infinity();
   }
 
+  // Below this many MACs a call runs on the calling thread: waking a worker (a futex
+  // wake and a context switch, ~10-30 us here) costs more than the work it would take.
+  // DSQ_MIN_PARALLEL_MACS overrides it (the tests set 0 so small layers still exercise
+  // the threaded paths).
+  static uint64_t min_parallel_macs() {
+    static const uint64_t v = [] {
+      const char* e = std::getenv("DSQ_MIN_PARALLEL_MACS");
+      char* end = nullptr;
+      const unsigned long long parsed = e ? std::strtoull(e, &end, 10) : 0;
+      return e && end != e && *end == '\0' ? static_cast<uint64_t>(parsed) : uint64_t(1) << 21;
+    }();
+    return v;
+  }
+
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
-           const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
+           const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& run_env) const override {
+    RunEnv env = run_env;
+    const uint64_t macs = static_cast<uint64_t>(gemm_rows(out_shapes[0])) *
+                          static_cast<uint64_t>(family == Family::kDepthwiseF32 ? 1 : g.cout) *
+                          static_cast<uint64_t>(family == Family::kDepthwiseF32 ? g.cout * g.kh * g.kw : g.k_group());
+    env.serial = run_env.serial || macs < min_parallel_macs();
     bool residual_done = false;  // the implicit GEMM path adds it row by row, in cache
     if (family == Family::kDepthwiseF32) run_depthwise(in[0], in_shapes[0], out[0], out_shapes[0], env);
     else if (family == Family::kF32) run_f32(in[0], in_shapes[0], out[0], out_shapes[0], env);
@@ -168,7 +188,7 @@ class ConvLayer : public Layer {
   // Splits `chunks` work items over at most 64 task slots; slot s owns scratch slot s.
   template <typename F>
   void run_tasks(const RunEnv& env, size_t chunks, F&& fn) const {
-    const size_t slots = std::min<size_t>({chunks, env.pool->threads(), kMaxSlots});
+    const size_t slots = std::min<size_t>({chunks, env.threads(), kMaxSlots});
     if (slots <= 1) {
       for (size_t c = 0; c < chunks; ++c) fn(c, 0);
       return;
@@ -254,7 +274,7 @@ class ConvLayer : public Layer {
       const size_t panels = w.panel_count();
       const size_t mr = f32_uk->mr;
       const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
-      const size_t threads = env.pool->threads();
+      const size_t threads = env.threads();
       // Few rows (batch-1 linear): split panels; many rows: split rows.
       const size_t m_tasks = std::min(m_blocks, std::max<size_t>(1, threads * 4 / std::max<size_t>(1, std::min(panels, threads * 4))));
       const size_t p_tasks = std::min(panels, threads * 4);
@@ -327,7 +347,7 @@ class ConvLayer : public Layer {
       // Quantize the rows once (k padded), then split rows and panels over threads.
       uint8_t* qa = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
       if (!gemm_qu8::quantize(x, M, kg, kg * 4, qa, kp, qp)) return nan_output();
-      const size_t threads = env.pool->threads();
+      const size_t threads = env.threads();
       const size_t mr = family == Family::kQu8 ? qu8_uk->mr : q4_uk->mr;
       const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
       const size_t p_tasks = std::min(panels, threads * 4);

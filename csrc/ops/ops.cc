@@ -93,7 +93,7 @@ void add_residual(float* out, const float* residual, size_t n, float lo, float h
     const size_t e = std::min(n, (c + 1) * kChunk);
     for (size_t i = c * kChunk; i < e; ++i) out[i] = std::min(std::max(out[i] + residual[i], lo), hi);
   };
-  if (chunks <= 1 || env.pool->threads() <= 1) {
+  if (chunks <= 1 || env.threads() <= 1) {
     for (size_t c = 0; c < chunks; ++c) body(c);
   } else {
     env.pool->parallel_for(chunks, body);

@@ -81,6 +81,9 @@ struct RunEnv {
   // the add layer's own arithmetic; residual has the output's shape and layout.
   const float* residual = nullptr;
   float residual_lo = 0.f, residual_hi = 0.f;
+  // Set by a layer for a call too small to pay for waking the pool's workers.
+  bool serial = false;
+  size_t threads() const { return serial ? 1 : pool->threads(); }
 };
 
 struct WeightInfo {
