@@ -457,6 +457,27 @@ class SparseLayer : public Layer {
   // The tile slots scratch_bytes() reserved before the shared slab.
   static size_t slots_for_scratch(const RunEnv& env) { return std::min<size_t>(env.pool->threads(), 64); }
 
+  // The direct paths' column remap: offsets[c] = the shift of logical column c into the
+  // padded plane (columns in (cin, kh, kw) order when channel_major, else (kh, kw, cin)),
+  // then every stored column index of pw replaced by its shift in `cols` (u16 when the
+  // plane allows, else u32), in the same CSR order.
+  template <typename Packed>
+  void remap_to_plane(const Packed& pw, const DirectShape& d, bool channel_major, uint32_t* offsets,
+                      uint8_t* cols) const {
+    const size_t kk = static_cast<size_t>(k()), taps = static_cast<size_t>(kh * kw), c_in = static_cast<size_t>(cin);
+    const size_t kw_ = static_cast<size_t>(kw), kwc = kw_ * c_in;
+    for (size_t c = 0; c < kk; ++c) {
+      const size_t ch = channel_major ? c / taps : c % c_in;
+      const size_t i = channel_major ? c % taps / kw_ : c / kwc, j = channel_major ? c % kw_ : c % kwc / c_in;
+      offsets[c] = static_cast<uint32_t>(ch * d.plane + i * static_cast<size_t>(dh) * d.Wp + j * static_cast<size_t>(dw));
+    }
+    for (size_t p = 0; p < pw.nnz; ++p) {
+      const uint32_t off = offsets[pw.cols_u16 ? pw.col16()[p] : pw.col32()[p]];
+      if (d.cols_u16) reinterpret_cast<uint16_t*>(cols)[p] = static_cast<uint16_t>(off);
+      else reinterpret_cast<uint32_t*>(cols)[p] = off;
+    }
+  }
+
   // Grid columns [g0, g1) of y_t (cout x kChunk, column g - g0) into image n's NHWC output
   // (OW x cout per row), dropping the grid's padding columns ow >= OW.
   void grid_to_nhwc(const float* y_t, size_t g0, size_t g1, const DirectShape& d, int64_t OW, float* yn) const {
@@ -511,19 +532,11 @@ class SparseLayer : public Layer {
   void run_direct(const float* x, const Shape& xs, const Shape& ys, float* y, const RunEnv& env) const {
     const DirectShape d = direct_shape(xs, ys);
     const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
-    const size_t kk = static_cast<size_t>(k()), taps = static_cast<size_t>(kh * kw);
+    const size_t kk = static_cast<size_t>(k());
     uint32_t* offsets = reinterpret_cast<uint32_t*>(env.scratch);
     uint8_t* cols = env.scratch + a64(kk * 4);
     uint8_t* slot0 = env.scratch + direct_shared_bytes(d);
-    for (size_t c = 0; c < kk; ++c) {
-      const size_t ch = c / taps, t = c % taps, i = t / static_cast<size_t>(kw), j = t % static_cast<size_t>(kw);
-      offsets[c] = static_cast<uint32_t>(ch * d.plane + i * static_cast<size_t>(dh) * d.Wp + j * static_cast<size_t>(dw));
-    }
-    for (size_t p = 0; p < w.nnz; ++p) {
-      const uint32_t off = offsets[w.cols_u16 ? w.col16()[p] : w.col32()[p]];
-      if (d.cols_u16) reinterpret_cast<uint16_t*>(cols)[p] = static_cast<uint16_t>(off);
-      else reinterpret_cast<uint32_t*>(cols)[p] = off;
-    }
+    remap_to_plane(w, d, /*channel_major=*/true, offsets, cols);
     // The packed weights with the remapped columns (views: nothing is copied).
     spmm_f32::PackedWeights dwts;
     dwts.n = w.n;
@@ -584,19 +597,10 @@ class SparseLayer : public Layer {
     const DirectShape d = direct_shape(xs, ys);
     const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
     const size_t kk = static_cast<size_t>(k()), c_in = static_cast<size_t>(cin), c_out = static_cast<size_t>(cout);
-    const size_t kwc = static_cast<size_t>(kw) * c_in;
     uint32_t* offsets = reinterpret_cast<uint32_t*>(env.scratch);
     uint8_t* cols = env.scratch + a64(kk * 4);
     uint8_t* slot0 = env.scratch + q8_direct_shared_bytes(d);
-    for (size_t c = 0; c < kk; ++c) {  // make_int8 ordered the columns (kh, kw, cin)
-      const size_t i = c / kwc, j = c % kwc / c_in, ch = c % c_in;
-      offsets[c] = static_cast<uint32_t>(ch * d.plane + i * static_cast<size_t>(dh) * d.Wp + j * static_cast<size_t>(dw));
-    }
-    for (size_t p = 0; p < qw.nnz; ++p) {
-      const uint32_t off = offsets[qw.cols_u16 ? qw.col16()[p] : qw.col32()[p]];
-      if (d.cols_u16) reinterpret_cast<uint16_t*>(cols)[p] = static_cast<uint16_t>(off);
-      else reinterpret_cast<uint32_t*>(cols)[p] = off;
-    }
+    remap_to_plane(qw, d, /*channel_major=*/false, offsets, cols);  // make_int8 ordered them (kh, kw, cin)
     spmm_qu8::PackedWeights dq;
     dq.n = qw.n;
     dq.k = qw.k;
