@@ -23,12 +23,12 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::drain() {
+void ThreadPool::drain(const TaskRef& fn, size_t tasks) {
   for (;;) {
     const size_t task = next_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= tasks_) return;
+    if (task >= tasks) return;
     try {
-      (*fn_)(task);
+      fn(task);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!error_) error_ = std::current_exception();
@@ -40,14 +40,23 @@ void ThreadPool::drain() {
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
+    // The call's function and size are taken under the lock, together with the
+    // registration in active_: a worker that wakes after its call has already returned
+    // (the caller drained every task itself) sees fn_ == nullptr and does nothing. Reading
+    // them later, unlocked, let a late worker pair a new call's counter with the old
+    // call's (null or dangling) function: a crash found by test_c_api_stress.
+    const TaskRef* fn = nullptr;
+    size_t tasks = 0;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
       ++active_;
+      fn = fn_;
+      tasks = tasks_;
     }
-    drain();
+    if (fn) drain(*fn, tasks);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (--active_ == 0) done_.notify_all();
@@ -71,7 +80,7 @@ void ThreadPool::parallel_for(size_t tasks, TaskRef fn) {
     ++generation_;
   }
   wake_.notify_all();
-  drain();
+  drain(fn, tasks);
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(mutex_);

@@ -38,7 +38,7 @@ class ThreadPool {
 
  private:
   void worker_loop();
-  void drain();
+  void drain(const TaskRef& fn, size_t tasks);
 
   std::vector<std::thread> workers_;
   std::mutex call_mutex_;  // one parallel_for at a time
