@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "kernels/gemm_q4/gemm_q4.h"
+#include "kernels/common/choose.h"
 #include "kernels/gemm_q4/ukernels.h"
 
 namespace dsq::gemm_q4 {
@@ -100,17 +101,7 @@ const Ukernel& best_ukernel() {
   return *best;
 }
 
-const Ukernel& best_ukernel_for(size_t n) {
-  const Ukernel& dflt = best_ukernel();
-  if (n == 0) return dflt;
-  const auto padded = [n](const Ukernel& uk) { return (n + uk.nr - 1) / uk.nr * uk.nr; };
-  const Ukernel* best = &dflt;
-  for (const Ukernel& uk : all_ukernels()) {
-    if (uk.isa != dflt.isa) continue;
-    if (padded(uk) < padded(*best) || (padded(uk) == padded(*best) && uk.nr > best->nr)) best = &uk;
-  }
-  return *best;
-}
+const Ukernel& best_ukernel_for(size_t n) { return least_padded_ukernel(all_ukernels(), best_ukernel(), n); }
 
 const Ukernel* find_ukernel(const char* name) {
   for (const Ukernel& uk : all_ukernels()) {
