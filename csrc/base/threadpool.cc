@@ -1,12 +1,55 @@
 #include "base/threadpool.h"
 
+#include <chrono>
+#include <cstdlib>
 #include <exception>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace dsq {
 
 size_t hardware_threads() {
   const unsigned n = std::thread::hardware_concurrency();
   return n ? n : 1;
+}
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// Spins until done() or `micros` have passed; true when done() was seen. The clock is read
+// every 64 rounds only.
+template <typename Done>
+bool spin_until(Done&& done, uint64_t micros) {
+  if (micros == 0) return done();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+  }
+}
+
+}  // namespace
+
+uint64_t ThreadPool::spin_micros() {
+  static const uint64_t v = [] {
+    const char* e = std::getenv("DSQ_POOL_SPIN_US");
+    char* end = nullptr;
+    const unsigned long long parsed = e ? std::strtoull(e, &end, 10) : 0;
+    return e && end != e && *end == '\0' ? static_cast<uint64_t>(parsed) : uint64_t(100);
+  }();
+  return v;
 }
 
 ThreadPool::ThreadPool(size_t threads) {
@@ -18,6 +61,7 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
+    generation_.fetch_add(1, std::memory_order_release);  // ends a worker's spin now
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -39,7 +83,9 @@ void ThreadPool::drain(const TaskRef& fn, size_t tasks) {
 
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
+  const uint64_t spin = spin_micros();
   for (;;) {
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, spin);
     // The call's function and size are taken under the lock, together with the
     // registration in active_: a worker that wakes after its call has already returned
     // (the caller drained every task itself) sees fn_ == nullptr and does nothing. Reading
@@ -49,9 +95,9 @@ void ThreadPool::worker_loop() {
     size_t tasks = 0;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
       if (stop_) return;
-      seen = generation_;
+      seen = generation_.load(std::memory_order_relaxed);
       ++active_;
       fn = fn_;
       tasks = tasks_;
@@ -77,10 +123,13 @@ void ThreadPool::parallel_for(size_t tasks, TaskRef fn) {
     tasks_ = tasks;
     next_.store(0, std::memory_order_relaxed);
     error_ = nullptr;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   drain(fn, tasks);
+  // The workers still on a task usually finish within microseconds: wait for them
+  // spinning rather than through a futex wake-up.
+  spin_until([&] { return active_.load(std::memory_order_acquire) == 0; }, spin_micros());
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(mutex_);

@@ -185,17 +185,10 @@ class ConvLayer : public Layer {
   }
 
  private:
-  // Splits `chunks` work items over at most 64 task slots; slot s owns scratch slot s.
+  // Spreads `chunks` work items over at most 64 task slots; slot s owns scratch slot s.
   template <typename F>
   void run_tasks(const RunEnv& env, size_t chunks, F&& fn) const {
-    const size_t slots = std::min<size_t>({chunks, env.threads(), kMaxSlots});
-    if (slots <= 1) {
-      for (size_t c = 0; c < chunks; ++c) fn(c, 0);
-      return;
-    }
-    env.pool->parallel_for(slots, [&](size_t s) {
-      for (size_t c = s; c < chunks; c += slots) fn(c, s);
-    });
+    env.pool->parallel_chunks(chunks, std::min<size_t>(env.threads(), kMaxSlots), fn);
   }
 
   // Input patch rows [m0, m0 + rows) for group `grp`, as a (rows x kg) block of T with
