@@ -15,8 +15,15 @@ from deepsqueeze.builder import GraphBuilder
 
 
 def _conv(b, rng, x, cin, cout, name, values, act=0, stride=1, k=3, input_quant=None):
+    """values "csr-f32" / "csr-int8": 70% of the weights pruned in blocks of 4 input
+    channels (the sparse layers' direct and quad paths), stored as CSR."""
     w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
-    wi = b.add_weight(f"{name}.w", w, values=values)
+    encoding = {}
+    if values.startswith("csr-"):
+        keep = rng.random((cout, cin // 4, k, k)) >= 0.7
+        w *= np.repeat(keep, 4, axis=1)
+        values, encoding = {"csr-f32": "f32", "csr-int8": "int8_channel"}[values], {"layout": "csr"}
+    wi = b.add_weight(f"{name}.w", w, values=values, **encoding)
     bi = b.add_weight(f"{name}.b", rng.standard_normal(cout).astype(np.float32) * 0.1)
     attrs = {"stride": [stride, stride], "padding": [k // 2, k // 2], "activation": act}
     if input_quant is not None and values != "f32":
@@ -55,7 +62,7 @@ def _fused_into(model, shape):
     return {L["name"]: L["kernel"] for L in model.layers([shape]) if L["op"] == "add"}
 
 
-@pytest.mark.parametrize("values", ["f32", "int8_channel"])
+@pytest.mark.parametrize("values", ["f32", "int8_channel", "csr-f32", "csr-int8"])
 @pytest.mark.parametrize("downsample_last", [True, False], ids=["down-after-b", "down-before-b"])
 def test_fused_add_is_bit_identical(values, downsample_last):
     data, x = block_model(values, downsample_last=downsample_last)

@@ -12,6 +12,8 @@ MACs are counted as int8.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,43 @@ def test_conv3x3(layout, vals):
 def test_vnni_listed():
     assert SCALAR in KERNELS and KERNELS[SCALAR]["supported"]
     assert VNNI in KERNELS  # built on x86; whether it runs depends on the CPU
+
+
+QUAD = "spmm_qu8_quad_128__avx512vnni"
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_pruned_conv_runs_quads(static, stride):
+    """Weights pruned in blocks of 4 input channels fill their quads: a file with static
+    input_quant picks the quad kernel by itself (on a CPU that runs it), on the direct path
+    for stride 1 and on im2col patches otherwise; every variant (forced by name, which also
+    covers dynamic quantization) is bit-identical to the scalar CSR reference, and a NaN
+    input gives an all-NaN output as on the other int8 paths."""
+    rng = np.random.default_rng(11 + stride)
+    cin, cout = 16, 24
+    keep = rng.random((cout, cin // 4, 3, 3)) >= 0.7
+    w = (rng.standard_normal((cout, cin, 3, 3)) * np.repeat(keep, 4, axis=1)).astype(np.float32)
+    attrs = {"padding": [1, 1], "stride": [stride, stride]}
+    if static:
+        attrs["input_quant"] = [0.03, 120.0]
+    values, enc, _, _ = encode_args("csr", "int8", True)
+    data, _, _, _ = build("conv2d", w, enc, bias=rng.standard_normal(cout).astype(np.float32), attrs=attrs,
+                          in_dims=(-1, cin, 9, 11), values=values, huffman=True)
+    auto = deepsqueeze.load(data).layers([(3, cin, 9, 11)])[0]["kernel"]
+    if static and KERNELS[QUAD]["supported"]:
+        fill = int(re.search(r"\(quads (\d+)% full\)", auto).group(1))  # int8 rounding may zero a few
+        assert auto.startswith(QUAD) and fill >= 95, auto
+        assert ("direct conv" if stride == 1 else "im2col") in auto, auto
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, cin, 9, 11)).astype(np.float32)
+        ref = outputs(data, x, SCALAR)
+        for kname in variants():
+            assert np.array_equal(outputs(data, x, kname), ref), (kname, batch)
+        for t in (1, 2):
+            if static:
+                assert np.array_equal(deepsqueeze.load(data, threads=t).run(x), ref), (batch, t)
+        x[batch - 1, 5, 4, 7] = np.nan
+        for kname in ([""] if static else []) + ["spmm_qu8_quad_4__scalar"] + [k for k in [QUAD] if KERNELS[QUAD]["supported"]]:
+            y = deepsqueeze.load(data, threads=2, force_kernel=kname).run(x)
+            assert np.isnan(y).all(), kname

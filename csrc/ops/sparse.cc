@@ -39,6 +39,9 @@ constexpr size_t kChunk = 256;  // rows (batch items or pixels) per task
 // codebook kernel runs ~0.15 ns per nonzero -> break-even ~78%: 0.8 (50% zeros would be 2x
 // slower; 80%: 1.2x, 95%: 4.5x).
 constexpr double kZeroSkipMinFraction = 0.5;
+// Sparse int8 layers use the quad kernel from this quad fill (nonzeros / 4 per stored quad).
+// Measured on Zen 4 (ResNet-CIFAR 3x3 convs, batch 64): TODO
+constexpr double kQuadMinFill = 0.5;
 constexpr double kZeroSkipMinFractionVsRowTiles = 0.8;
 
 class SparseLayer : public Layer {
@@ -68,6 +71,9 @@ class SparseLayer : public Layer {
   const spmm_qu8::Ukernel* q_small_uk = nullptr;  // m < kQu8MinM
   // m == 1 on a pointwise layer: the row-tile kernel (null when this CPU has none).
   const spmm_qu8::Ukernel* q_spmv_uk = nullptr;
+  // m > 1 when the nonzeros fill their quads well (block-pruned weights): the quad kernel,
+  // x as quads (null: the CSR kernels above).
+  const spmm_qu8::Ukernel* q_quad_uk = nullptr;
   bool static_quant = false;
   gemm_qu8::QuantParams quant{1.f, 0};
   // The VNNI tile computes 64 m lanes: below 16 rows most of them are wasted and the
@@ -154,20 +160,37 @@ class SparseLayer : public Layer {
            a64(static_cast<size_t>(cout) * kChunk * 4);
   }
 
+  // The direct path with the quad kernel (every quad is 4 channels of one tap): shared
+  // remapped quad columns (u32); per slot one padded plane of channel quads (u32 per pixel
+  // per quad), the quantized image (NHWC u8), y_t.
+  bool quad_direct() const { return q_quad_uk && cin % 4 == 0; }
+  // Quads whose channels are not whole (cin % 4 != 0) run on im2col patches instead.
+  bool use_int8_direct(const Shape& xs, const Shape& ys) const {
+    return use_direct(xs, ys) && (!q_quad_uk || quad_direct());
+  }
+  size_t quad_direct_shared_bytes() const { return a64(qw.quads * 4); }
+  size_t quad_direct_slot_bytes(const DirectShape& d, const Shape& xs) const {
+    const size_t pixels = static_cast<size_t>(xs.dims[2] * xs.dims[3]);
+    return a64(d.extent + 4 * kPlanePad) + a64(gemm_qu8::padded_k(pixels * static_cast<size_t>(cin))) +
+           a64(static_cast<size_t>(cout) * kChunk * 4);
+  }
+
   size_t q8_slot_bytes() const {
     // per task: patches (chunk x k f32) when not pointwise, quantized rows (chunk x k_padded),
-    // their transpose (k x chunk u8), y_t (cout x chunk f32)
-    const size_t kk = static_cast<size_t>(k());
+    // their transpose (k_padded x chunk u8; as quads: k_padded / 4 rows of chunk x 4 bytes),
+    // y_t (cout x chunk f32)
+    const size_t kk = static_cast<size_t>(k()), kp = gemm_qu8::padded_k(kk);
     auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
-    return a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * gemm_qu8::padded_k(kk)) + a64(kk * kChunk) +
+    return a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * kp) + a64(kp * kChunk) +
            a64(static_cast<size_t>(cout) * kChunk * 4);
   }
 
   size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out, size_t threads) const override {
     const size_t slots = std::min<size_t>(threads, 64);
     if (int8) {
-      if (use_direct(in[0], out[0])) {
+      if (use_int8_direct(in[0], out[0])) {
         const DirectShape d = direct_shape(in[0], out[0]);
+        if (quad_direct()) return quad_direct_shared_bytes() + quad_direct_slot_bytes(d, in[0]) * slots;
         return q8_direct_shared_bytes(d) + q8_direct_slot_bytes(d, in[0]) * slots;
       }
       return q8_slot_bytes() * slots;
@@ -204,12 +227,16 @@ class SparseLayer : public Layer {
       }
     }
     c.weight_bytes = weight_read_bytes;
+    if (int8)  // what the kernels of this shape read: row tiles at batch 1, quads, or the CSR
+      c.weight_bytes = M == 1 && pointwise() && q_spmv_uk ? qw.tile_bytes() : q_quad_uk ? qw.quad_bytes() : qw.bytes();
     return c;
   }
 
   std::string kernel() const override {
     if (int8)
-      return (q_spmv_uk ? std::string(q_spmv_uk->name) + " | " : std::string()) + q_small_uk->name + " | " + q_uk->name +
+      return (q_spmv_uk ? std::string(q_spmv_uk->name) + " | " : std::string()) +
+             (q_quad_uk ? std::string(q_quad_uk->name) + " (quads " + std::to_string(static_cast<int>(qw.quad_fill() * 100 + 0.5)) + "% full)"
+                        : std::string(q_small_uk->name) + " | " + q_uk->name) +
              (pointwise() ? "" : direct ? " + direct conv" : " + im2col") +
              (static_quant ? " (static act quant)" : " (dynamic act quant)");
     std::string k = std::string(spmv_uk->name) + " | " + spmm_uk->name;
@@ -221,8 +248,24 @@ class SparseLayer : public Layer {
     return k;
   }
 
+  bool fuses_residual() const override {
+    return lo == -std::numeric_limits<float>::infinity() && hi == std::numeric_limits<float>::infinity();
+  }
+
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
+    // The direct conv paths add env.residual while each output run is in cache; the
+    // others after the layer (add_residual's expression either way).
+    const bool direct_path = !stream && !pointwise() &&
+                             (int8 ? use_int8_direct(in_shapes[0], out_shapes[0]) : use_direct(in_shapes[0], out_shapes[0]));
+    run_layer(in, in_shapes, out, out_shapes, env);
+    if (env.residual && !direct_path)
+      add_residual(out[0], env.residual, static_cast<size_t>(out_shapes[0].numel()), env.residual_lo, env.residual_hi,
+                   env);
+  }
+
+  void run_layer(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
+                 const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const {
     const float* x = in[0];
     float* y = out[0];
     const int64_t M = rows_of(out_shapes[0]);
@@ -277,26 +320,22 @@ class SparseLayer : public Layer {
       transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout),
                 static_cast<size_t>(rows));
     };
-    if (slots <= 1) {
-      for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);
-      return;
-    }
-    env.pool->parallel_for(slots, [&](size_t s) {
-      for (size_t c = s; c < chunks; c += slots) do_chunk(c, s);
-    });
+    env.pool->parallel_chunks(chunks, slots, do_chunk);
   }
 
  private:
   // Sparse int8: quantize the input once per tensor, then per chunk of 256 rows: quantize
   // (k padded), transpose to (k, m) bytes, run the spmm_qu8 kernel, transpose back.
   void run_int8(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
-    const size_t kk = static_cast<size_t>(k()), kp = gemm_qu8::padded_k(kk);
     // As the dense int8 layers: one scale serves the whole input, so a NaN or Inf would
-    // turn into finite wrong outputs; the output is NaN instead (docs/HARDENING.md).
-    if (!all_finite(x, static_cast<size_t>(xs.numel()))) {
-      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
-      return;
-    }
+    // turn into finite wrong outputs; the output is NaN instead (docs/HARDENING.md). The
+    // paths learn it from quantize() as they read the input.
+    if (!run_int8_finite(x, xs, ys, y, M, env)) std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+  }
+
+  // Returns false when the input holds a NaN or Inf (the outputs are then garbage).
+  bool run_int8_finite(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
+    const size_t kk = static_cast<size_t>(k()), kp = gemm_qu8::padded_k(kk);
     gemm_qu8::QuantParams qp = quant;
     if (!static_quant) {
       const size_t in_rows = static_cast<size_t>(xs.numel() / cin);
@@ -309,8 +348,9 @@ class SparseLayer : public Layer {
       // Batch 1: quantize the row (stride 1, as the tile kernel reads it) and run the row
       // tiles straight into y; threads split 16-row groups.
       uint8_t* qa = env.scratch;
-      gemm_qu8::quantize(x, 1, kk, kk * 4, qa, kp, qp);
-      const size_t groups = qw.groups(), threads1 = std::min<size_t>({env.pool->threads(), groups, 64});
+      const bool finite = gemm_qu8::quantize(x, 1, kk, kk * 4, qa, kp, qp);
+      // Several parts per thread: the pool hands them out as threads arrive.
+      const size_t groups = qw.groups(), threads1 = env.pool->threads() <= 1 ? 1 : std::min<size_t>({env.pool->threads() * 4, groups, 64});
       if (threads1 <= 1) {
         spmm_qu8::run(*q_spmv_uk, qw, 1, qa, 1, y, 4, 0, qw.n, ep);
       } else {
@@ -320,14 +360,22 @@ class SparseLayer : public Layer {
           spmm_qu8::run(*q_spmv_uk, qw, 1, qa, 1, y, 4, r0, r1, ep);
         });
       }
-      return;
+      return finite;
     }
-    if (use_direct(xs, ys)) return run_int8_direct(x, xs, ys, y, qp, ep, env);
+    if (use_int8_direct(xs, ys)) {
+      if (quad_direct()) return run_quad_direct(x, xs, ys, y, qp, ep, env);
+      return run_int8_direct(x, xs, ys, y, qp, ep, env);
+    }
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
     const size_t threads = std::min<size_t>(env.pool->threads(), 64);
+    // Parts of a chunk's rows when threads share one chunk: several per thread, handed out
+    // as threads arrive.
+    const size_t parts = threads <= 1 ? 1 : std::min<size_t>(threads * 4, 64);
     auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
+    char finite[64];  // per slot
+    std::fill(finite, finite + 64, 1);
     // One chunk: quantize + transpose its activations, then output rows [n0, n1).
-    auto prepare = [&](size_t chunk, uint8_t* base) {
+    auto prepare = [&](size_t chunk, uint8_t* base, size_t slot) {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
       float* patches = reinterpret_cast<float*>(base);
@@ -338,14 +386,22 @@ class SparseLayer : public Layer {
         im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
         a = patches;
       }
-      gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp);
+      if (!gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp)) finite[slot] = 0;
+      if (q_quad_uk) {  // (rows, k / 4) -> (k / 4, rows) quads of 4 bytes: a 32-bit transpose
+        transpose(reinterpret_cast<const float*>(qa), kp / 4, reinterpret_cast<float*>(qa_t), kChunk, rows, kp / 4);
+        return;
+      }
       for (size_t r = 0; r < rows; ++r)  // (rows, k) -> (k, rows) bytes
         for (size_t c = 0; c < kk; ++c) qa_t[c * kChunk + r] = qa[r * kp + c];
     };
     auto compute = [&](size_t chunk, const uint8_t* base, size_t n0, size_t n1) {
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - static_cast<int64_t>(chunk * kChunk)));
       const uint8_t* qa_t = base + a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * kp);
-      float* y_t = reinterpret_cast<float*>(const_cast<uint8_t*>(qa_t) + a64(kk * kChunk));
+      float* y_t = reinterpret_cast<float*>(const_cast<uint8_t*>(qa_t) + a64(kp * kChunk));
+      if (q_quad_uk) {
+        spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad, y_t, kChunk * 4, n0, n1, ep);
+        return;
+      }
       const spmm_qu8::Ukernel& uk = rows >= kQu8MinM ? *q_uk : *q_small_uk;
       spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, n0, n1, ep);
     };
@@ -353,7 +409,7 @@ class SparseLayer : public Layer {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
       const float* y_t = reinterpret_cast<const float*>(base + a64(pointwise() ? 0 : kChunk * kk * 4) +
-                                                        a64(kChunk * kp) + a64(kk * kChunk));
+                                                        a64(kChunk * kp) + a64(kp * kChunk));
       transpose(y_t, kChunk, y + m0 * cout, static_cast<size_t>(cout), static_cast<size_t>(cout), rows);
     };
     if (threads > 1 && chunks < threads) {
@@ -361,36 +417,31 @@ class SparseLayer : public Layer {
       // between the threads instead (ranges of about equal nonzeros). Rows are
       // independent, so the result does not depend on the split.
       const uint32_t* rp = qw.rp();
-      size_t bounds[65] = {0};  // threads <= 64; no allocation in a run
-      for (size_t t = 1; t < threads; ++t) {
-        const uint64_t target = (uint64_t(rp[qw.n]) + qw.n) * t / threads;
+      size_t bounds[65] = {0};  // parts <= 64; no allocation in a run
+      for (size_t t = 1; t < parts; ++t) {
+        const uint64_t target = (uint64_t(rp[qw.n]) + qw.n) * t / parts;
         size_t r = bounds[t - 1];
         while (r < qw.n && uint64_t(rp[r]) + r < target) ++r;
         bounds[t] = r;
       }
-      bounds[threads] = qw.n;
+      bounds[parts] = qw.n;
       for (size_t c = 0; c < chunks; ++c) {
         uint8_t* base = env.scratch;
-        prepare(c, base);
-        env.pool->parallel_for(threads, [&](size_t t) { compute(c, base, bounds[t], bounds[t + 1]); });
+        prepare(c, base, 0);
+        env.pool->parallel_for(parts, [&](size_t t) { compute(c, base, bounds[t], bounds[t + 1]); });
         finish(c, base);
       }
-      return;
+      return finite[0] != 0;
     }
     const size_t slots = std::min<size_t>(chunks, threads);
     auto do_chunk = [&](size_t chunk, size_t slot) {
       uint8_t* base = env.scratch + slot * q8_slot_bytes();
-      prepare(chunk, base);
+      prepare(chunk, base, slot);
       compute(chunk, base, 0, qw.n);
       finish(chunk, base);
     };
-    if (slots <= 1) {
-      for (size_t c = 0; c < chunks; ++c) do_chunk(c, 0);
-      return;
-    }
-    env.pool->parallel_for(slots, [&](size_t s) {
-      for (size_t c = s; c < chunks; c += slots) do_chunk(c, s);
-    });
+    env.pool->parallel_chunks(chunks, slots, do_chunk);
+    return std::all_of(finite, finite + 64, [](char f) { return f != 0; });
   }
 
   // decode="stream": the load path's steps with each tile of rows decoded into per-thread
@@ -400,15 +451,9 @@ class SparseLayer : public Layer {
     const size_t tiles = sw.tiles(), tb = sw.tile_scratch_bytes(), kk = static_cast<size_t>(k());
     const size_t slots = std::min<size_t>({tiles, env.pool->threads(), 64});
     uint64_t symbols[64] = {};
-    // body(slot, tile) on every tile, tiles dealt round-robin to `slots` threads.
+    // body(slot, tile) on every tile, on at most `slots` threads.
     auto for_tiles = [&](auto&& body) {
-      if (slots <= 1) {
-        for (size_t t = 0; t < tiles; ++t) body(0, t);
-      } else {
-        env.pool->parallel_for(slots, [&](size_t s) {
-          for (size_t t = s; t < tiles; t += slots) body(s, t);
-        });
-      }
+      env.pool->parallel_chunks(tiles, slots, [&](size_t t, size_t s) { body(s, t); });
     };
     if (M == 1 && pointwise()) {
       if (csc_uk && (csc_always || static_cast<double>(spmm_f32::count_zeros(x, 4, kk)) >=
@@ -480,19 +525,30 @@ class SparseLayer : public Layer {
 
   // Grid columns [g0, g1) of y_t (cout x kChunk, column g - g0) into image n's NHWC output
   // (OW x cout per row), dropping the grid's padding columns ow >= OW.
-  void grid_to_nhwc(const float* y_t, size_t g0, size_t g1, const DirectShape& d, int64_t OW, float* yn) const {
+  // With a fused residual (env.residual), image n's part of it (rn, laid out as yn) is added
+  // to each run of outputs right after its transpose.
+  void grid_to_nhwc(const float* y_t, size_t g0, size_t g1, const DirectShape& d, int64_t OW, float* yn,
+                    const float* rn, const RunEnv& env) const {
     const size_t c_out = static_cast<size_t>(cout), ow_n = static_cast<size_t>(OW);
     for (size_t g = g0; g < g1;) {
       const size_t oh = g / d.Wp, ow = g % d.Wp;
       const size_t run_end = std::min(g1, oh * d.Wp + ow_n);
-      if (ow < ow_n) transpose(y_t + (g - g0), kChunk, yn + (oh * ow_n + ow) * c_out, c_out, c_out, run_end - g);
+      if (ow < ow_n) {
+        float* out = yn + (oh * ow_n + ow) * c_out;
+        transpose(y_t + (g - g0), kChunk, out, c_out, c_out, run_end - g);
+        if (rn) {
+          const float* r = rn + (out - yn);
+          const float rlo = env.residual_lo, rhi = env.residual_hi;
+          for (size_t i = 0; i < (run_end - g) * c_out; ++i) out[i] = std::min(std::max(out[i] + r[i], rlo), rhi);
+        }
+      }
       g = (oh + 1) * d.Wp;  // skip the padding columns ow >= OW
     }
   }
 
   // The direct paths' schedule over N images: build(n, slot) fills slot's plane with image
   // n; cols(n, plane_slot, g0, g1, work_slot) computes grid columns [g0, g1) (chunks of
-  // kChunk) from that plane using work_slot's y_t. Images go round-robin over the slots;
+  // kChunk) from that plane using work_slot's y_t. Images are spread over the slots;
   // with fewer images than threads (batch 1) one shared plane per image has its chunks
   // split instead.
   template <typename Build, typename Cols>
@@ -506,16 +562,13 @@ class SparseLayer : public Layer {
     if (slots <= 1) {
       for (int64_t n = 0; n < N; ++n) whole_image(n, 0);
     } else if (static_cast<size_t>(N) >= slots || chunks <= 1) {
-      const size_t used = std::min<size_t>(slots, static_cast<size_t>(N));
-      env.pool->parallel_for(used, [&](size_t s) {
-        for (size_t n = s; n < static_cast<size_t>(N); n += used) whole_image(static_cast<int64_t>(n), s);
-      });
+      env.pool->parallel_chunks(static_cast<size_t>(N), slots,
+                                [&](size_t n, size_t s) { whole_image(static_cast<int64_t>(n), s); });
     } else {
-      const size_t used = std::min(slots, chunks);
       for (int64_t n = 0; n < N; ++n) {
         build(n, 0);
-        env.pool->parallel_for(used, [&](size_t s) {
-          for (size_t c = s; c < chunks; c += used) cols(n, 0, c * kChunk, std::min(d.grid, (c + 1) * kChunk), s);
+        env.pool->parallel_chunks(chunks, slots, [&](size_t c, size_t s) {
+          cols(n, 0, c * kChunk, std::min(d.grid, (c + 1) * kChunk), s);
         });
       }
     }
@@ -584,7 +637,8 @@ class SparseLayer : public Layer {
                     [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
                       spmm_f32::run(*spmm_uk, dwts, g1 - g0, plane_of(ps) + g0, 4, y_t_of(ws), kChunk * 4, 0, w.n,
                                     lo, hi);
-                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out);
+                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out,
+                                   env.residual ? env.residual + static_cast<size_t>(n) * img_out : nullptr, env);
                     });
   }
 
@@ -592,7 +646,7 @@ class SparseLayer : public Layer {
   // input quantized exactly as the im2col path quantizes it), the spmm_qu8 kernel on shifted
   // windows (x_stride = 1 byte, columns remapped to shifts), y_t back to NHWC without the
   // grid's padding columns. Integer sums: the same outputs as the im2col path, bit for bit.
-  void run_int8_direct(const float* x, const Shape& xs, const Shape& ys, float* y, const gemm_qu8::QuantParams& qp,
+  bool run_int8_direct(const float* x, const Shape& xs, const Shape& ys, float* y, const gemm_qu8::QuantParams& qp,
                        const spmm_qu8::Epilogue& ep, const RunEnv& env) const {
     const DirectShape d = direct_shape(xs, ys);
     const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
@@ -625,29 +679,112 @@ class SparseLayer : public Layer {
     const uint8_t zero = static_cast<uint8_t>(qp.zero);
     // The image (H*W x cin floats) to channel-major with the fast float transpose, then
     // each channel quantized (as the im2col path quantizes it) into the plane's interior.
-    auto build_plane = [&](int64_t n, uint8_t* xp, float* imgt, uint8_t* qrow) {
+    char finite[64];  // per slot
+    std::fill(finite, finite + 64, 1);
+    auto build_plane = [&](int64_t n, uint8_t* xp, float* imgt, uint8_t* qrow, size_t slot) {
       const size_t h = static_cast<size_t>(H), wd = wd_, p_h = static_cast<size_t>(ph), p_w = static_cast<size_t>(pw);
       std::memset(xp, zero, d.extent);  // borders (the interior is overwritten below)
       std::memset(xp + d.extent, 0, kPlanePad);
       transpose(x + static_cast<size_t>(n) * hw * c_in, c_in, imgt, hw, hw, c_in);
       for (size_t c = 0; c < c_in; ++c) {
         uint8_t* dst = xp + c * d.plane + p_h * d.Wp + p_w;
+        bool ok = true;
         if (wd % gemm_qu8::kKr == 0) {  // rows of whole 4-byte blocks: straight into the plane
-          gemm_qu8::quantize(imgt + c * hw, h, wd, wd * 4, dst, d.Wp, qp);
+          ok = gemm_qu8::quantize(imgt + c * hw, h, wd, wd * 4, dst, d.Wp, qp);
         } else {  // quantize pads its rows to 4 bytes: via qrow, so no border byte changes
           for (size_t r = 0; r < h; ++r) {
-            gemm_qu8::quantize(imgt + c * hw + r * wd, 1, wd, 0, qrow, gemm_qu8::padded_k(wd), qp);
+            ok &= gemm_qu8::quantize(imgt + c * hw + r * wd, 1, wd, 0, qrow, gemm_qu8::padded_k(wd), qp);
             std::memcpy(dst + r * d.Wp, qrow, wd);
           }
         }
+        if (!ok) finite[slot] = 0;
       }
     };
     const size_t img_out = static_cast<size_t>(OH * OW) * c_out;
-    schedule_direct(env, N, d, [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot), imgt_of(slot), qrow_of(slot)); },
+    schedule_direct(env, N, d,
+                    [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot), imgt_of(slot), qrow_of(slot), slot); },
                     [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
                       spmm_qu8::run(*q_uk, dq, g1 - g0, plane_of(ps) + g0, 1, y_t_of(ws), kChunk * 4, 0, qw.n, ep);
-                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out);
+                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out,
+                                   env.residual ? env.residual + static_cast<size_t>(n) * img_out : nullptr, env);
                     });
+    return std::all_of(finite, finite + 64, [](char f) { return f != 0; });
+  }
+
+  // run_int8_direct with the quad kernel: per image the input quantized once (NHWC u8, as
+  // the other int8 paths quantize it), then each input row's pixels x channel quads
+  // transposed as 32-bit words into a zero-point padded plane of quads xq[cin / 4][Hp][Wp]
+  // (4 channels per word). Quad column (tap i, j; channels 4q .. 4q+3) then reads output
+  // grid column m' at byte (q * Hp * Wp + i * dh * Wp + j * dw + m') * 4: the quad columns
+  // are remapped to those byte offsets (x_stride = 1) and the quad kernel runs unchanged.
+  bool run_quad_direct(const float* x, const Shape& xs, const Shape& ys, float* y, const gemm_qu8::QuantParams& qp,
+                       const spmm_qu8::Epilogue& ep, const RunEnv& env) const {
+    const DirectShape d = direct_shape(xs, ys);
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], OH = ys.dims[2], OW = ys.dims[3];
+    const size_t c_in = static_cast<size_t>(cin), c_out = static_cast<size_t>(cout), quads_in = c_in / 4;
+    const size_t h = static_cast<size_t>(H), wd = static_cast<size_t>(W), p_h = static_cast<size_t>(ph),
+                 p_w = static_cast<size_t>(pw);
+    uint32_t* cols = reinterpret_cast<uint32_t*>(env.scratch);
+    uint8_t* slot0 = env.scratch + quad_direct_shared_bytes();
+    {  // quad column b covers (kh, kw, cin) columns 4b .. 4b+3: one tap, channels 4q .. 4q+3
+      const uint32_t* qc = qw.quad_cols.as<uint32_t>();
+      const size_t kw_ = static_cast<size_t>(kw);
+      for (size_t p = 0; p < qw.quads; ++p) {
+        const size_t col = size_t(qc[p]) * 4, tap = col / c_in, q = col % c_in / 4;
+        cols[p] = static_cast<uint32_t>(
+            (q * d.plane + tap / kw_ * static_cast<size_t>(dh) * d.Wp + tap % kw_ * static_cast<size_t>(dw)) * 4);
+      }
+    }
+    spmm_qu8::PackedWeights dq;
+    dq.n = qw.n;
+    dq.k = qw.k;
+    dq.nnz = qw.nnz;
+    dq.has_quads = true;
+    dq.quads = qw.quads;
+    dq.quad_row_ptr = AlignedBuffer::view(qw.quad_row_ptr.data(), qw.quad_row_ptr.size());
+    dq.quad_cols = AlignedBuffer::view(reinterpret_cast<uint8_t*>(cols), qw.quads * 4);
+    dq.quad_vals = AlignedBuffer::view(qw.quad_vals.data(), qw.quad_vals.size());
+    dq.w_scale = AlignedBuffer::view(qw.w_scale.data(), qw.w_scale.size());
+    dq.rowsum = AlignedBuffer::view(qw.rowsum.data(), qw.rowsum.size());
+    dq.bias = AlignedBuffer::view(qw.bias.data(), qw.bias.size());
+
+    const size_t slot_b = quad_direct_slot_bytes(d, xs), plane_b = a64(d.extent + 4 * kPlanePad);
+    const size_t img_b = a64(gemm_qu8::padded_k(h * wd * c_in));
+    auto plane_of = [&](size_t slot) { return slot0 + slot * slot_b; };
+    auto qimg_of = [&](size_t slot) { return slot0 + slot * slot_b + plane_b; };
+    auto y_t_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b + plane_b + img_b); };
+    const uint32_t zero4 = uint32_t(qp.zero) * 0x01010101u;
+    char finite[64];  // per slot
+    std::fill(finite, finite + 64, 1);
+    auto build_plane = [&](int64_t n, uint8_t* xp_bytes, uint8_t* qimg, size_t slot) {
+      uint32_t* xp = reinterpret_cast<uint32_t*>(xp_bytes);
+      for (size_t q = 0; q < quads_in; ++q) {  // the zero-point border of each quad plane
+        uint32_t* pq = xp + q * d.plane;
+        std::fill(pq, pq + p_h * d.Wp, zero4);
+        std::fill(pq + (p_h + h) * d.Wp, pq + d.plane, zero4);
+        if (p_w)
+          for (size_t r = p_h; r < p_h + h; ++r) {
+            std::fill(pq + r * d.Wp, pq + r * d.Wp + p_w, zero4);
+            std::fill(pq + r * d.Wp + p_w + wd, pq + (r + 1) * d.Wp, zero4);
+          }
+      }
+      std::fill(xp + quads_in * d.plane, xp + quads_in * d.plane + kPlanePad, 0u);
+      const size_t img = h * wd * c_in;
+      if (!gemm_qu8::quantize(x + static_cast<size_t>(n) * img, 1, img, 0, qimg, gemm_qu8::padded_k(img), qp))
+        finite[slot] = 0;
+      for (size_t r = 0; r < h; ++r)  // (pixels, quads) -> (quads, pixels) 32-bit words
+        transpose(reinterpret_cast<const float*>(qimg + r * wd * c_in), quads_in,
+                  reinterpret_cast<float*>(xp + (r + p_h) * d.Wp + p_w), d.plane, wd, quads_in);
+    };
+    const size_t img_out = static_cast<size_t>(OH * OW) * c_out;
+    schedule_direct(env, N, d, [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot), qimg_of(slot), slot); },
+                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
+                      spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1, y_t_of(ws), kChunk * 4, 0,
+                                    qw.n, ep);
+                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out,
+                                   env.residual ? env.residual + static_cast<size_t>(n) * img_out : nullptr, env);
+                    });
+    return std::all_of(finite, finite + 64, [](char f) { return f != 0; });
   }
 
   // The patches of output rows [m0, m0 + rows), written transposed straight into x_t: row
@@ -781,7 +918,23 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
     if (!uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
     layer->q_uk = layer->q_small_uk = uk;
   }
-  layer->weight_read_bytes = layer->qw.bytes();
+  // Quads where the nonzeros fill them well enough to beat the CSR kernel (it interleaves
+  // bytes for every 4 nonzeros; the quad kernel pays a full quad for each stored one).
+  const spmm_qu8::Ukernel* quad_uk = force.empty() || is_path_switch(force) ? spmm_qu8::best_quad_ukernel()
+                                     : force.rfind("spmm_qu8_quad", 0) == 0 ? layer->q_uk : nullptr;
+  if (quad_uk) {
+    spmm_qu8::build_quads(layer->qw);
+    if (layer->qw.quad_fill() >= kQuadMinFill || !(force.empty() || is_path_switch(force))) {
+      layer->q_quad_uk = quad_uk;
+    } else {
+      layer->qw.has_quads = false;
+      layer->qw.quads = 0;
+      layer->qw.quad_row_ptr = AlignedBuffer();
+      layer->qw.quad_cols = AlignedBuffer();
+      layer->qw.quad_vals = AlignedBuffer();
+    }
+  }
+  layer->weight_read_bytes = layer->q_quad_uk ? layer->qw.quad_bytes() : layer->qw.bytes();
   if (layer->pointwise() && (force.empty() || is_path_switch(force))) {
     // Batch-1 row tiles, only where a SIMD tile kernel runs them (best_spmv_ukernel
     // returns the scalar CSR reference otherwise).
@@ -799,7 +952,8 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
   }
   layer->packed_bytes = layer->qw.row_ptr.size() + layer->qw.cols.size() + layer->qw.values.size() +
                         layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size() +
-                        layer->qw.tile_step_ptr.size() + layer->qw.tile_window.size() + layer->qw.tile_data.size();
+                        layer->qw.tile_step_ptr.size() + layer->qw.tile_window.size() + layer->qw.tile_data.size() +
+                        layer->qw.quad_row_ptr.size() + layer->qw.quad_cols.size() + layer->qw.quad_vals.size();
   return layer;
 }
 

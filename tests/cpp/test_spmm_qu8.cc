@@ -8,6 +8,8 @@
 // m = 1 over a grid of n, k (window tails), densities (empty rows, > 4 nonzeros of a row in
 // one window, whole rows inside one window), zero points 0/255, relu and a finite clamp,
 // strided x and y, row ranges cutting 16-row groups. DSQ_BENCH_QTILE=1 also times them.
+// The quad kernels (spmm_qu8_quad_*) read the same cases with x as quads, plus block-pruned
+// cases (full and partial quads, k cutting the last quad, m tails).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -59,11 +61,24 @@ Case make_case(size_t n, size_t k, double density, bool extremes) {
 }
 
 void check_case(const Case& c, size_t m, bool extremes, const char* what) {
-  const spmm_qu8::PackedWeights w =
+  spmm_qu8::PackedWeights w =
       spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data(), true);
+  spmm_qu8::build_quads(w);
+  spmm_qu8::build_quads(w);  // idempotent
   const size_t stride = (m + 63) / 64 * 64;  // rows hold a multiple of the widest tile
   std::vector<uint8_t> x(c.k * stride);
   for (auto& v : x) v = extremes ? ((rng() & 1) ? 255 : 0) : static_cast<uint8_t>(rng());
+  // The same x as quads for the quad kernels: quad row b holds lanes of 4 bytes (columns
+  // 4b..4b+3); lanes past m and columns past k hold junk (weights there are 0 or unread).
+  const size_t quad_rows = (c.k + 3) / 4, qstride = 4 * m + 8;
+  std::vector<uint8_t> xq(quad_rows * qstride, 0xAB);
+  for (size_t col = 0; col < c.k; ++col)
+    for (size_t i = 0; i < m; ++i) xq[col / 4 * qstride + 4 * i + col % 4] = x[col * stride + i];
+  size_t quads = 0;
+  for (size_t r = 0; r < c.n; ++r)
+    for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p)
+      quads += p == c.row_ptr[r] || c.col[p] / 4 != c.col[p - 1] / 4;
+  DSQ_CHECK(w.has_quads && w.quads == quads, "%s: %zu quads, want %zu", what, w.quads, quads);
   const spmm_qu8::Epilogue ep{static_cast<int32_t>(rng() % 256), 0.0173f, -0.75f, 2.5f};
   std::vector<float> want(c.n * m);
   for (size_t r = 0; r < c.n; ++r) {
@@ -78,14 +93,17 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
   }
   for (const auto& uk : spmm_qu8::all_ukernels()) {
     if (!isa_supported(uk.isa) || !spmm_qu8::compatible(uk, w, m)) continue;
+    const bool quad = uk.layout == spmm_qu8::Layout::kQuads;
+    const uint8_t* xa = quad ? xq.data() : x.data();
+    const size_t xs = quad ? qstride : stride;
     std::vector<float> y(c.n * m, -99.f);
-    spmm_qu8::run(uk, w, m, x.data(), stride, y.data(), m * 4, 0, c.n, ep);
+    spmm_qu8::run(uk, w, m, xa, xs, y.data(), m * 4, 0, c.n, ep);
     size_t bad = 0;
     for (size_t i = 0; i < y.size(); ++i) bad += std::memcmp(&y[i], &want[i], 4) != 0;
     DSQ_CHECK(bad == 0, "%s %s: n=%zu k=%zu m=%zu: %zu outputs differ", what, uk.name, c.n, c.k, m, bad);
     // A row range writes only its rows.
     std::vector<float> part(c.n * m, -99.f);
-    spmm_qu8::run(uk, w, m, x.data(), stride, part.data(), m * 4, 3, c.n / 2, ep);
+    spmm_qu8::run(uk, w, m, xa, xs, part.data(), m * 4, 3, c.n / 2, ep);
     bool only = true;
     for (size_t r = 0; r < c.n; ++r)
       for (size_t i = 0; i < m; ++i) {
@@ -113,6 +131,32 @@ Case make_tile_case(size_t n, size_t k, double density) {
       if (!take) continue;
       c.col.push_back(static_cast<uint32_t>(j));
       c.q.push_back(static_cast<int8_t>(static_cast<int>(rng() % 256) - 128));
+    }
+    c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
+    c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
+    c.bias.push_back(static_cast<float>(u(rng) - 0.5));
+  }
+  return c;
+}
+
+// Nonzeros in aligned quads of columns (block-pruned weights): each quad is taken with
+// probability `density`, with all 4 columns, or 1-3 of them every fifth time; k may cut
+// the last quad.
+Case make_quad_case(size_t n, size_t k, double density) {
+  Case c;
+  c.n = n;
+  c.k = k;
+  c.row_ptr.push_back(0);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (size_t r = 0; r < n; ++r) {
+    for (size_t b = 0; b * 4 < k; ++b) {
+      if (!(u(rng) < density)) continue;
+      const unsigned keep = rng() % 5 == 0 ? static_cast<unsigned>(1 + rng() % 14) : 15u;  // bit j: column 4b+j
+      for (size_t j = 0; j < 4 && 4 * b + j < k; ++j) {
+        if (!(keep >> j & 1)) continue;
+        c.col.push_back(static_cast<uint32_t>(4 * b + j));
+        c.q.push_back(static_cast<int8_t>(static_cast<int>(rng() % 256) - 128));
+      }
     }
     c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
     c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
@@ -192,6 +236,34 @@ int main() {
   for (size_t m : {1, 2, 15, 16, 17, 63, 64, 65, 130}) check_case(make_case(40, 300, 0.2, false), m, false, "random");
   check_case(make_case(24, 257, 0.3, true), 67, true, "extremes");
   check_case(make_case(16, 70000, 0.001, false), 19, false, "u32 columns");
+  for (size_t m : {1, 16, 47, 64, 200}) {
+    check_case(make_quad_case(33, 144, 0.3), m, false, "quads");
+    check_case(make_quad_case(20, 27, 0.5), m, false, "quads, k cuts the last quad");
+  }
+  check_case(make_quad_case(8, 64, 1.0), 70, false, "quads, dense");
+  {
+    const Case c = make_quad_case(10, 40, 0.5);
+    spmm_qu8::PackedWeights w =
+        spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data());
+    DSQ_CHECK(spmm_qu8::best_ukernel().layout == spmm_qu8::Layout::kCsr, "best_ukernel reads the CSR");
+    const spmm_qu8::Ukernel* quad = nullptr;
+    for (const auto& uk : spmm_qu8::all_ukernels())
+      if (uk.layout == spmm_qu8::Layout::kQuads) quad = &uk;
+    DSQ_CHECK(quad && !spmm_qu8::compatible(*quad, w, 4), "a quad kernel needs the quads");
+    bool threw_quads = false;
+    std::vector<uint8_t> x(64 * 4, 1);
+    std::vector<float> y(c.n * 4);
+    try {
+      spmm_qu8::run(*quad, w, 4, x.data(), 16, y.data(), 16, 0, c.n, spmm_qu8::Epilogue{0, 1.f, -INFINITY, INFINITY});
+    } catch (const std::invalid_argument&) {
+      threw_quads = true;
+    }
+    DSQ_CHECK(threw_quads, "run() rejects a quad kernel without quads");
+    spmm_qu8::build_quads(w);
+    DSQ_CHECK(w.quad_fill() > 0.5 && w.quad_fill() <= 1.0, "quad fill %.2f", w.quad_fill());
+    const spmm_qu8::Ukernel* best_quad = spmm_qu8::best_quad_ukernel();
+    std::printf("best quad ukernel: %s\n", best_quad ? best_quad->name : "(none)");
+  }
   bool threw = false;
   try {
     const uint32_t rp[2] = {0, 1}, col[1] = {5};

@@ -15,6 +15,7 @@ namespace dsq::spmm_qu8 {
 #include "kernels/spmm_qu8/kernels.inc"
 
 size_t PackedWeights::bytes() const { return (n + 1) * 4 + nnz * (cols_u16 ? 3 : 5) + n * 12; }
+size_t PackedWeights::quad_bytes() const { return has_quads ? (n + 1) * 4 + quads * (4 + kQuad) + n * 12 : 0; }
 size_t PackedWeights::tile_bytes() const {
   return has_tiles ? (groups() + 1) * 4 + tile_steps * (kTileStepBytes + 4) + n * 12 : 0;
 }
@@ -65,6 +66,29 @@ void spmm_qu8_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x, size
   else ref_rows(w, w.col32(), m, x, xs, y, ys, n_begin, n_end, ep);
 }
 
+// Reads the quads (x as quads: lane i of quad column b at x_t + b * xs + 4 i).
+void spmm_qu8_quad_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
+                             size_t n_begin, size_t n_end, const Epilogue& ep) {
+  const uint32_t* qrp = w.quad_row_ptr.as<uint32_t>();
+  const uint32_t* qcol = w.quad_cols.as<uint32_t>();
+  const int8_t* qv = w.quad_vals.as<int8_t>();
+  for (size_t n = n_begin; n < n_end; ++n) {
+    const float scale = ep.a_scale * w.w_scale.as<float>()[n];
+    const int32_t corr = ep.a_zero * w.rowsum.as<int32_t>()[n];
+    float* yr = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys);
+    for (size_t i = 0; i < m; ++i) {
+      int32_t acc = 0;
+      for (uint32_t p = qrp[n]; p < qrp[n + 1]; ++p) {
+        const uint8_t* xq = x + size_t(qcol[p]) * xs + kQuad * i;
+        for (size_t j = 0; j < kQuad; ++j) acc += int32_t(qv[kQuad * p + j]) * int32_t(xq[j]);
+      }
+      float v = std::fma(float(acc - corr), scale, w.bias.as<float>()[n]);
+      v = v > ep.lo ? v : ep.lo;
+      yr[i] = v < ep.hi ? v : ep.hi;
+    }
+  }
+}
+
 // Reads the row tiles lane by lane (m == 1). Unused slots (index 0, weight 0) add 0.
 void spmv_qu8_16x64__scalar(const PackedWeights& w, size_t, const uint8_t* x, size_t xs, float* y, size_t ys,
                             size_t n_begin, size_t n_end, const Epilogue& ep) {
@@ -90,6 +114,34 @@ void spmv_qu8_16x64__scalar(const PackedWeights& w, size_t, const uint8_t* x, si
       *reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys) = v < ep.hi ? v : ep.hi;
     }
   }
+}
+
+void build_quads(PackedWeights& w) {
+  if (w.has_quads) return;
+  const uint32_t* rp = w.rp();
+  auto col = [&](uint32_t p) -> size_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  std::vector<uint32_t> row_ptr(w.n + 1, 0), cols;
+  std::vector<int8_t> vals;
+  for (size_t r = 0; r < w.n; ++r) {
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) {
+      const size_t b = col(p) / kQuad;
+      if (cols.empty() || row_ptr[r] == cols.size() || cols.back() != b) {  // columns increase: a new quad
+        cols.push_back(static_cast<uint32_t>(b));
+        vals.insert(vals.end(), kQuad, int8_t(0));
+      }
+      vals[(cols.size() - 1) * kQuad + col(p) % kQuad] = w.vals()[p];
+    }
+    if (cols.size() > UINT32_MAX) throw std::invalid_argument("spmm_qu8::build_quads: too many quads");
+    row_ptr[r + 1] = static_cast<uint32_t>(cols.size());
+  }
+  w.quads = cols.size();
+  w.quad_row_ptr.resize((w.n + 1) * 4);
+  std::memcpy(w.quad_row_ptr.data(), row_ptr.data(), (w.n + 1) * 4);
+  w.quad_cols.resize(std::max<size_t>(w.quads, 1) * 4);
+  if (w.quads) std::memcpy(w.quad_cols.data(), cols.data(), w.quads * 4);
+  w.quad_vals.resize(std::max<size_t>(w.quads, 1) * kQuad);
+  if (w.quads) std::memcpy(w.quad_vals.data(), vals.data(), vals.size());
+  w.has_quads = true;
 }
 
 void build_row_tiles(PackedWeights& w) {
@@ -196,12 +248,24 @@ const std::vector<Ukernel>& all_ukernels() {
 const Ukernel& best_ukernel() {
   const Ukernel* b = &all_ukernels()[0];
   for (const Ukernel& uk : all_ukernels())
-    if (!uk.spmv && isa_supported(uk.isa) && static_cast<int>(uk.isa) > static_cast<int>(b->isa)) b = &uk;
+    if (!uk.spmv && uk.layout == Layout::kCsr && isa_supported(uk.isa) &&
+        static_cast<int>(uk.isa) > static_cast<int>(b->isa))
+      b = &uk;
   return *b;
+}
+
+const Ukernel* best_quad_ukernel() {
+  const Ukernel* b = nullptr;
+  for (const Ukernel& uk : all_ukernels())
+    if (uk.layout == Layout::kQuads && uk.isa != Isa::kScalar && isa_supported(uk.isa) &&
+        (!b || static_cast<int>(uk.isa) > static_cast<int>(b->isa)))
+      b = &uk;
+  return b;
 }
 
 bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m) {
   if (uk.spmv && m != 1) return false;
+  if (uk.layout == Layout::kQuads) return w.has_quads;
   return uk.layout != Layout::kRowTiles || w.has_tiles;
 }
 
@@ -228,7 +292,8 @@ void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t
   if (!compatible(uk, w, m))
     throw std::invalid_argument(std::string("spmm_qu8::run: ") + uk.name +
                                 (uk.spmv && m != 1 ? " runs only m == 1, got m = " + std::to_string(m)
-                                                   : std::string(" needs the row tiles (build_row_tiles)")));
+                                 : uk.layout == Layout::kQuads ? std::string(" needs the quads (build_quads)")
+                                                               : std::string(" needs the row tiles (build_row_tiles)")));
   n_end = std::min(n_end, w.n);
   if (m == 0 || n_begin >= n_end) return;
   if (uk.spmv && x_stride != 1) {

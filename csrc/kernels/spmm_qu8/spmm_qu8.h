@@ -28,7 +28,17 @@ constexpr size_t kTileRows = 16;
 constexpr size_t kTileCols = 64;
 constexpr size_t kTileStepBytes = 128;  // 64 index bytes + 64 weights
 
-enum class Layout : int { kCsr = 0, kRowTiles = 1 };
+// Quad layout (build_quads(), Layout::kQuads): the columns in aligned groups of 4 (quad b
+// = columns 4b .. 4b+3). A row stores each quad that holds any of its nonzeros, with all 4
+// weights (0 for the columns it does not store: they add exactly 0). The quad kernels
+// read x as quads too: quad column b's row starts at x_t + quad_col * x_stride and holds 4
+// bytes per m lane (lane m at byte 4m, columns 4b .. 4b+3 in order). One vpdpbusd then
+// does 16 lanes x 4 columns with no byte interleaving: fast when the nonzeros come in
+// quads (pruned in blocks of 4 input channels), about even with the CSR kernel at 40 %
+// fill (70 % unstructured sparsity).
+constexpr size_t kQuad = 4;
+
+enum class Layout : int { kCsr = 0, kRowTiles = 1, kQuads = 2 };
 
 struct PackedWeights {
   size_t n = 0, k = 0, nnz = 0;
@@ -45,6 +55,15 @@ struct PackedWeights {
   AlignedBuffer tile_step_ptr;  // u32[groups() + 1]: first step of each 16-row group
   AlignedBuffer tile_window;    // u32[tile_steps]: window of the step (first column / 64)
   AlignedBuffer tile_data;      // tile_steps * kTileStepBytes (64-byte aligned steps)
+  // Quads (build_quads()): only for the quad kernels.
+  bool has_quads = false;
+  size_t quads = 0;
+  AlignedBuffer quad_row_ptr;  // u32[n + 1]
+  AlignedBuffer quad_cols;     // u32[quads]: quad column (column / 4), increasing within a row
+  AlignedBuffer quad_vals;     // int8[quads * 4]: the weights of columns 4 b .. 4 b + 3
+  // Nonzeros per stored weight slot (1 = every quad full).
+  double quad_fill() const { return quads ? double(nnz) / double(quads * kQuad) : 1.0; }
+  size_t quad_bytes() const;  // bytes a quad call reads for the weights
   size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
   size_t tile_bytes() const;    // bytes a batch-1 tile call reads for the weights
   const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
@@ -66,6 +85,9 @@ struct Epilogue {
 PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* col, const int8_t* q,
                    const float* w_scale, const float* bias, bool build_tiles = false);
 
+// Adds the quads the quad kernels read, from the CSR. Idempotent. Costs 8 bytes per quad.
+void build_quads(PackedWeights& w);
+
 // Adds the row tiles the batch-1 kernels read, from the CSR. Idempotent. Costs
 // tile_steps * 132 bytes (at 90 % sparsity about one step per 16 rows x 64 columns).
 void build_row_tiles(PackedWeights& w);
@@ -85,17 +107,21 @@ struct Ukernel {
 
 // Every built variant (kernels.inc), references first.
 const std::vector<Ukernel>& all_ukernels();
-// The best supported kernel for any m (never an spmv kernel).
+// The best supported kernel for any m on the CSR (never an spmv or quad kernel).
 const Ukernel& best_ukernel();
+// The best supported SIMD quad kernel, or nullptr when this CPU has none (the scalar quad
+// reader is a layout check, not faster than the CSR kernels).
+const Ukernel* best_quad_ukernel();
 // The best supported kernel for m == 1 on these weights: the row-tile kernel when w has
 // tiles and the CPU has AVX-512 VBMI + VNNI, else the scalar reference.
 const Ukernel& best_spmv_ukernel(const PackedWeights& w);
-// True when uk can run w with m columns (m == 1 for spmv kernels, tiles for kRowTiles).
+// True when uk can run w with m columns (m == 1 for spmv kernels, tiles for kRowTiles,
+// quads for kQuads).
 bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m);
 // Look up by name; nullptr when not built or not supported by this CPU.
 const Ukernel* find_ukernel(const char* name);
 
-// Rows [n_begin, n_end) for all m columns. Throws std::invalid_argument when uk is not
+// Rows [n_begin, n_end) for all m columns (a quad kernel reads x_t as quads, see kQuad). Throws std::invalid_argument when uk is not
 // compatible with w and m. The spmv kernels read x_t[k][0] for k < w.k only (no padding
 // needed); x_stride == 1 (the k bytes contiguous) is fastest, other strides are first
 // copied to a contiguous per-thread buffer.

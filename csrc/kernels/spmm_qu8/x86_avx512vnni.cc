@@ -81,6 +81,64 @@ void rows_vnni(const PackedWeights& w, const Col* cols, size_t m, const uint8_t*
 
 }  // namespace
 
+namespace {
+
+// Rows [n_begin, n_end) for lanes m0 .. m0 + 16 NB - 1: NB accumulators of 16 lanes, the
+// last one loaded and stored under `last` (lanes past m are never read or written).
+template <int NB>
+void quad_rows(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, size_t ys, size_t m0, size_t n_begin,
+               size_t n_end, __mmask16 last, const Epilogue& ep) {
+  const uint32_t* qrp = w.quad_row_ptr.as<uint32_t>();
+  const uint32_t* qcol = w.quad_cols.as<uint32_t>();
+  const int32_t* qv = w.quad_vals.as<int32_t>();  // the 4 weights of a quad as one dword
+  const float* wscale = w.w_scale.as<float>();
+  const int32_t* rowsum = w.rowsum.as<int32_t>();
+  const float* bias = w.bias.as<float>();
+  const __m512 lo = _mm512_set1_ps(ep.lo), hi = _mm512_set1_ps(ep.hi);
+  for (size_t n = n_begin; n < n_end; ++n) {
+    __m512i acc[NB];
+    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_si512();
+    const uint32_t e = qrp[n + 1];
+    for (uint32_t p = qrp[n]; p < e; ++p) {
+      const uint8_t* xr = xm + size_t(qcol[p]) * xs;
+      const __m512i wv = _mm512_set1_epi32(qv[p]);
+      for (int b = 0; b < NB - 1; ++b) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xr + 64 * b), wv);
+      acc[NB - 1] = _mm512_dpbusd_epi32(acc[NB - 1], _mm512_maskz_loadu_epi32(last, xr + 64 * (NB - 1)), wv);
+    }
+    const __m512 scale = _mm512_set1_ps(ep.a_scale * wscale[n]);
+    const __m512i corr = _mm512_set1_epi32(ep.a_zero * rowsum[n]);
+    const __m512 bv = _mm512_set1_ps(bias[n]);
+    float* yr = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys) + m0;
+    for (int b = 0; b < NB; ++b) {
+      const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[b], corr)), scale, bv);
+      _mm512_mask_storeu_ps(yr + 16 * b, b == NB - 1 ? last : __mmask16(0xFFFF),
+                            _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+    }
+  }
+}
+
+}  // namespace
+
+// Up to 128 lanes per pass: 8 independent vpdpbusd chains per row cover its latency.
+void spmm_qu8_quad_128__avx512vnni(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
+                                  size_t n_begin, size_t n_end, const Epilogue& ep) {
+  for (size_t m0 = 0; m0 < m; m0 += 128) {
+    const size_t lanes = std::min<size_t>(128, m - m0), nb = (lanes + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>((1u << (lanes - 16 * (nb - 1))) - 1);
+    const uint8_t* xm = x + kQuad * m0;
+    switch (nb) {
+      case 1: quad_rows<1>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 2: quad_rows<2>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 3: quad_rows<3>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 4: quad_rows<4>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 5: quad_rows<5>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 6: quad_rows<6>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 7: quad_rows<7>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      default: quad_rows<8>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+    }
+  }
+}
+
 void spmm_qu8_64__avx512vnni(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
                              size_t n_begin, size_t n_end, const Epilogue& ep) {
   if (w.cols_u16) rows_vnni(w, w.col16(), m, x, xs, y, ys, n_begin, n_end, ep);
