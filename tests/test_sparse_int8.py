@@ -122,7 +122,7 @@ def test_vnni_listed():
     assert VNNI in KERNELS  # built on x86; whether it runs depends on the CPU
 
 
-QUAD = "spmm_qu8_quad_128__avx512vnni"
+QUAD = "spmm_qu8_quad_128x16__avx512vnni"
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])

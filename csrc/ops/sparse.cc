@@ -139,13 +139,15 @@ class SparseLayer : public Layer {
   bool use_direct(const Shape& xs, const Shape& ys) const {
     return direct && direct_shape(xs, ys).extent + kPlanePad < (uint64_t(1) << 32);
   }
+  // A direct path's y_t (cout x chunk) and the same pixel-major (grid_to_nhwc).
+  size_t grid_out_bytes() const { return 2 * a64(static_cast<size_t>(cout) * kChunk * 4); }
   // Shared: offsets of the k logical columns (u32) + the remapped columns; per slot: one
-  // padded plane + y_t (cout x chunk).
+  // padded plane + y_t (cout x chunk) and its pixel-major copy.
   size_t direct_shared_bytes(const DirectShape& d) const {
     return a64(static_cast<size_t>(k()) * 4) + a64(w.nnz * (d.cols_u16 ? 2 : 4));
   }
   size_t direct_slot_bytes(const DirectShape& d) const {
-    return a64((d.extent + kPlanePad) * 4) + a64(static_cast<size_t>(cout) * kChunk * 4);
+    return a64((d.extent + kPlanePad) * 4) + grid_out_bytes();
   }
 
   // The int8 direct path: shared offsets (u32 per column) + remapped columns; per slot one
@@ -157,22 +159,22 @@ class SparseLayer : public Layer {
   size_t q8_direct_slot_bytes(const DirectShape& d, const Shape& xs) const {
     const size_t wd = static_cast<size_t>(xs.dims[3]), hw = static_cast<size_t>(xs.dims[2]) * wd;
     return a64(d.extent + kPlanePad) + a64(hw * static_cast<size_t>(cin) * 4) + a64(gemm_qu8::padded_k(wd)) +
-           a64(static_cast<size_t>(cout) * kChunk * 4);
+           grid_out_bytes();
   }
 
   // The direct path with the quad kernel (every quad is 4 channels of one tap): shared
   // remapped quad columns (u32); per slot one padded plane of channel quads (u32 per pixel
-  // per quad), the quantized image (NHWC u8), y_t.
+  // per quad) and the quantized image (NHWC u8). The kernel writes the output itself.
   bool quad_direct() const { return q_quad_uk && cin % 4 == 0; }
   // Quads whose channels are not whole (cin % 4 != 0) run on im2col patches instead.
   bool use_int8_direct(const Shape& xs, const Shape& ys) const {
     return use_direct(xs, ys) && (!q_quad_uk || quad_direct());
   }
   size_t quad_direct_shared_bytes() const { return a64(qw.quads * 4); }
-  size_t quad_direct_slot_bytes(const DirectShape& d, const Shape& xs) const {
+  size_t quad_direct_slot_bytes(const Shape& xs) const {
     const size_t pixels = static_cast<size_t>(xs.dims[2] * xs.dims[3]);
-    return a64(d.extent + 4 * kPlanePad) + a64(gemm_qu8::padded_k(pixels * static_cast<size_t>(cin))) +
-           a64(static_cast<size_t>(cout) * kChunk * 4);
+    const DirectShape d = direct_shape(xs, xs);  // the plane only depends on the input
+    return a64(d.extent + 4 * kPlanePad) + a64(gemm_qu8::padded_k(pixels * static_cast<size_t>(cin)));
   }
 
   size_t q8_slot_bytes() const {
@@ -190,7 +192,7 @@ class SparseLayer : public Layer {
     if (int8) {
       if (use_int8_direct(in[0], out[0])) {
         const DirectShape d = direct_shape(in[0], out[0]);
-        if (quad_direct()) return quad_direct_shared_bytes() + quad_direct_slot_bytes(d, in[0]) * slots;
+        if (quad_direct()) return quad_direct_shared_bytes() + quad_direct_slot_bytes(in[0]) * slots;
         return q8_direct_shared_bytes(d) + q8_direct_slot_bytes(d, in[0]) * slots;
       }
       return q8_slot_bytes() * slots;
@@ -254,12 +256,14 @@ class SparseLayer : public Layer {
 
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
-    // The direct conv paths add env.residual while each output run is in cache; the
-    // others after the layer (add_residual's expression either way).
-    const bool direct_path = !stream && !pointwise() &&
-                             (int8 ? use_int8_direct(in_shapes[0], out_shapes[0]) : use_direct(in_shapes[0], out_shapes[0]));
+    // The quad kernels and the direct conv paths add env.residual while each output is in
+    // cache; the others after the layer (add_residual's expression either way).
+    const bool spmv = int8 && q_spmv_uk && pointwise() && rows_of(out_shapes[0]) == 1;
+    const bool fused = !stream && ((int8 && q_quad_uk && !spmv) ||
+                                   (!pointwise() && (int8 ? use_int8_direct(in_shapes[0], out_shapes[0])
+                                                          : use_direct(in_shapes[0], out_shapes[0]))));
     run_layer(in, in_shapes, out, out_shapes, env);
-    if (env.residual && !direct_path)
+    if (env.residual && !fused)
       add_residual(out[0], env.residual, static_cast<size_t>(out_shapes[0].numel()), env.residual_lo, env.residual_hi,
                    env);
   }
@@ -398,14 +402,21 @@ class SparseLayer : public Layer {
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - static_cast<int64_t>(chunk * kChunk)));
       const uint8_t* qa_t = base + a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * kp);
       float* y_t = reinterpret_cast<float*>(const_cast<uint8_t*>(qa_t) + a64(kp * kChunk));
-      if (q_quad_uk) {
-        spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad, y_t, kChunk * 4, n0, n1, ep);
+      if (q_quad_uk) {  // pixel-major: straight into the output rows, with the residual
+        const size_t m0 = chunk * kChunk;
+        spmm_qu8::Epilogue eq = ep;
+        eq.residual = env.residual ? env.residual + m0 * static_cast<size_t>(cout) : nullptr;
+        eq.res_lo = env.residual_lo;
+        eq.res_hi = env.residual_hi;
+        spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad, y + m0 * static_cast<size_t>(cout),
+                      static_cast<size_t>(cout) * 4, n0, n1, eq);
         return;
       }
       const spmm_qu8::Ukernel& uk = rows >= kQu8MinM ? *q_uk : *q_small_uk;
       spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, n0, n1, ep);
     };
     auto finish = [&](size_t chunk, const uint8_t* base) {
+      if (q_quad_uk) return;  // written in place
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - m0));
       const float* y_t = reinterpret_cast<const float*>(base + a64(pointwise() ? 0 : kChunk * kk * 4) +
@@ -524,22 +535,28 @@ class SparseLayer : public Layer {
   }
 
   // Grid columns [g0, g1) of y_t (cout x kChunk, column g - g0) into image n's NHWC output
-  // (OW x cout per row), dropping the grid's padding columns ow >= OW.
-  // With a fused residual (env.residual), image n's part of it (rn, laid out as yn) is added
-  // to each run of outputs right after its transpose.
+  // (OW x cout per row), dropping the grid's padding columns ow >= OW: one transpose of the
+  // whole chunk into the pixel-major buffer after y_t (whole 4 x 4 blocks, unlike transposes
+  // of each short run), then one contiguous copy per run of kept pixels. With a fused
+  // residual (env.residual), image n's part of it (rn, laid out as yn) is added in that copy.
   void grid_to_nhwc(const float* y_t, size_t g0, size_t g1, const DirectShape& d, int64_t OW, float* yn,
                     const float* rn, const RunEnv& env) const {
     const size_t c_out = static_cast<size_t>(cout), ow_n = static_cast<size_t>(OW);
+    float* pix = const_cast<float*>(y_t) + a64(c_out * kChunk * 4) / 4;
+    transpose(y_t, kChunk, pix, c_out, c_out, g1 - g0);
     for (size_t g = g0; g < g1;) {
       const size_t oh = g / d.Wp, ow = g % d.Wp;
       const size_t run_end = std::min(g1, oh * d.Wp + ow_n);
       if (ow < ow_n) {
         float* out = yn + (oh * ow_n + ow) * c_out;
-        transpose(y_t + (g - g0), kChunk, out, c_out, c_out, run_end - g);
+        const float* src = pix + (g - g0) * c_out;
+        const size_t len = (run_end - g) * c_out;
         if (rn) {
           const float* r = rn + (out - yn);
           const float rlo = env.residual_lo, rhi = env.residual_hi;
-          for (size_t i = 0; i < (run_end - g) * c_out; ++i) out[i] = std::min(std::max(out[i] + r[i], rlo), rhi);
+          for (size_t i = 0; i < len; ++i) out[i] = std::min(std::max(src[i] + r[i], rlo), rhi);
+        } else {
+          std::memcpy(out, src, len * 4);
         }
       }
       g = (oh + 1) * d.Wp;  // skip the padding columns ow >= OW
@@ -748,11 +765,9 @@ class SparseLayer : public Layer {
     dq.rowsum = AlignedBuffer::view(qw.rowsum.data(), qw.rowsum.size());
     dq.bias = AlignedBuffer::view(qw.bias.data(), qw.bias.size());
 
-    const size_t slot_b = quad_direct_slot_bytes(d, xs), plane_b = a64(d.extent + 4 * kPlanePad);
-    const size_t img_b = a64(gemm_qu8::padded_k(h * wd * c_in));
+    const size_t slot_b = quad_direct_slot_bytes(xs), plane_b = a64(d.extent + 4 * kPlanePad);
     auto plane_of = [&](size_t slot) { return slot0 + slot * slot_b; };
     auto qimg_of = [&](size_t slot) { return slot0 + slot * slot_b + plane_b; };
-    auto y_t_of = [&](size_t slot) { return reinterpret_cast<float*>(slot0 + slot * slot_b + plane_b + img_b); };
     const uint32_t zero4 = uint32_t(qp.zero) * 0x01010101u;
     char finite[64];  // per slot
     std::fill(finite, finite + 64, 1);
@@ -778,11 +793,17 @@ class SparseLayer : public Layer {
     };
     const size_t img_out = static_cast<size_t>(OH * OW) * c_out;
     schedule_direct(env, N, d, [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot), qimg_of(slot), slot); },
-                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
-                      spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1, y_t_of(ws), kChunk * 4, 0,
-                                    qw.n, ep);
-                      grid_to_nhwc(y_t_of(ws), g0, g1, d, OW, y + static_cast<size_t>(n) * img_out,
-                                   env.residual ? env.residual + static_cast<size_t>(n) * img_out : nullptr, env);
+                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t) {
+                      // Grid columns straight into image n's NHWC output (padding columns dropped).
+                      spmm_qu8::Epilogue eq = ep;
+                      eq.grid_base = g0;
+                      eq.grid_w = d.Wp;
+                      eq.out_w = static_cast<size_t>(OW);
+                      eq.residual = env.residual ? env.residual + static_cast<size_t>(n) * img_out : nullptr;
+                      eq.res_lo = env.residual_lo;
+                      eq.res_hi = env.residual_hi;
+                      spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1,
+                                    y + static_cast<size_t>(n) * img_out, c_out * 4, 0, qw.n, eq);
                     });
     return std::all_of(finite, finite + 64, [](char f) { return f != 0; });
   }

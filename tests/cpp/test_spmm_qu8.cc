@@ -60,6 +60,52 @@ Case make_case(size_t n, size_t k, double density, bool extremes) {
   return c;
 }
 
+// A quad kernel's pixel-major output: lane i of row r at y[pixel(i) * n + r]. Checked
+// plain (pixel = lane), for a row range, and with a grid mapping (grid_base, grid_w,
+// out_w: lanes of padding columns dropped) plus a fused residual with a clamp.
+void check_quad_output(const spmm_qu8::Ukernel& uk, const spmm_qu8::PackedWeights& w, const Case& c, size_t m,
+                       const uint8_t* xq, size_t qstride, const spmm_qu8::Epilogue& ep, const std::vector<float>& want,
+                       const char* what) {
+  std::vector<float> y(m * c.n, -99.f);
+  spmm_qu8::run(uk, w, m, xq, qstride, y.data(), c.n * 4, 0, c.n, ep);
+  size_t bad = 0;
+  for (size_t r = 0; r < c.n; ++r)
+    for (size_t i = 0; i < m; ++i) bad += std::memcmp(&y[i * c.n + r], &want[r * m + i], 4) != 0;
+  DSQ_CHECK(bad == 0, "%s %s: n=%zu k=%zu m=%zu: %zu outputs differ", what, uk.name, c.n, c.k, m, bad);
+  std::fill(y.begin(), y.end(), -99.f);
+  spmm_qu8::run(uk, w, m, xq, qstride, y.data(), c.n * 4, 3, c.n / 2, ep);
+  bool only = true;
+  for (size_t r = 0; r < c.n; ++r)
+    for (size_t i = 0; i < m; ++i) {
+      const bool inside = r >= 3 && r < c.n / 2;
+      only &= inside ? std::memcmp(&y[i * c.n + r], &want[r * m + i], 4) == 0 : y[i * c.n + r] == -99.f;
+    }
+  DSQ_CHECK(only, "%s %s: row range 3..%zu", what, uk.name, c.n / 2);
+  // Grid: lane i is column g = base + i of rows 7 wide, of which the first 5 are kept.
+  spmm_qu8::Epilogue eg = ep;
+  eg.grid_base = 3;
+  eg.grid_w = 7;
+  eg.out_w = 5;
+  const size_t pixels = (eg.grid_base + m) / 7 * 5 + 5;
+  std::vector<float> res(pixels * c.n), yg(pixels * c.n, -99.f);
+  for (auto& v : res) v = static_cast<float>(static_cast<int>(rng() % 200) - 100) * 0.01f;
+  eg.residual = res.data();
+  eg.res_lo = 0.f;
+  eg.res_hi = 1.5f;
+  spmm_qu8::run(uk, w, m, xq, qstride, yg.data(), c.n * 4, 0, c.n, eg);
+  std::vector<float> expect(pixels * c.n, -99.f);
+  for (size_t i = 0; i < m; ++i) {
+    const size_t g = eg.grid_base + i;
+    if (g % 7 >= 5) continue;
+    const size_t px = g / 7 * 5 + g % 7;
+    for (size_t r = 0; r < c.n; ++r)
+      expect[px * c.n + r] = std::min(std::max(want[r * m + i] + res[px * c.n + r], 0.f), 1.5f);
+  }
+  bad = 0;
+  for (size_t i = 0; i < yg.size(); ++i) bad += std::memcmp(&yg[i], &expect[i], 4) != 0;
+  DSQ_CHECK(bad == 0, "%s %s: grid + residual, m=%zu: %zu outputs differ", what, uk.name, m, bad);
+}
+
 void check_case(const Case& c, size_t m, bool extremes, const char* what) {
   spmm_qu8::PackedWeights w =
       spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data(), true);
@@ -93,9 +139,12 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
   }
   for (const auto& uk : spmm_qu8::all_ukernels()) {
     if (!isa_supported(uk.isa) || !spmm_qu8::compatible(uk, w, m)) continue;
-    const bool quad = uk.layout == spmm_qu8::Layout::kQuads;
-    const uint8_t* xa = quad ? xq.data() : x.data();
-    const size_t xs = quad ? qstride : stride;
+    if (uk.layout == spmm_qu8::Layout::kQuads) {
+      check_quad_output(uk, w, c, m, xq.data(), qstride, ep, want, what);
+      continue;
+    }
+    const uint8_t* xa = x.data();
+    const size_t xs = stride;
     std::vector<float> y(c.n * m, -99.f);
     spmm_qu8::run(uk, w, m, xa, xs, y.data(), m * 4, 0, c.n, ep);
     size_t bad = 0;
@@ -236,7 +285,7 @@ int main() {
   for (size_t m : {1, 2, 15, 16, 17, 63, 64, 65, 130}) check_case(make_case(40, 300, 0.2, false), m, false, "random");
   check_case(make_case(24, 257, 0.3, true), 67, true, "extremes");
   check_case(make_case(16, 70000, 0.001, false), 19, false, "u32 columns");
-  for (size_t m : {1, 16, 47, 64, 200}) {
+  for (size_t m : {1, 15, 16, 17, 47, 64, 200}) {
     check_case(make_quad_case(33, 144, 0.3), m, false, "quads");
     check_case(make_quad_case(20, 27, 0.5), m, false, "quads, k cuts the last quad");
   }

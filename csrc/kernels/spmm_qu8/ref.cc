@@ -66,25 +66,36 @@ void spmm_qu8_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x, size
   else ref_rows(w, w.col32(), m, x, xs, y, ys, n_begin, n_end, ep);
 }
 
-// Reads the quads (x as quads: lane i of quad column b at x_t + b * xs + 4 i).
+// Reads the quads (x as quads: lane i of quad column b at x_t + b * xs + 4 i) and writes
+// pixel-major (see Epilogue).
 void spmm_qu8_quad_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
                              size_t n_begin, size_t n_end, const Epilogue& ep) {
   const uint32_t* qrp = w.quad_row_ptr.as<uint32_t>();
   const uint32_t* qcol = w.quad_cols.as<uint32_t>();
   const int8_t* qv = w.quad_vals.as<int8_t>();
-  for (size_t n = n_begin; n < n_end; ++n) {
-    const float scale = ep.a_scale * w.w_scale.as<float>()[n];
-    const int32_t corr = ep.a_zero * w.rowsum.as<int32_t>()[n];
-    float* yr = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys);
-    for (size_t i = 0; i < m; ++i) {
+  for (size_t i = 0; i < m; ++i) {
+    size_t pixel = i;
+    if (ep.grid_w) {
+      const size_t g = ep.grid_base + i;
+      if (g % ep.grid_w >= ep.out_w) continue;
+      pixel = g / ep.grid_w * ep.out_w + g % ep.grid_w;
+    }
+    float* yp = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + pixel * ys);
+    const float* rp = ep.residual ? reinterpret_cast<const float*>(reinterpret_cast<const char*>(ep.residual) + pixel * ys)
+                                  : nullptr;
+    for (size_t n = n_begin; n < n_end; ++n) {
       int32_t acc = 0;
       for (uint32_t p = qrp[n]; p < qrp[n + 1]; ++p) {
         const uint8_t* xq = x + size_t(qcol[p]) * xs + kQuad * i;
         for (size_t j = 0; j < kQuad; ++j) acc += int32_t(qv[kQuad * p + j]) * int32_t(xq[j]);
       }
+      const float scale = ep.a_scale * w.w_scale.as<float>()[n];
+      const int32_t corr = ep.a_zero * w.rowsum.as<int32_t>()[n];
       float v = std::fma(float(acc - corr), scale, w.bias.as<float>()[n]);
       v = v > ep.lo ? v : ep.lo;
-      yr[i] = v < ep.hi ? v : ep.hi;
+      v = v < ep.hi ? v : ep.hi;
+      if (rp) v = std::min(std::max(v + rp[n], ep.res_lo), ep.res_hi);  // add_residual's expression
+      yp[n] = v;
     }
   }
 }

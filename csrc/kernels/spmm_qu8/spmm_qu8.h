@@ -36,6 +36,10 @@ constexpr size_t kTileStepBytes = 128;  // 64 index bytes + 64 weights
 // does 16 lanes x 4 columns with no byte interleaving: fast when the nonzeros come in
 // quads (pruned in blocks of 4 input channels), about even with the CSR kernel at 40 %
 // fill (70 % unstructured sparsity).
+// The quad kernels write pixel-major, the layout of the layer's NHWC output, so no
+// transpose follows them: row n of lane m goes to y_t + pixel(m) * y_stride + 4 n bytes,
+// with the grid mapping of the Epilogue (pixel(m) = m by default) and its optional fused
+// residual.
 constexpr size_t kQuad = 4;
 
 enum class Layout : int { kCsr = 0, kRowTiles = 1, kQuads = 2 };
@@ -77,6 +81,14 @@ struct Epilogue {
   int32_t a_zero;
   float a_scale;
   float lo, hi;
+  // Quad kernels only. With grid_w > 0, lane m stands for grid column g = grid_base + m
+  // and goes to pixel g / grid_w * out_w + g % grid_w; lanes with g % grid_w >= out_w are
+  // dropped (the direct convs' padding columns). With grid_w == 0 lane m is pixel m.
+  size_t grid_base = 0, grid_w = 0, out_w = 0;
+  // Quad kernels only: when set, out = min(max(out + residual, res_lo), res_hi) with
+  // residual laid out as y_t (a fused residual add).
+  const float* residual = nullptr;
+  float res_lo = 0.f, res_hi = 0.f;
 };
 
 // row_ptr u32[n + 1], col u32[nnz] (< k, sorted within rows), q int8[nnz], w_scale f32[n],

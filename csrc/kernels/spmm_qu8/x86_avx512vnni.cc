@@ -83,11 +83,45 @@ void rows_vnni(const PackedWeights& w, const Col* cols, size_t m, const uint8_t*
 
 namespace {
 
-// Rows [n_begin, n_end) for lanes m0 .. m0 + 16 NB - 1: NB accumulators of 16 lanes, the
-// last one loaded and stored under `last` (lanes past m are never read or written).
+// r[j] (row j, 16 columns) -> r[c] = column c of the 16 rows (unpack, shuffle, then two
+// rounds of 128-bit lane shuffles).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + k], 128-bit lane L: column 4L + k of rows 4i .. 4i+3
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+    t[4 + k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+    t[8 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+    t[12 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
+    r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+    r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Lanes m0 .. m0 + 16 NB - 1 (the last block under `last`) of rows [n_begin, n_end), in
+// groups of 16 rows: each row's quads accumulate into NB zmm (NB independent vpdpbusd
+// chains), its epilogued outputs go to a 16 x 16 NB tile on the stack (L1), and then each
+// 16 x 16 block of the tile is transposed in registers and stored pixel-major.
 template <int NB>
-void quad_rows(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, size_t ys, size_t m0, size_t n_begin,
-               size_t n_end, __mmask16 last, const Epilogue& ep) {
+void quad_tile(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, size_t ys, size_t m0, size_t lanes,
+               size_t n_begin, size_t n_end, __mmask16 last, const Epilogue& ep) {
   const uint32_t* qrp = w.quad_row_ptr.as<uint32_t>();
   const uint32_t* qcol = w.quad_cols.as<uint32_t>();
   const int32_t* qv = w.quad_vals.as<int32_t>();  // the 4 weights of a quad as one dword
@@ -95,46 +129,80 @@ void quad_rows(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, s
   const int32_t* rowsum = w.rowsum.as<int32_t>();
   const float* bias = w.bias.as<float>();
   const __m512 lo = _mm512_set1_ps(ep.lo), hi = _mm512_set1_ps(ep.hi);
-  for (size_t n = n_begin; n < n_end; ++n) {
-    __m512i acc[NB];
-    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_si512();
-    const uint32_t e = qrp[n + 1];
-    for (uint32_t p = qrp[n]; p < e; ++p) {
-      const uint8_t* xr = xm + size_t(qcol[p]) * xs;
-      const __m512i wv = _mm512_set1_epi32(qv[p]);
-      for (int b = 0; b < NB - 1; ++b) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xr + 64 * b), wv);
-      acc[NB - 1] = _mm512_dpbusd_epi32(acc[NB - 1], _mm512_maskz_loadu_epi32(last, xr + 64 * (NB - 1)), wv);
+  const __m512 rlo = _mm512_set1_ps(ep.res_lo), rhi = _mm512_set1_ps(ep.res_hi);
+  size_t pixel[16 * NB];
+  bool keep[16 * NB];
+  if (!ep.grid_w) {
+    for (size_t i = 0; i < lanes; ++i) pixel[i] = m0 + i, keep[i] = true;
+  } else {  // one division, then column by column
+    size_t row = (ep.grid_base + m0) / ep.grid_w, col = (ep.grid_base + m0) % ep.grid_w;
+    for (size_t i = 0; i < lanes; ++i) {
+      keep[i] = col < ep.out_w;
+      pixel[i] = row * ep.out_w + col;
+      if (++col == ep.grid_w) col = 0, ++row;
     }
-    const __m512 scale = _mm512_set1_ps(ep.a_scale * wscale[n]);
-    const __m512i corr = _mm512_set1_epi32(ep.a_zero * rowsum[n]);
-    const __m512 bv = _mm512_set1_ps(bias[n]);
-    float* yr = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys) + m0;
+  }
+  alignas(64) float tile[16][16 * NB];
+  for (size_t n0 = n_begin; n0 < n_end; n0 += 16) {
+    const size_t rows = std::min<size_t>(16, n_end - n0);
+    for (size_t j = 0; j < rows; ++j) {
+      const size_t n = n0 + j;
+      __m512i acc[NB];
+      for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_si512();
+      const uint32_t e = qrp[n + 1];
+      for (uint32_t p = qrp[n]; p < e; ++p) {
+        const uint8_t* xr = xm + size_t(qcol[p]) * xs;
+        const __m512i wv = _mm512_set1_epi32(qv[p]);
+        for (int b = 0; b < NB - 1; ++b) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xr + 64 * b), wv);
+        acc[NB - 1] = _mm512_dpbusd_epi32(acc[NB - 1], _mm512_maskz_loadu_epi32(last, xr + 64 * (NB - 1)), wv);
+      }
+      const __m512i corr = _mm512_set1_epi32(ep.a_zero * rowsum[n]);
+      const __m512 scale = _mm512_set1_ps(ep.a_scale * wscale[n]), bv = _mm512_set1_ps(bias[n]);
+      for (int b = 0; b < NB; ++b) {
+        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[b], corr)), scale, bv);
+        _mm512_store_ps(&tile[j][16 * b], _mm512_min_ps(_mm512_max_ps(f, lo), hi));
+      }
+    }
+    const __mmask16 row_mask = static_cast<__mmask16>((1u << rows) - 1);
     for (int b = 0; b < NB; ++b) {
-      const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[b], corr)), scale, bv);
-      _mm512_mask_storeu_ps(yr + 16 * b, b == NB - 1 ? last : __mmask16(0xFFFF),
-                            _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+      __m512 v[16];
+      for (size_t j = 0; j < 16; ++j) v[j] = j < rows ? _mm512_load_ps(&tile[j][16 * b]) : _mm512_setzero_ps();
+      transpose16(v);
+      const size_t block_lanes = std::min<size_t>(16, lanes - 16 * b);
+      for (size_t i = 0; i < block_lanes; ++i) {
+        const size_t lane = 16 * b + i;
+        if (!keep[lane]) continue;
+        float* out = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + pixel[lane] * ys) + n0;
+        __m512 o = v[i];
+        if (ep.residual) {
+          const float* r =
+              reinterpret_cast<const float*>(reinterpret_cast<const char*>(ep.residual) + pixel[lane] * ys) + n0;
+          o = _mm512_min_ps(rhi, _mm512_max_ps(rlo, _mm512_add_ps(o, _mm512_maskz_loadu_ps(row_mask, r))));
+        }
+        _mm512_mask_storeu_ps(out, row_mask, o);
+      }
     }
   }
 }
 
 }  // namespace
 
-// Up to 128 lanes per pass: 8 independent vpdpbusd chains per row cover its latency.
-void spmm_qu8_quad_128__avx512vnni(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
-                                  size_t n_begin, size_t n_end, const Epilogue& ep) {
+// Up to 128 lanes per pass (8 independent vpdpbusd chains per row), see quad_tile.
+void spmm_qu8_quad_128x16__avx512vnni(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y,
+                                     size_t ys, size_t n_begin, size_t n_end, const Epilogue& ep) {
   for (size_t m0 = 0; m0 < m; m0 += 128) {
     const size_t lanes = std::min<size_t>(128, m - m0), nb = (lanes + 15) / 16;
     const __mmask16 last = static_cast<__mmask16>((1u << (lanes - 16 * (nb - 1))) - 1);
     const uint8_t* xm = x + kQuad * m0;
     switch (nb) {
-      case 1: quad_rows<1>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      case 2: quad_rows<2>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      case 3: quad_rows<3>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      case 4: quad_rows<4>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      case 5: quad_rows<5>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      case 6: quad_rows<6>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      case 7: quad_rows<7>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
-      default: quad_rows<8>(w, xm, xs, y, ys, m0, n_begin, n_end, last, ep); break;
+      case 1: quad_tile<1>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      case 2: quad_tile<2>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      case 3: quad_tile<3>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      case 4: quad_tile<4>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      case 5: quad_tile<5>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      case 6: quad_tile<6>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      case 7: quad_tile<7>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
+      default: quad_tile<8>(w, xm, xs, y, ys, m0, lanes, n_begin, n_end, last, ep); break;
     }
   }
 }
