@@ -73,13 +73,14 @@ def _scaled(cfg: core.TrainConfig, scale: float, progress: bool) -> core.TrainCo
 def compress(model: nn.Module, out_path: str, recipe: str = "deep_compression",
              data: str = "mnist", sparsity: Optional[recipes.Sparsity] = None, fc_bits: int = 5,
              conv_bits: int = 8, epochs_scale: float = 1.0, threads: Optional[int] = None,
-             preset: Optional[str] = None, values: str = "codebook",
+             preset: Optional[str] = None, values: str = "codebook", block: int = 1,
              progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Compress `model` with `recipe` on a built-in data set, export to `out_path`, and
     return the measured sizes, errors and latencies. preset: a recipes.MNIST_PRESETS name
     whose deep_compression settings to start from (sparsity given here overrides it).
     values: deep_compression's "codebook" (k-means, the paper) or "int8" (sparse int8
-    with calibrated activations; see recipes.DeepCompressionConfig)."""
+    with calibrated activations; see recipes.DeepCompressionConfig). block: deep_compression
+    prunes in blocks of that many input channels (PruneConfig.block)."""
     if data not in DATASETS:
         raise ValueError(f"data={data!r}: the built-in data sets are {', '.join(DATASETS)}; "
                          "use the Python API (deepsqueeze.convert.recipes) for your own")
@@ -104,7 +105,7 @@ def compress(model: nn.Module, out_path: str, recipe: str = "deep_compression",
         d = recipes.MNIST_PRESETS.get(preset or "", recipes.DeepCompressionConfig())
         config = dataclasses.replace(
             d, sparsity=d.sparsity if sparsity is None else sparsity, fc_bits=fc_bits,
-            conv_bits=conv_bits, values=values, prune_train=_scaled(d.prune_train, epochs_scale, progress),
+            conv_bits=conv_bits, values=values, block=block, prune_train=_scaled(d.prune_train, epochs_scale, progress),
             retrain=None if d.retrain is None else _scaled(d.retrain, epochs_scale, progress),
             centroid_train=_scaled(d.centroid_train, epochs_scale, progress))
         result = recipes.deep_compression(model, loaders.train, example, out_path, config,

@@ -48,6 +48,8 @@ class DeepCompressionConfig:
     as int8 per output channel (relative-index CSR + Huffman) with static u8 activation
     ranges calibrated on `calibration_batches` training batches, so every conv/linear runs
     the sparse int8 kernels (grouped convs keep "auto").
+    block: prune in blocks of that many input channels (PruneConfig.block); 4 lets the
+    sparse int8 kernels run the nonzeros as whole quads (values="int8").
     """
     sparsity: Sparsity = 0.9
     prune_steps: int = 3
@@ -60,12 +62,15 @@ class DeepCompressionConfig:
     layers: Any = None
     values: str = "codebook"
     calibration_batches: int = 8
+    block: int = 1
 
     def __post_init__(self):
         if self.prune_steps < 1:
             raise ValueError(f"prune_steps must be >= 1, got {self.prune_steps}")
         if self.values not in ("codebook", "int8"):
             raise ValueError(f"values must be 'codebook' or 'int8', got {self.values!r}")
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+            raise ValueError(f"block must be an int >= 1, got {self.block!r}")
         if self.calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
         for name in ("conv_bits", "fc_bits"):
@@ -131,7 +136,7 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
 
     result = RecipeResult(model, None, None)
     t = time.perf_counter()
-    history = prune_gradually(model, PruneConfig(sparsity=config.sparsity), train_loader,
+    history = prune_gradually(model, PruneConfig(sparsity=config.sparsity, block=config.block), train_loader,
                               train=config.prune_train, steps=config.prune_steps,
                               schedule="polynomial" if config.prune_steps > 1 else "one_shot",
                               val_loader=None, layers=config.layers)

@@ -92,6 +92,8 @@ def test_quality_threshold():
     ({"quality": -1.0}, ValueError, "quality"),
     ({"sparsity": 0.5, "scope": "net"}, ValueError, "scope"),
     ({"sparsity": "half"}, TypeError, "number"),
+    ({"sparsity": 0.5, "block": 0}, ValueError, "block"),
+    ({"sparsity": 0.5, "block": 2.0}, ValueError, "block"),
 ])
 def test_config_errors(kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -286,3 +288,67 @@ def test_pruned_model_exports_and_engine_matches(tmp_path, model_fn):
     got = deepsqueeze.load(str(path)).run(x.numpy())
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert path.stat().st_size < dense.stat().st_size / 3
+
+
+def _blocks_all_or_none(w, block):
+    """True when every block of `block` input channels (one kernel position) is all zero or
+    all nonzero."""
+    nz = (w != 0)
+    cin = w.shape[1]
+    for b0 in range(0, cin, block):
+        part = nz[:, b0:b0 + block]
+        if not bool((part.all(dim=1) | (~part).all(dim=1)).all()):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_block_pruning_zeroes_whole_blocks(scope):
+    """block=4: whole blocks of 4 input channels at one kernel position go, the weakest
+    (RMS) first, in convs and linears; the block count reaches the target; a partial last
+    block (in width not a multiple of 4) is pruned as one block too."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 10, 1), nn.Flatten(),
+                        nn.Linear(10 * 6 * 6, 30))
+    ref = copy.deepcopy(net)
+    prune(net, PruneConfig(sparsity=0.75, block=4, scope=scope))
+    total_blocks = dropped = 0
+    refs = dict(ref.named_modules())
+    for name, m in net.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        r = refs[name]
+        w = m.weight.detach()
+        assert _blocks_all_or_none(w, 4), name
+        # The kept blocks are the strongest of the layer (scope "layer").
+        rms = torch.stack([r.weight.detach()[:, b0:b0 + 4].pow(2).mean(1) for b0 in range(0, w.shape[1], 4)], 1)
+        kept = torch.stack([(w[:, b0:b0 + 4] != 0).any(1) for b0 in range(0, w.shape[1], 4)], 1)
+        if scope == "layer":
+            assert rms[kept].min() >= rms[~kept].max(), name
+            assert abs(float((~kept).float().mean()) - 0.75) < 0.01, name
+        total_blocks += kept.numel()
+        dropped += int((~kept).sum())
+    assert abs(dropped / total_blocks - 0.75) < 0.005
+    assert masks(net)  # the masks are the usual parametrization
+
+
+def test_block_pruned_conv_runs_engine_quads(tmp_path):
+    """A block-pruned conv exported as sparse int8 with calibrated activations runs the
+    quad kernel where the CPU has it, and matches PyTorch to int8 accuracy."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1)).eval()
+    prune(net, PruneConfig(sparsity=0.7, block=4), layers=["2"])
+    bake(net)
+    x = torch.randn(2, 8, 12, 12)
+    path = str(tmp_path / "blk.dsq")
+    spec = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto"}
+    export(net, x[:1], path, weights={"0": "fp32", "2": spec}, calibration=[torch.randn(16, 8, 12, 12)])
+    m = deepsqueeze.load(path)
+    kernel = [L["kernel"] for L in m.layers([tuple(x.shape)]) if L["name"].endswith("2")][0]
+    quad = [k for k in deepsqueeze.kernels() if k["name"].startswith("spmm_qu8_quad_") and k["isa"] != "scalar"]
+    if quad and quad[0]["supported"]:
+        assert kernel.startswith(quad[0]["name"]) and "direct conv" in kernel, kernel
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = m.run(x.numpy())
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max(), np.abs(got - want).max()

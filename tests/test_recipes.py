@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -89,15 +90,17 @@ def test_deep_compression_recipe_end_to_end(loaders, tmp_path):
     assert "codebook" in json.loads(engine.metadata["dsq.export_config"])["layers"]["fc1"]["values"]
 
 
-def test_deep_compression_int8_values_end_to_end(loaders, tmp_path):
+@pytest.mark.parametrize("block", [1, 4])
+def test_deep_compression_int8_values_end_to_end(loaders, tmp_path, block):
     """values="int8": pruning as the paper, then int8 per-channel nonzeros with calibrated
     activations instead of k-means; every layer of LeNet-5 runs the sparse int8 kernels
-    and the file agrees with the pruned PyTorch model on the decisions."""
+    and the file agrees with the pruned PyTorch model on the decisions. block=4 prunes in
+    blocks of 4 input channels / features: fc1 (256 inputs) then runs whole quads."""
     model = models.lenet5(seed=5)
     core.fit(model, loaders.train, quick(1.0))
     config = recipes.DeepCompressionConfig(sparsity={"conv1": 0.3, "conv2": 0.8, "fc1": 0.9, "fc2": 0.7},
                                            prune_steps=1, prune_train=quick(), values="int8",
-                                           calibration_batches=4)
+                                           calibration_batches=4, block=block)
     path = tmp_path / "dc_int8.dsq"
     result = recipes.deep_compression(model, loaders.train, torch.zeros(1, 1, 28, 28), str(path),
                                       config, val_loader=loaders.test, log=lambda m: None)
@@ -107,6 +110,10 @@ def test_deep_compression_int8_values_end_to_end(loaders, tmp_path):
     assert set(kernels) == {"conv1", "conv2", "fc1", "fc2"}
     for name, k in kernels.items():
         assert "spmm_qu8" in k and "static act quant" in k, (name, k)
+    quad = [k for k in deepsqueeze.kernels() if k["name"].startswith("spmm_qu8_quad_") and k["isa"] != "scalar"]
+    if block == 4 and quad and quad[0]["supported"]:
+        fill = re.search(r"\(quads (\d+)% full\)", kernels["fc1"])
+        assert fill and int(fill.group(1)) >= 95, kernels["fc1"]
     layers = json.loads(engine.metadata["dsq.export_config"])["layers"]
     assert all(layers[n]["values"] == "int8_channel" and layers[n]["layout"] == "csr_relative" for n in kernels)
     x = loaders.test_arrays[0][:256]
@@ -159,6 +166,8 @@ def test_recipe_configs_reject_bad_values():
         recipes.DeepCompressionConfig(prune_steps=0)
     with pytest.raises(ValueError, match="fc_bits"):
         recipes.DeepCompressionConfig(fc_bits=9)
+    with pytest.raises(ValueError, match="block"):
+        recipes.DeepCompressionConfig(block=0)
 
 
 def _cli(*args, cwd=None, timeout=600):
