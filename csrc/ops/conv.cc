@@ -436,6 +436,15 @@ class ConvLayer : public Layer {
     const size_t out_rows = static_cast<size_t>(N * OH);
     const size_t rows_per_task = std::max<size_t>(1, kRowsPerTask / static_cast<size_t>(OW));
     const size_t chunks = (out_rows + rows_per_task - 1) / rows_per_task;
+    // The fused residual add goes into the ukernels' epilogue (add_residual's expression):
+    // the residual has the output's layout, so it sits at one fixed offset from every output.
+    gemm_qu8::Epilogue eps = ep;
+    if (env.residual) {
+      eps.has_residual = true;
+      eps.residual_offset = reinterpret_cast<const char*>(env.residual) - reinterpret_cast<const char*>(y);
+      eps.res_lo = env.residual_lo;
+      eps.res_hi = env.residual_hi;
+    }
     run_tasks(env, chunks, [&](size_t chunk, size_t) {
       const size_t r_end = std::min(out_rows, (chunk + 1) * rows_per_task);
       for (size_t r = chunk * rows_per_task; r < r_end; ++r) {
@@ -444,12 +453,7 @@ class ConvLayer : public Layer {
         float* yr = y + r * OW * g.cout;
         gemm_qu8::run_segmented(*qu8_uk, w, a, static_cast<size_t>(g.sw * C), static_cast<size_t>(g.kh),
                                 static_cast<size_t>(g.dh) * row_bytes, yr, c_stride, 0,
-                                static_cast<size_t>(OW), 0, panels, ep);
-        if (env.residual) {  // the fused add, while the row is in cache (add_residual's expression)
-          const float* rr = env.residual + r * OW * g.cout;
-          const float rlo = env.residual_lo, rhi = env.residual_hi;
-          for (int64_t i = 0; i < OW * g.cout; ++i) yr[i] = std::min(std::max(yr[i] + rr[i], rlo), rhi);
-        }
+                                static_cast<size_t>(OW), 0, panels, eps);
       }
     });
     return true;

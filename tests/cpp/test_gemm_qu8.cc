@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "check.h"
@@ -292,6 +293,31 @@ void test_segmented(const Ukernel& uk, const Ukernel& ref) {
     run_segmented(uk, w, image.data(), a_stride, segs, seg_stride, got.data(), pr.c_stride, 0, m, 0, w.panel_count(),
                   pr.ep);
     DSQ_CHECK(same_bits(got, want), "%s segmented segs=%zu seg_bytes=%zu m=%zu n=%zu", uk.name, segs, seg_bytes, m, n);
+    // The fused residual: out = min(max(out + r, res_lo), res_hi), r at a fixed offset
+    // from each output (a NaN residual stays NaN, as in add_residual).
+    std::vector<float> res(got.size()), fused(got.size(), kSentinel), expect = want;
+    for (auto& v : res) v = static_cast<float>(rand_int(-300, 300)) * 0.01f;
+    res[0] = std::numeric_limits<float>::quiet_NaN();
+    Epilogue er = pr.ep;
+    er.has_residual = true;
+    er.residual_offset = reinterpret_cast<const char*>(res.data()) - reinterpret_cast<const char*>(fused.data());
+    er.res_lo = -0.5f;
+    er.res_hi = 1.25f;
+    for (size_t i = 0; i < m; ++i)
+      for (size_t j = 0; j < n; ++j) {
+        const size_t e = i * pr.c_stride / sizeof(float) + j;
+        expect[e] = std::min(std::max(want[e] + res[e], er.res_lo), er.res_hi);
+      }
+    run_segmented(uk, w, image.data(), a_stride, segs, seg_stride, fused.data(), pr.c_stride, 0, m, 0,
+                  w.panel_count(), er);
+    DSQ_CHECK(same_bits(fused, expect), "%s segmented + residual segs=%zu m=%zu n=%zu", uk.name, segs, m, n);
+    bool threw = false;
+    try {
+      run(uk, w, pr.a.data(), pr.a_stride, fused.data(), pr.c_stride, 0, m, 0, w.panel_count(), er);
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    DSQ_CHECK(threw, "%s: run() refuses a fused residual", uk.name);
   }
   // k that does not split into whole 4-byte blocks per segment: refused.
   std::vector<int8_t> qw(2 * 18, 1);

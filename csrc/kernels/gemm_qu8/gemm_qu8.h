@@ -34,6 +34,12 @@ struct Epilogue {
   int32_t a_zero;
   float a_scale;
   float lo, hi;
+  // run_segmented only (run() rejects it): a fused residual add after the clamp,
+  // out = min(max(out + r, res_lo), res_hi) (add_residual's expression), r read
+  // residual_offset bytes from each output element.
+  bool has_residual = false;
+  ptrdiff_t residual_offset = 0;
+  float res_lo = 0.f, res_hi = 0.f;
 };
 
 // m x n_valid tile (m <= mr, n_valid <= nr). a: u8 rows of k_padded bytes, a_stride in
@@ -76,8 +82,9 @@ void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_s
          float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
          size_t p_end, const Epilogue& ep);
 
-// run() with segmented A rows (see SegUkernelFn). Throws std::invalid_argument when uk has
-// no segmented twin or the shape does not split into segs whole 4-byte blocks.
+// run() with segmented A rows (see SegUkernelFn), and the Epilogue's residual. Throws
+// std::invalid_argument when uk has no segmented twin or the shape does not split into
+// segs whole 4-byte blocks.
 void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride, size_t segs,
                    size_t seg_stride, float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
                    size_t p_end, const Epilogue& ep);

@@ -53,6 +53,7 @@ void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_s
          float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
          size_t p_end, const Epilogue& ep) {
   if (uk.nr != w.nr) throw std::invalid_argument("gemm_qu8::run: ukernel nr != packed nr");
+  if (ep.has_residual) throw std::invalid_argument("gemm_qu8::run: a fused residual needs run_segmented");
   const size_t mr = uk.mr, nr = w.nr;
   // Panel-outer: one panel stays in L1/L2 while every row tile of A streams past it.
   for (size_t p = p_begin; p < p_end; ++p) {

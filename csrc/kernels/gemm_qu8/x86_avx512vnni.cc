@@ -88,6 +88,7 @@ void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, size_t segs, 
   const __m512i a_zero = _mm512_set1_epi32(ep.a_zero);
   const __m512 a_scale = _mm512_set1_ps(ep.a_scale);
   const __m512 lo = _mm512_set1_ps(ep.lo), hi = _mm512_set1_ps(ep.hi);
+  const __m512 rlo = _mm512_set1_ps(ep.res_lo), rhi = _mm512_set1_ps(ep.res_hi);
   __m512i zc[V];
   __m512 scale[V], bs[V];
   __mmask16 mask[V];
@@ -107,6 +108,10 @@ void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, size_t segs, 
       __m512 r = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0][i][v], zc[v])),
                                  scale[v], bs[v]);
       r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+      if (ep.has_residual) {  // vmaxps(lo, t) / vminps(hi, t): std::max / std::min's NaN order
+        const float* rr = reinterpret_cast<const float*>(reinterpret_cast<const char*>(cr + v * 16) + ep.residual_offset);
+        r = _mm512_min_ps(rhi, _mm512_max_ps(rlo, _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], rr))));
+      }
       _mm512_mask_storeu_ps(cr + v * 16, mask[v], r);
     }
   }
