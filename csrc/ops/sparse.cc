@@ -74,6 +74,9 @@ class SparseLayer : public Layer {
   // m > 1 when the nonzeros fill their quads well (block-pruned weights): the quad kernel,
   // x as quads (null: the CSR kernels above).
   const spmm_qu8::Ukernel* q_quad_uk = nullptr;
+  // The quad direct path (quad_direct()): each quad's channel quad and tap (kh x kw index),
+  // from which a run remaps the quad columns to plane offsets without divisions.
+  std::vector<uint32_t> quad_channel_quad, quad_tap;
   bool static_quant = false;
   gemm_qu8::QuantParams quant{1.f, 0};
   // The VNNI tile computes 64 m lanes: below 16 rows most of them are wasted and the
@@ -743,14 +746,15 @@ class SparseLayer : public Layer {
                  p_w = static_cast<size_t>(pw);
     uint32_t* cols = reinterpret_cast<uint32_t*>(env.scratch);
     uint8_t* slot0 = env.scratch + quad_direct_shared_bytes();
-    {  // quad column b covers (kh, kw, cin) columns 4b .. 4b+3: one tap, channels 4q .. 4q+3
-      const uint32_t* qc = qw.quad_cols.as<uint32_t>();
-      const size_t kw_ = static_cast<size_t>(kw);
-      for (size_t p = 0; p < qw.quads; ++p) {
-        const size_t col = size_t(qc[p]) * 4, tap = col / c_in, q = col % c_in / 4;
-        cols[p] = static_cast<uint32_t>(
-            (q * d.plane + tap / kw_ * static_cast<size_t>(dh) * d.Wp + tap % kw_ * static_cast<size_t>(dw)) * 4);
-      }
+    {  // quad (tap i, j; channels 4q .. 4q+3) -> byte offset of its plane window
+      size_t tap_offset[64];
+      std::vector<size_t> tap_offset_heap;
+      const size_t taps = static_cast<size_t>(kh * kw);
+      size_t* to = taps <= 64 ? tap_offset : (tap_offset_heap.resize(taps), tap_offset_heap.data());
+      for (size_t t = 0; t < taps; ++t)
+        to[t] = t / static_cast<size_t>(kw) * static_cast<size_t>(dh) * d.Wp + t % static_cast<size_t>(kw) * static_cast<size_t>(dw);
+      for (size_t p = 0; p < qw.quads; ++p)
+        cols[p] = static_cast<uint32_t>((quad_channel_quad[p] * d.plane + to[quad_tap[p]]) * 4);
     }
     spmm_qu8::PackedWeights dq;
     dq.n = qw.n;
@@ -955,6 +959,16 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
       layer->qw.quad_vals = AlignedBuffer();
     }
   }
+  if (layer->quad_direct() && layer->direct) {  // quad column b = (kh, kw, cin) columns 4b .. 4b+3
+    const uint32_t* qc = layer->qw.quad_cols.as<uint32_t>();
+    const size_t c_in = static_cast<size_t>(layer->cin);
+    layer->quad_channel_quad.resize(layer->qw.quads);
+    layer->quad_tap.resize(layer->qw.quads);
+    for (size_t p = 0; p < layer->qw.quads; ++p) {
+      layer->quad_channel_quad[p] = static_cast<uint32_t>(size_t(qc[p]) * 4 % c_in / 4);
+      layer->quad_tap[p] = static_cast<uint32_t>(size_t(qc[p]) * 4 / c_in);
+    }
+  }
   layer->weight_read_bytes = layer->q_quad_uk ? layer->qw.quad_bytes() : layer->qw.bytes();
   if (layer->pointwise() && (force.empty() || is_path_switch(force))) {
     // Batch-1 row tiles, only where a SIMD tile kernel runs them (best_spmv_ukernel
@@ -974,7 +988,8 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
   layer->packed_bytes = layer->qw.row_ptr.size() + layer->qw.cols.size() + layer->qw.values.size() +
                         layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size() +
                         layer->qw.tile_step_ptr.size() + layer->qw.tile_window.size() + layer->qw.tile_data.size() +
-                        layer->qw.quad_row_ptr.size() + layer->qw.quad_cols.size() + layer->qw.quad_vals.size();
+                        layer->qw.quad_row_ptr.size() + layer->qw.quad_cols.size() + layer->qw.quad_vals.size() +
+                        (layer->quad_channel_quad.size() + layer->quad_tap.size()) * 4;
   return layer;
 }
 
