@@ -233,7 +233,10 @@ class SparseLayer : public Layer {
     }
     c.weight_bytes = weight_read_bytes;
     if (int8)  // what the kernels of this shape read: row tiles at batch 1, quads, or the CSR
-      c.weight_bytes = M == 1 && pointwise() && q_spmv_uk ? qw.tile_bytes() : q_quad_uk ? qw.quad_bytes() : qw.bytes();
+      c.weight_bytes = M == 1 && pointwise() && q_spmv_uk
+                           ? (q_spmv_uk->layout == spmm_qu8::Layout::kQuadTiles ? qw.quad_tile_bytes() : qw.tile_bytes())
+                       : q_quad_uk ? qw.quad_bytes()
+                                   : qw.bytes();
     return c;
   }
 
@@ -971,14 +974,20 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
   }
   layer->weight_read_bytes = layer->q_quad_uk ? layer->qw.quad_bytes() : layer->qw.bytes();
   if (layer->pointwise() && (force.empty() || is_path_switch(force))) {
-    // Batch-1 row tiles, only where a SIMD tile kernel runs them (best_spmv_ukernel
-    // returns the scalar CSR reference otherwise).
-    spmm_qu8::build_row_tiles(layer->qw);
+    // Batch 1: quad tiles where the quads are full enough for the quad kernels (half the
+    // weight bytes of the row tiles, so less energy, though slower: gathers), else row
+    // tiles; only where a SIMD kernel runs them (best_spmv_ukernel returns the scalar CSR
+    // reference otherwise).
+    if (layer->q_quad_uk) spmm_qu8::build_quad_tiles(layer->qw);
+    else spmm_qu8::build_row_tiles(layer->qw);
     const spmm_qu8::Ukernel& uk = spmm_qu8::best_spmv_ukernel(layer->qw);
-    if (uk.layout == spmm_qu8::Layout::kRowTiles) {
+    if (uk.layout == spmm_qu8::Layout::kQuadTiles || uk.layout == spmm_qu8::Layout::kRowTiles) {
       layer->q_spmv_uk = &uk;
-      layer->weight_read_bytes = layer->qw.tile_bytes();  // what a batch-1 run reads
     } else {
+      layer->qw.has_quad_tiles = false;
+      layer->qw.quad_tile_step_ptr = AlignedBuffer();
+      layer->qw.quad_tile_rows = AlignedBuffer();
+      layer->qw.quad_tile_data = AlignedBuffer();
       layer->qw.has_tiles = false;
       layer->qw.tile_step_ptr = AlignedBuffer();
       layer->qw.tile_window = AlignedBuffer();
@@ -988,6 +997,8 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
   layer->packed_bytes = layer->qw.row_ptr.size() + layer->qw.cols.size() + layer->qw.values.size() +
                         layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size() +
                         layer->qw.tile_step_ptr.size() + layer->qw.tile_window.size() + layer->qw.tile_data.size() +
+                        layer->qw.quad_tile_step_ptr.size() + layer->qw.quad_tile_rows.size() +
+                        layer->qw.quad_tile_data.size() +
                         layer->qw.quad_row_ptr.size() + layer->qw.quad_cols.size() + layer->qw.quad_vals.size() +
                         (layer->quad_channel_quad.size() + layer->quad_tap.size()) * 4;
   return layer;

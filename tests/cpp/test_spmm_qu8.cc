@@ -225,6 +225,11 @@ void check_tiles(const Case& c, const char* what) {
   spmm_qu8::build_row_tiles(w);  // idempotent
   DSQ_CHECK(w.has_tiles && w.tile_steps <= c.col.size(), "%s: %zu steps for %zu nonzeros", what, w.tile_steps,
             c.col.size());
+  spmm_qu8::build_quads(w);
+  spmm_qu8::build_quad_tiles(w);
+  spmm_qu8::build_quad_tiles(w);  // idempotent
+  DSQ_CHECK(w.has_quad_tiles && w.quad_tile_steps <= w.quads, "%s: %zu quad steps for %zu quads", what,
+            w.quad_tile_steps, w.quads);
   const size_t xs = 3;  // strided x (the op layer's x_t rows) and a contiguous copy
   std::vector<uint8_t> xc(c.k), xst(c.k * xs, 0xAB);
   for (size_t i = 0; i < c.k; ++i) xc[i] = xst[i * xs] = static_cast<uint8_t>(rng());
@@ -238,34 +243,52 @@ void check_tiles(const Case& c, const char* what) {
       if (!uk.spmv || !isa_supported(uk.isa)) continue;
       DSQ_CHECK(spmm_qu8::compatible(uk, w, 1) && !spmm_qu8::compatible(uk, w, 2), "%s compatible()", uk.name);
       // Contiguous x, y stride 4 (the whole range), then strided x, y stride 8 over a row
-      // range that cuts 16-row groups at both ends.
+      // range that cuts 16-row groups at both ends (quad tiles: whole groups, rows sorted).
       std::vector<float> y(c.n, -99.f);
       spmm_qu8::run(uk, w, 1, xc.data(), 1, y.data(), 4, 0, c.n, ep);
       size_t bad = 0;
       for (size_t r = 0; r < c.n; ++r) bad += std::memcmp(&y[r], &want[r], 4) != 0;
       DSQ_CHECK(bad == 0, "%s %s: n=%zu k=%zu zero=%d: %zu rows differ", what, uk.name, c.n, c.k, ep.a_zero, bad);
-      const size_t b0 = std::min<size_t>(5, c.n), b1 = c.n > 20 ? c.n - 3 : c.n;
+      const bool quad_tiles = uk.layout == spmm_qu8::Layout::kQuadTiles;
+      const size_t b0 = quad_tiles ? std::min<size_t>(16, c.n / 16 * 16) : std::min<size_t>(5, c.n);
+      const size_t b1 = quad_tiles ? c.n : c.n > 20 ? c.n - 3 : c.n;
       std::vector<float> y2(c.n * 2, -99.f);
       spmm_qu8::run(uk, w, 1, xst.data(), xs, y2.data(), 8, b0, b1, ep);
+      std::vector<bool> in_range(c.n, false);
+      for (size_t p = b0; p < b1; ++p) in_range[quad_tiles ? w.quad_tile_rows.as<uint32_t>()[p] : p] = true;
       bool ok = true;
       for (size_t r = 0; r < c.n; ++r) {
         ok &= y2[2 * r + 1] == -99.f;
-        ok &= (r >= b0 && r < b1) ? std::memcmp(&y2[2 * r], &want[r], 4) == 0 : y2[2 * r] == -99.f;
+        ok &= in_range[r] ? std::memcmp(&y2[2 * r], &want[r], 4) == 0 : y2[2 * r] == -99.f;
+      }
+      if (quad_tiles && c.n > 16) {  // a range that cuts a group is refused
+        bool threw = false;
+        try {
+          spmm_qu8::run(uk, w, 1, xc.data(), 1, y.data(), 4, 3, c.n, ep);
+        } catch (const std::invalid_argument&) {
+          threw = true;
+        }
+        DSQ_CHECK(threw, "%s: a range cutting a group is refused", uk.name);
       }
       DSQ_CHECK(ok, "%s %s: n=%zu k=%zu strided x/y, rows %zu..%zu", what, uk.name, c.n, c.k, b0, b1);
     }
   }
 }
 
-void bench_tiles(size_t n, size_t k, double density) {
-  const Case c = make_tile_case(n, k, density);
-  const spmm_qu8::PackedWeights w =
+void bench_tiles(size_t n, size_t k, double density, bool quads = false) {
+  const Case c = quads ? make_quad_case(n, k, density) : make_tile_case(n, k, density);
+  spmm_qu8::PackedWeights w =
       spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data(), true);
+  spmm_qu8::build_quads(w);
+  spmm_qu8::build_quad_tiles(w);
+  std::vector<const spmm_qu8::Ukernel*> uks = {&scalar_ref()};
+  for (const auto& uk : spmm_qu8::all_ukernels())
+    if (uk.spmv && uk.isa != Isa::kScalar && isa_supported(uk.isa)) uks.push_back(&uk);
   std::vector<uint8_t> x(k);
   for (auto& v : x) v = static_cast<uint8_t>(rng());
   std::vector<float> y(n);
   const spmm_qu8::Epilogue ep{128, 0.01f, 0.f, INFINITY};
-  for (const auto* uk : {&scalar_ref(), &spmm_qu8::best_spmv_ukernel(w)}) {
+  for (const auto* uk : uks) {
     std::vector<double> ns;
     for (int rep = 0; rep < 31; ++rep) {
       const int calls = n * k > 1000000 ? 20 : 500;
@@ -363,6 +386,7 @@ int main() {
   const char* bench = std::getenv("DSQ_BENCH_QTILE");
   if (bench && *bench == '1') {
     bench_tiles(300, 784, 0.1);
+    bench_tiles(300, 784, 0.1, true);  // block-pruned: full quads
     bench_tiles(4096, 4096, 0.1);
   }
   DSQ_TEST_MAIN_END();

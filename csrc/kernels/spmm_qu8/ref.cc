@@ -15,14 +15,18 @@ namespace dsq::spmm_qu8 {
 #include "kernels/spmm_qu8/kernels.inc"
 
 size_t PackedWeights::bytes() const { return (n + 1) * 4 + nnz * (cols_u16 ? 3 : 5) + n * 12; }
+size_t PackedWeights::quad_tile_bytes() const {
+  return has_quad_tiles ? (groups() + 1) * 4 + groups() * kTileRows * 4 + quad_tile_steps * kQuadTileStepBytes + n * 12
+                        : 0;
+}
 size_t PackedWeights::quad_bytes() const { return has_quads ? (n + 1) * 4 + quads * (4 + kQuad) + n * 12 : 0; }
 size_t PackedWeights::tile_bytes() const {
   return has_tiles ? (groups() + 1) * 4 + tile_steps * (kTileStepBytes + 4) + n * 12 : 0;
 }
 
 namespace detail {
-const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n) {
-  if (x_stride == 1) return x;
+const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n, bool copy) {
+  if (x_stride == 1 && !copy) return x;
   thread_local AlignedBuffer buf;
   const size_t need = (n + kTileCols - 1) / kTileCols * kTileCols;
   if (buf.size() < need) buf.resize(need);
@@ -100,6 +104,35 @@ void spmm_qu8_quad_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x,
   }
 }
 
+// Reads the quad tiles lane by lane (m == 1; x as dwords, quad b at byte 4b).
+void spmv_qu8_quad16__scalar(const PackedWeights& w, size_t, const uint8_t* x, size_t, float* y, size_t ys,
+                             size_t n_begin, size_t n_end, const Epilogue& ep) {
+  const uint32_t* step_ptr = w.quad_tile_step_ptr.as<uint32_t>();
+  const uint32_t* rows = w.quad_tile_rows.as<uint32_t>();
+  const uint8_t* data = w.quad_tile_data.as<uint8_t>();
+  for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
+    int32_t acc[kTileRows] = {};
+    for (uint32_t s = step_ptr[g]; s < step_ptr[g + 1]; ++s) {
+      const uint8_t* st = data + size_t(s) * kQuadTileStepBytes;
+      for (size_t j = 0; j < kTileRows; ++j) {
+        uint32_t col;
+        std::memcpy(&col, st + 4 * j, 4);
+        const int8_t* wq = reinterpret_cast<const int8_t*>(st + 64 + 4 * j);
+        for (size_t i = 0; i < kQuad; ++i) acc[j] += int32_t(wq[i]) * int32_t(x[size_t(col) * kQuad + i]);
+      }
+    }
+    for (size_t j = 0; j < kTileRows; ++j) {
+      const size_t n = rows[g * kTileRows + j];
+      if (n >= w.n) continue;
+      const float scale = ep.a_scale * w.w_scale.as<float>()[n];
+      const int32_t corr = ep.a_zero * w.rowsum.as<int32_t>()[n];
+      float v = std::fma(float(acc[j] - corr), scale, w.bias.as<float>()[n]);
+      v = v > ep.lo ? v : ep.lo;
+      *reinterpret_cast<float*>(reinterpret_cast<char*>(y) + n * ys) = v < ep.hi ? v : ep.hi;
+    }
+  }
+}
+
 // Reads the row tiles lane by lane (m == 1). Unused slots (index 0, weight 0) add 0.
 void spmv_qu8_16x64__scalar(const PackedWeights& w, size_t, const uint8_t* x, size_t xs, float* y, size_t ys,
                             size_t n_begin, size_t n_end, const Epilogue& ep) {
@@ -153,6 +186,53 @@ void build_quads(PackedWeights& w) {
   w.quad_vals.resize(std::max<size_t>(w.quads, 1) * kQuad);
   if (w.quads) std::memcpy(w.quad_vals.data(), vals.data(), vals.size());
   w.has_quads = true;
+}
+
+void build_quad_tiles(PackedWeights& w) {
+  if (w.has_quad_tiles) return;
+  if (!w.has_quads) throw std::invalid_argument("spmm_qu8::build_quad_tiles: build_quads first");
+  const size_t groups = w.groups();
+  const uint32_t* qrp = w.quad_row_ptr.as<uint32_t>();
+  std::vector<uint32_t> order(w.n);
+  for (size_t r = 0; r < w.n; ++r) order[r] = static_cast<uint32_t>(r);
+  // Most quads first (ties: lower row first), so each group's lanes are about as long.
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return qrp[a + 1] - qrp[a] > qrp[b + 1] - qrp[b]; });
+  std::vector<uint32_t> rows(groups * kTileRows, static_cast<uint32_t>(w.n)), step_ptr(groups + 1, 0);
+  size_t steps = 0;
+  for (size_t g = 0; g < groups; ++g) {
+    step_ptr[g] = static_cast<uint32_t>(steps);
+    size_t longest = 0;
+    for (size_t j = 0; j < kTileRows && g * kTileRows + j < w.n; ++j) {
+      const uint32_t r = order[g * kTileRows + j];
+      rows[g * kTileRows + j] = r;
+      longest = std::max<size_t>(longest, qrp[r + 1] - qrp[r]);
+    }
+    steps += longest;
+    if (steps > UINT32_MAX) throw std::invalid_argument("spmm_qu8::build_quad_tiles: too many steps");
+  }
+  step_ptr[groups] = static_cast<uint32_t>(steps);
+  std::vector<uint8_t> data(std::max<size_t>(steps, 1) * kQuadTileStepBytes, 0);
+  const uint32_t* qc = w.quad_cols.as<uint32_t>();
+  const uint8_t* qv = w.quad_vals.as<uint8_t>();
+  for (size_t g = 0; g < groups; ++g)
+    for (size_t j = 0; j < kTileRows; ++j) {
+      const uint32_t r = rows[g * kTileRows + j];
+      if (r >= w.n) continue;
+      for (uint32_t p = qrp[r], s = step_ptr[g]; p < qrp[r + 1]; ++p, ++s) {
+        uint8_t* st = data.data() + size_t(s) * kQuadTileStepBytes;
+        std::memcpy(st + 4 * j, &qc[p], 4);
+        std::memcpy(st + 64 + 4 * j, qv + size_t(p) * kQuad, 4);
+      }
+    }
+  w.quad_tile_steps = steps;
+  w.quad_tile_step_ptr.resize((groups + 1) * 4);
+  std::memcpy(w.quad_tile_step_ptr.data(), step_ptr.data(), (groups + 1) * 4);
+  w.quad_tile_rows.resize(std::max<size_t>(groups, 1) * kTileRows * 4);
+  if (groups) std::memcpy(w.quad_tile_rows.data(), rows.data(), groups * kTileRows * 4);
+  w.quad_tile_data.resize(data.size());
+  std::memcpy(w.quad_tile_data.data(), data.data(), data.size());
+  w.has_quad_tiles = true;
 }
 
 void build_row_tiles(PackedWeights& w) {
@@ -277,17 +357,22 @@ const Ukernel* best_quad_ukernel() {
 bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m) {
   if (uk.spmv && m != 1) return false;
   if (uk.layout == Layout::kQuads) return w.has_quads;
+  if (uk.layout == Layout::kQuadTiles) return w.has_quad_tiles;
   return uk.layout != Layout::kRowTiles || w.has_tiles;
 }
 
 const Ukernel& best_spmv_ukernel(const PackedWeights& w) {
   // The scalar tile reader is a layout check, not faster than the CSR reference: only a
   // SIMD tile kernel replaces the reference.
+  // Quad tiles first: the caller built them because the nonzeros fill their quads.
   const Ukernel* b = &all_ukernels()[0];
-  for (const Ukernel& uk : all_ukernels())
-    if (uk.spmv && uk.isa != Isa::kScalar && isa_supported(uk.isa) && compatible(uk, w, 1) &&
-        static_cast<int>(uk.isa) > static_cast<int>(b->isa))
-      b = &uk;
+  for (const Layout layout : {Layout::kQuadTiles, Layout::kRowTiles}) {
+    for (const Ukernel& uk : all_ukernels())
+      if (uk.spmv && uk.layout == layout && uk.isa != Isa::kScalar && isa_supported(uk.isa) && compatible(uk, w, 1) &&
+          static_cast<int>(uk.isa) > static_cast<int>(b->isa))
+        b = &uk;
+    if (b != &all_ukernels()[0]) break;
+  }
   return *b;
 }
 
@@ -304,11 +389,15 @@ void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t
     throw std::invalid_argument(std::string("spmm_qu8::run: ") + uk.name +
                                 (uk.spmv && m != 1 ? " runs only m == 1, got m = " + std::to_string(m)
                                  : uk.layout == Layout::kQuads ? std::string(" needs the quads (build_quads)")
+                                 : uk.layout == Layout::kQuadTiles ? std::string(" needs the quad tiles (build_quad_tiles)")
                                                                : std::string(" needs the row tiles (build_row_tiles)")));
   n_end = std::min(n_end, w.n);
   if (m == 0 || n_begin >= n_end) return;
-  if (uk.spmv && x_stride != 1) {
-    x_t = detail::contiguous_x(x_t, x_stride, w.k);
+  if (uk.layout == Layout::kQuadTiles && (n_begin % kTileRows != 0 || (n_end % kTileRows != 0 && n_end != w.n)))
+    throw std::invalid_argument(std::string("spmm_qu8::run: ") + uk.name + " takes row ranges of whole 16-row groups");
+  const bool pad_quads = uk.layout == Layout::kQuadTiles && w.k % kQuad != 0;  // its gathers read whole quads
+  if (uk.spmv && (x_stride != 1 || pad_quads)) {
+    x_t = detail::contiguous_x(x_t, x_stride, w.k, pad_quads);
     x_stride = 1;
   }
   uk.fn(w, m, x_t, x_stride, y_t, y_stride, n_begin, n_end, ep);

@@ -41,8 +41,17 @@ constexpr size_t kTileStepBytes = 128;  // 64 index bytes + 64 weights
 // with the grid mapping of the Epilogue (pixel(m) = m by default) and its optional fused
 // residual.
 constexpr size_t kQuad = 4;
+constexpr size_t kQuadTileStepBytes = 128;  // 16 u32 quad columns + 16 weight dwords
 
-enum class Layout : int { kCsr = 0, kRowTiles = 1, kQuads = 2 };
+// Quad tiles (build_quad_tiles(), Layout::kQuadTiles) for the batch-1 quad kernels: the
+// rows sorted by quad count (most first) and dealt 16 to a group, lane j of group g being
+// row quad_tile_rows[16 g + j] (n for an empty lane). Step s of a group holds one quad per
+// lane: 16 u32 quad columns, then 16 dwords of weights; lanes out of quads pad with column
+// 0 and weights 0 (exact). One gather of 16 x dwords and one vpdpbusd per step: 2 bytes of
+// weights and index per nonzero at full fill, where the byte-window row tiles read 4-6.
+// Row ranges of these kernels count sorted positions: [n_begin, n_end) must start at a
+// group boundary (a multiple of 16) and end at one or at n.
+enum class Layout : int { kCsr = 0, kRowTiles = 1, kQuads = 2, kQuadTiles = 3 };
 
 struct PackedWeights {
   size_t n = 0, k = 0, nnz = 0;
@@ -68,6 +77,13 @@ struct PackedWeights {
   // Nonzeros per stored weight slot (1 = every quad full).
   double quad_fill() const { return quads ? double(nnz) / double(quads * kQuad) : 1.0; }
   size_t quad_bytes() const;  // bytes a quad call reads for the weights
+  // Quad tiles (build_quad_tiles()): only for the batch-1 quad kernels.
+  bool has_quad_tiles = false;
+  size_t quad_tile_steps = 0;
+  AlignedBuffer quad_tile_step_ptr;  // u32[groups() + 1]
+  AlignedBuffer quad_tile_rows;      // u32[groups() * 16]
+  AlignedBuffer quad_tile_data;      // quad_tile_steps * 128 bytes: 16 u32 columns, 16 weight dwords
+  size_t quad_tile_bytes() const;    // bytes a batch-1 quad tile call reads for the weights
   size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
   size_t tile_bytes() const;    // bytes a batch-1 tile call reads for the weights
   const uint32_t* rp() const { return row_ptr.as<uint32_t>(); }
@@ -100,6 +116,9 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
 // Adds the quads the quad kernels read, from the CSR. Idempotent. Costs 8 bytes per quad.
 void build_quads(PackedWeights& w);
 
+// Adds the quad tiles the batch-1 quad kernels read (needs build_quads()). Idempotent.
+void build_quad_tiles(PackedWeights& w);
+
 // Adds the row tiles the batch-1 kernels read, from the CSR. Idempotent. Costs
 // tile_steps * 132 bytes (at 90 % sparsity about one step per 16 rows x 64 columns).
 void build_row_tiles(PackedWeights& w);
@@ -124,26 +143,29 @@ const Ukernel& best_ukernel();
 // The best supported SIMD quad kernel, or nullptr when this CPU has none (the scalar quad
 // reader is a layout check, not faster than the CSR kernels).
 const Ukernel* best_quad_ukernel();
-// The best supported kernel for m == 1 on these weights: the row-tile kernel when w has
-// tiles and the CPU has AVX-512 VBMI + VNNI, else the scalar reference.
+// The best supported kernel for m == 1 on these weights: the quad-tile kernel when w has
+// quad tiles and the CPU runs it, else the row-tile kernel when w has tiles and the CPU
+// has AVX-512 VBMI + VNNI, else the scalar reference.
 const Ukernel& best_spmv_ukernel(const PackedWeights& w);
 // True when uk can run w with m columns (m == 1 for spmv kernels, tiles for kRowTiles,
-// quads for kQuads).
+// quads for kQuads, quad tiles for kQuadTiles).
 bool compatible(const Ukernel& uk, const PackedWeights& w, size_t m);
 // Look up by name; nullptr when not built or not supported by this CPU.
 const Ukernel* find_ukernel(const char* name);
 
-// Rows [n_begin, n_end) for all m columns (a quad kernel reads x_t as quads, see kQuad). Throws std::invalid_argument when uk is not
-// compatible with w and m. The spmv kernels read x_t[k][0] for k < w.k only (no padding
-// needed); x_stride == 1 (the k bytes contiguous) is fastest, other strides are first
-// copied to a contiguous per-thread buffer.
+// Rows [n_begin, n_end) for all m columns (a quad kernel reads x_t as quads, see kQuad;
+// quad-tile kernels take group-aligned ranges, see kQuadTiles). Throws
+// std::invalid_argument when uk is not compatible with w and m, or a quad-tile range is
+// not group-aligned. The spmv kernels read x_t[k][0] for k < w.k only (no padding needed);
+// x_stride == 1 (the k bytes contiguous; for the quad-tile kernels also k % 4 == 0) is
+// fastest, other inputs are first copied to a contiguous per-thread buffer.
 void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t,
          size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep);
 
 namespace detail {
-// x_t[k][0] for k < n as contiguous bytes: x itself when x_stride == 1, else a copy in a
-// per-thread buffer (zero padded to a multiple of 64 bytes).
-const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n);
+// x_t[k][0] for k < n as contiguous bytes: x itself when x_stride == 1 and !copy, else a
+// copy in a per-thread buffer (zero padded to a multiple of 64 bytes).
+const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n, bool copy = false);
 }  // namespace detail
 
 }  // namespace dsq::spmm_qu8

@@ -207,6 +207,44 @@ void spmm_qu8_quad_128x16__avx512vnni(const PackedWeights& w, size_t m, const ui
   }
 }
 
+void spmv_qu8_quad16__avx512vnni(const PackedWeights& w, size_t, const uint8_t* x, size_t, float* y, size_t ys,
+                                 size_t n_begin, size_t n_end, const Epilogue& ep) {
+  const uint32_t* step_ptr = w.quad_tile_step_ptr.as<uint32_t>();
+  const uint32_t* rows = w.quad_tile_rows.as<uint32_t>();
+  const uint8_t* data = w.quad_tile_data.as<uint8_t>();
+  const float* wscale = w.w_scale.as<float>();
+  const int32_t* rowsum = w.rowsum.as<int32_t>();
+  const float* bias = w.bias.as<float>();
+  const __m512 lo = _mm512_set1_ps(ep.lo), hi = _mm512_set1_ps(ep.hi);
+  const __m512i n_vec = _mm512_set1_epi32(static_cast<int32_t>(w.n));
+  const __m512i ys_vec = _mm512_set1_epi32(static_cast<int32_t>(ys / 4));
+  for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
+    __m512i a = _mm512_setzero_si512(), b = a;
+    uint32_t s = step_ptr[g];
+    const uint32_t e = step_ptr[g + 1];
+    for (; s + 2 <= e; s += 2) {  // two independent chains
+      const uint8_t* st = data + size_t(s) * kQuadTileStepBytes;
+      const __m512i xa = _mm512_i32gather_epi32(_mm512_load_si512(st), x, 4);
+      const __m512i xb = _mm512_i32gather_epi32(_mm512_load_si512(st + kQuadTileStepBytes), x, 4);
+      a = _mm512_dpbusd_epi32(a, xa, _mm512_load_si512(st + 64));
+      b = _mm512_dpbusd_epi32(b, xb, _mm512_load_si512(st + kQuadTileStepBytes + 64));
+    }
+    if (s < e) {
+      const uint8_t* st = data + size_t(s) * kQuadTileStepBytes;
+      a = _mm512_dpbusd_epi32(a, _mm512_i32gather_epi32(_mm512_load_si512(st), x, 4), _mm512_load_si512(st + 64));
+    }
+    const __m512i row = _mm512_loadu_si512(rows + g * kTileRows);
+    const __mmask16 real = _mm512_cmplt_epu32_mask(row, n_vec);  // empty lanes hold n
+    const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(ep.a_scale), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), real, row, wscale, 4));
+    const __m512i corr = _mm512_mullo_epi32(_mm512_set1_epi32(ep.a_zero),
+                                            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, row, rowsum, 4));
+    const __m512 bv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), real, row, bias, 4);
+    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(a, b), corr)), scale, bv);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    _mm512_mask_i32scatter_ps(y, real, _mm512_mullo_epi32(row, ys_vec), v, 4);
+  }
+}
+
 void spmm_qu8_64__avx512vnni(const PackedWeights& w, size_t m, const uint8_t* x, size_t xs, float* y, size_t ys,
                              size_t n_begin, size_t n_end, const Epilogue& ep) {
   if (w.cols_u16) rows_vnni(w, w.col16(), m, x, xs, y, ys, n_begin, n_end, ep);
