@@ -987,7 +987,9 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
       layer->qw.has_quad_tiles = false;
       layer->qw.quad_tile_step_ptr = AlignedBuffer();
       layer->qw.quad_tile_rows = AlignedBuffer();
-      layer->qw.quad_tile_data = AlignedBuffer();
+      layer->qw.quad_tile_window = AlignedBuffer();
+      layer->qw.quad_tile_w = AlignedBuffer();
+      layer->qw.quad_tile_idx = AlignedBuffer();
       layer->qw.has_tiles = false;
       layer->qw.tile_step_ptr = AlignedBuffer();
       layer->qw.tile_window = AlignedBuffer();
@@ -998,7 +1000,8 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
                         layer->qw.w_scale.size() + layer->qw.rowsum.size() + layer->qw.bias.size() +
                         layer->qw.tile_step_ptr.size() + layer->qw.tile_window.size() + layer->qw.tile_data.size() +
                         layer->qw.quad_tile_step_ptr.size() + layer->qw.quad_tile_rows.size() +
-                        layer->qw.quad_tile_data.size() +
+                        layer->qw.quad_tile_window.size() + layer->qw.quad_tile_w.size() +
+                        layer->qw.quad_tile_idx.size() +
                         layer->qw.quad_row_ptr.size() + layer->qw.quad_cols.size() + layer->qw.quad_vals.size() +
                         (layer->quad_channel_quad.size() + layer->quad_tap.size()) * 4;
   return layer;

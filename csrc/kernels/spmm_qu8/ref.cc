@@ -16,7 +16,7 @@ namespace dsq::spmm_qu8 {
 
 size_t PackedWeights::bytes() const { return (n + 1) * 4 + nnz * (cols_u16 ? 3 : 5) + n * 12; }
 size_t PackedWeights::quad_tile_bytes() const {
-  return has_quad_tiles ? (groups() + 1) * 4 + groups() * kTileRows * 4 + quad_tile_steps * kQuadTileStepBytes + n * 12
+  return has_quad_tiles ? (groups() + 1) * 4 + groups() * kTileRows * 4 + quad_tile_steps * (4 + 64 + kTileRows) + n * 12
                         : 0;
 }
 size_t PackedWeights::quad_bytes() const { return has_quads ? (n + 1) * 4 + quads * (4 + kQuad) + n * 12 : 0; }
@@ -25,8 +25,8 @@ size_t PackedWeights::tile_bytes() const {
 }
 
 namespace detail {
-const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n, bool copy) {
-  if (x_stride == 1 && !copy) return x;
+const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n) {
+  if (x_stride == 1) return x;
   thread_local AlignedBuffer buf;
   const size_t need = (n + kTileCols - 1) / kTileCols * kTileCols;
   if (buf.size() < need) buf.resize(need);
@@ -109,18 +109,17 @@ void spmv_qu8_quad16__scalar(const PackedWeights& w, size_t, const uint8_t* x, s
                              size_t n_begin, size_t n_end, const Epilogue& ep) {
   const uint32_t* step_ptr = w.quad_tile_step_ptr.as<uint32_t>();
   const uint32_t* rows = w.quad_tile_rows.as<uint32_t>();
-  const uint8_t* data = w.quad_tile_data.as<uint8_t>();
+  const uint32_t* window = w.quad_tile_window.as<uint32_t>();
+  const int8_t* wq = w.quad_tile_w.as<int8_t>();
+  const uint8_t* idx = w.quad_tile_idx.as<uint8_t>();
   for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
     int32_t acc[kTileRows] = {};
-    for (uint32_t s = step_ptr[g]; s < step_ptr[g + 1]; ++s) {
-      const uint8_t* st = data + size_t(s) * kQuadTileStepBytes;
+    for (uint32_t s = step_ptr[g]; s < step_ptr[g + 1]; ++s)
       for (size_t j = 0; j < kTileRows; ++j) {
-        uint32_t col;
-        std::memcpy(&col, st + 4 * j, 4);
-        const int8_t* wq = reinterpret_cast<const int8_t*>(st + 64 + 4 * j);
-        for (size_t i = 0; i < kQuad; ++i) acc[j] += int32_t(wq[i]) * int32_t(x[size_t(col) * kQuad + i]);
+        const size_t quad = size_t(window[s]) * kQuadWindow + idx[size_t(s) * kTileRows + j];
+        for (size_t i = 0; i < kQuad && quad * kQuad + i < w.k; ++i)  // x ends at k (its weights there are 0)
+          acc[j] += int32_t(wq[(size_t(s) * kTileRows + j) * kQuad + i]) * int32_t(x[quad * kQuad + i]);
       }
-    }
     for (size_t j = 0; j < kTileRows; ++j) {
       const size_t n = rows[g * kTileRows + j];
       if (n >= w.n) continue;
@@ -193,45 +192,66 @@ void build_quad_tiles(PackedWeights& w) {
   if (!w.has_quads) throw std::invalid_argument("spmm_qu8::build_quad_tiles: build_quads first");
   const size_t groups = w.groups();
   const uint32_t* qrp = w.quad_row_ptr.as<uint32_t>();
+  const uint32_t* qc = w.quad_cols.as<uint32_t>();
+  const uint8_t* qv = w.quad_vals.as<uint8_t>();
   std::vector<uint32_t> order(w.n);
   for (size_t r = 0; r < w.n; ++r) order[r] = static_cast<uint32_t>(r);
   // Most quads first (ties: lower row first), so each group's lanes are about as long.
   std::stable_sort(order.begin(), order.end(),
                    [&](uint32_t a, uint32_t b) { return qrp[a + 1] - qrp[a] > qrp[b + 1] - qrp[b]; });
-  std::vector<uint32_t> rows(groups * kTileRows, static_cast<uint32_t>(w.n)), step_ptr(groups + 1, 0);
-  size_t steps = 0;
+  std::vector<uint32_t> rows(groups * kTileRows, static_cast<uint32_t>(w.n)), step_ptr(groups + 1, 0), windows;
+  std::vector<uint8_t> wts, idx;
   for (size_t g = 0; g < groups; ++g) {
-    step_ptr[g] = static_cast<uint32_t>(steps);
-    size_t longest = 0;
-    for (size_t j = 0; j < kTileRows && g * kTileRows + j < w.n; ++j) {
-      const uint32_t r = order[g * kTileRows + j];
-      rows[g * kTileRows + j] = r;
-      longest = std::max<size_t>(longest, qrp[r + 1] - qrp[r]);
-    }
-    steps += longest;
-    if (steps > UINT32_MAX) throw std::invalid_argument("spmm_qu8::build_quad_tiles: too many steps");
-  }
-  step_ptr[groups] = static_cast<uint32_t>(steps);
-  std::vector<uint8_t> data(std::max<size_t>(steps, 1) * kQuadTileStepBytes, 0);
-  const uint32_t* qc = w.quad_cols.as<uint32_t>();
-  const uint8_t* qv = w.quad_vals.as<uint8_t>();
-  for (size_t g = 0; g < groups; ++g)
+    step_ptr[g] = static_cast<uint32_t>(windows.size());
+    uint32_t p[kTileRows], e[kTileRows];
     for (size_t j = 0; j < kTileRows; ++j) {
-      const uint32_t r = rows[g * kTileRows + j];
-      if (r >= w.n) continue;
-      for (uint32_t p = qrp[r], s = step_ptr[g]; p < qrp[r + 1]; ++p, ++s) {
-        uint8_t* st = data.data() + size_t(s) * kQuadTileStepBytes;
-        std::memcpy(st + 4 * j, &qc[p], 4);
-        std::memcpy(st + 64 + 4 * j, qv + size_t(p) * kQuad, 4);
+      const bool real = g * kTileRows + j < w.n;
+      rows[g * kTileRows + j] = real ? order[g * kTileRows + j] : static_cast<uint32_t>(w.n);
+      p[j] = real ? qrp[rows[g * kTileRows + j]] : 0;
+      e[j] = real ? qrp[rows[g * kTileRows + j] + 1] : 0;
+    }
+    for (;;) {
+      size_t win = SIZE_MAX;  // the lowest window any lane still has quads in
+      for (size_t j = 0; j < kTileRows; ++j)
+        if (p[j] < e[j]) win = std::min<size_t>(win, qc[p[j]] / kQuadWindow);
+      if (win == SIZE_MAX) break;
+      for (;;) {  // steps of this window, one quad per lane each
+        bool any = false;
+        const size_t s = windows.size();
+        wts.resize((s + 1) * 64, 0);
+        idx.resize((s + 1) * kTileRows, 0);
+        for (size_t j = 0; j < kTileRows; ++j)
+          if (p[j] < e[j] && qc[p[j]] / kQuadWindow == win) {
+            any = true;
+            idx[s * kTileRows + j] = static_cast<uint8_t>(qc[p[j]] % kQuadWindow);
+            std::memcpy(&wts[s * 64 + 4 * j], qv + size_t(p[j]) * kQuad, 4);
+            ++p[j];
+          }
+        if (!any) {
+          wts.resize(s * 64);
+          idx.resize(s * kTileRows);
+          break;
+        }
+        windows.push_back(static_cast<uint32_t>(win));
       }
     }
+    if (windows.size() > UINT32_MAX) throw std::invalid_argument("spmm_qu8::build_quad_tiles: too many steps");
+  }
+  step_ptr[groups] = static_cast<uint32_t>(windows.size());
+  const size_t steps = windows.size();
   w.quad_tile_steps = steps;
   w.quad_tile_step_ptr.resize((groups + 1) * 4);
   std::memcpy(w.quad_tile_step_ptr.data(), step_ptr.data(), (groups + 1) * 4);
   w.quad_tile_rows.resize(std::max<size_t>(groups, 1) * kTileRows * 4);
   if (groups) std::memcpy(w.quad_tile_rows.data(), rows.data(), groups * kTileRows * 4);
-  w.quad_tile_data.resize(data.size());
-  std::memcpy(w.quad_tile_data.data(), data.data(), data.size());
+  w.quad_tile_window.resize(std::max<size_t>(steps, 1) * 4);
+  w.quad_tile_w.resize(std::max<size_t>(steps, 1) * 64);
+  w.quad_tile_idx.resize(std::max<size_t>(steps, 1) * kTileRows);
+  if (steps) {
+    std::memcpy(w.quad_tile_window.data(), windows.data(), steps * 4);
+    std::memcpy(w.quad_tile_w.data(), wts.data(), steps * 64);
+    std::memcpy(w.quad_tile_idx.data(), idx.data(), steps * kTileRows);
+  }
   w.has_quad_tiles = true;
 }
 
@@ -395,9 +415,8 @@ void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t
   if (m == 0 || n_begin >= n_end) return;
   if (uk.layout == Layout::kQuadTiles && (n_begin % kTileRows != 0 || (n_end % kTileRows != 0 && n_end != w.n)))
     throw std::invalid_argument(std::string("spmm_qu8::run: ") + uk.name + " takes row ranges of whole 16-row groups");
-  const bool pad_quads = uk.layout == Layout::kQuadTiles && w.k % kQuad != 0;  // its gathers read whole quads
-  if (uk.spmv && (x_stride != 1 || pad_quads)) {
-    x_t = detail::contiguous_x(x_t, x_stride, w.k, pad_quads);
+  if (uk.spmv && x_stride != 1) {
+    x_t = detail::contiguous_x(x_t, x_stride, w.k);
     x_stride = 1;
   }
   uk.fn(w, m, x_t, x_stride, y_t, y_stride, n_begin, n_end, ep);

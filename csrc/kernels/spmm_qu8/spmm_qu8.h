@@ -41,14 +41,17 @@ constexpr size_t kTileStepBytes = 128;  // 64 index bytes + 64 weights
 // with the grid mapping of the Epilogue (pixel(m) = m by default) and its optional fused
 // residual.
 constexpr size_t kQuad = 4;
-constexpr size_t kQuadTileStepBytes = 128;  // 16 u32 quad columns + 16 weight dwords
+constexpr size_t kQuadWindow = 64;  // quads per quad-tile window (256 bytes of x)
 
 // Quad tiles (build_quad_tiles(), Layout::kQuadTiles) for the batch-1 quad kernels: the
 // rows sorted by quad count (most first) and dealt 16 to a group, lane j of group g being
-// row quad_tile_rows[16 g + j] (n for an empty lane). Step s of a group holds one quad per
-// lane: 16 u32 quad columns, then 16 dwords of weights; lanes out of quads pad with column
-// 0 and weights 0 (exact). One gather of 16 x dwords and one vpdpbusd per step: 2 bytes of
-// weights and index per nonzero at full fill, where the byte-window row tiles read 4-6.
+// row quad_tile_rows[16 g + j] (n for an empty lane). The quad columns go in windows of 64
+// quads (256 bytes of x, four zmm). Step s of a group holds, for each lane, one quad of
+// its row in the step's window: 16 weight dwords (quad_tile_w) and 16 index bytes
+// (quad_tile_idx, the quad's place in the window, 0..63); lanes without one pad with
+// index 0 and weights 0 (exact). Steps of a group go window by window. Per step two
+// vpermt2d and a blend fetch the 16 lanes' x dwords, one vpdpbusd adds them: 84 bytes per
+// up to 64 nonzeros, where the byte-window row tiles read 132 per 64 slots.
 // Row ranges of these kernels count sorted positions: [n_begin, n_end) must start at a
 // group boundary (a multiple of 16) and end at one or at n.
 enum class Layout : int { kCsr = 0, kRowTiles = 1, kQuads = 2, kQuadTiles = 3 };
@@ -82,7 +85,9 @@ struct PackedWeights {
   size_t quad_tile_steps = 0;
   AlignedBuffer quad_tile_step_ptr;  // u32[groups() + 1]
   AlignedBuffer quad_tile_rows;      // u32[groups() * 16]
-  AlignedBuffer quad_tile_data;      // quad_tile_steps * 128 bytes: 16 u32 columns, 16 weight dwords
+  AlignedBuffer quad_tile_window;    // u32[quad_tile_steps]: window of the step (quad column / 64)
+  AlignedBuffer quad_tile_w;         // quad_tile_steps * 64 bytes: 16 weight dwords
+  AlignedBuffer quad_tile_idx;       // quad_tile_steps * 16 bytes: quad within the window
   size_t quad_tile_bytes() const;    // bytes a batch-1 quad tile call reads for the weights
   size_t groups() const { return (n + kTileRows - 1) / kTileRows; }
   size_t tile_bytes() const;    // bytes a batch-1 tile call reads for the weights
@@ -157,15 +162,15 @@ const Ukernel* find_ukernel(const char* name);
 // quad-tile kernels take group-aligned ranges, see kQuadTiles). Throws
 // std::invalid_argument when uk is not compatible with w and m, or a quad-tile range is
 // not group-aligned. The spmv kernels read x_t[k][0] for k < w.k only (no padding needed);
-// x_stride == 1 (the k bytes contiguous; for the quad-tile kernels also k % 4 == 0) is
-// fastest, other inputs are first copied to a contiguous per-thread buffer.
+// x_stride == 1 (the k bytes contiguous) is fastest, other strides are first copied to a
+// contiguous per-thread buffer.
 void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t,
          size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep);
 
 namespace detail {
-// x_t[k][0] for k < n as contiguous bytes: x itself when x_stride == 1 and !copy, else a
-// copy in a per-thread buffer (zero padded to a multiple of 64 bytes).
-const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n, bool copy = false);
+// x_t[k][0] for k < n as contiguous bytes: x itself when x_stride == 1, else a copy in a
+// per-thread buffer (of a multiple of 64 bytes).
+const uint8_t* contiguous_x(const uint8_t* x, size_t x_stride, size_t n);
 }  // namespace detail
 
 }  // namespace dsq::spmm_qu8

@@ -211,35 +211,47 @@ void spmv_qu8_quad16__avx512vnni(const PackedWeights& w, size_t, const uint8_t* 
                                  size_t n_begin, size_t n_end, const Epilogue& ep) {
   const uint32_t* step_ptr = w.quad_tile_step_ptr.as<uint32_t>();
   const uint32_t* rows = w.quad_tile_rows.as<uint32_t>();
-  const uint8_t* data = w.quad_tile_data.as<uint8_t>();
+  const uint32_t* window = w.quad_tile_window.as<uint32_t>();
+  const uint8_t* wq = w.quad_tile_w.as<uint8_t>();
+  const uint8_t* idx = w.quad_tile_idx.as<uint8_t>();
   const float* wscale = w.w_scale.as<float>();
   const int32_t* rowsum = w.rowsum.as<int32_t>();
   const float* bias = w.bias.as<float>();
   const __m512 lo = _mm512_set1_ps(ep.lo), hi = _mm512_set1_ps(ep.hi);
   const __m512i n_vec = _mm512_set1_epi32(static_cast<int32_t>(w.n));
   const __m512i ys_vec = _mm512_set1_epi32(static_cast<int32_t>(ys / 4));
-  for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
-    __m512i a = _mm512_setzero_si512(), b = a;
-    uint32_t s = step_ptr[g];
-    const uint32_t e = step_ptr[g + 1];
-    for (; s + 2 <= e; s += 2) {  // two independent chains
-      const uint8_t* st = data + size_t(s) * kQuadTileStepBytes;
-      const __m512i xa = _mm512_i32gather_epi32(_mm512_load_si512(st), x, 4);
-      const __m512i xb = _mm512_i32gather_epi32(_mm512_load_si512(st + kQuadTileStepBytes), x, 4);
-      a = _mm512_dpbusd_epi32(a, xa, _mm512_load_si512(st + 64));
-      b = _mm512_dpbusd_epi32(b, xb, _mm512_load_si512(st + kQuadTileStepBytes + 64));
+  const __m512i upper = _mm512_set1_epi32(32);
+  const size_t window_bytes = kQuad * kQuadWindow;
+  // The window's 256 bytes of x as four zmm; the last window of x is loaded masked (x
+  // ends at k; its weights there are 0).
+  auto load = [&](size_t win, __m512i xw[4]) {
+    const size_t base = win * window_bytes;
+    for (size_t b = 0; b < 4; ++b) {
+      const size_t at = base + 64 * b, avail = at < w.k ? w.k - at : 0;
+      xw[b] = avail >= 64 ? _mm512_loadu_si512(x + at)
+                          : _mm512_maskz_loadu_epi8(avail ? (~__mmask64(0)) >> (64 - avail) : __mmask64(0), x + at);
     }
-    if (s < e) {
-      const uint8_t* st = data + size_t(s) * kQuadTileStepBytes;
-      a = _mm512_dpbusd_epi32(a, _mm512_i32gather_epi32(_mm512_load_si512(st), x, 4), _mm512_load_si512(st + 64));
+  };
+  for (size_t g = n_begin / kTileRows; g * kTileRows < n_end; ++g) {
+    __m512i acc = _mm512_setzero_si512();
+    __m512i xw[4];
+    uint32_t cur = UINT32_MAX;
+    for (uint32_t s = step_ptr[g]; s < step_ptr[g + 1]; ++s) {
+      if (window[s] != cur) load(cur = window[s], xw);
+      const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + size_t(s) * kTileRows)));
+      const __m512i lo32 = _mm512_permutex2var_epi32(xw[0], q, xw[1]);  // quads 0..31 (index bits 0-4)
+      const __m512i hi32 = _mm512_permutex2var_epi32(xw[2], q, xw[3]);  // quads 32..63
+      const __m512i xq = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(q, upper), lo32, hi32);
+      acc = _mm512_dpbusd_epi32(acc, xq, _mm512_load_si512(wq + size_t(s) * 64));
     }
     const __m512i row = _mm512_loadu_si512(rows + g * kTileRows);
     const __mmask16 real = _mm512_cmplt_epu32_mask(row, n_vec);  // empty lanes hold n
-    const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(ep.a_scale), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), real, row, wscale, 4));
+    const __m512 scale =
+        _mm512_mul_ps(_mm512_set1_ps(ep.a_scale), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), real, row, wscale, 4));
     const __m512i corr = _mm512_mullo_epi32(_mm512_set1_epi32(ep.a_zero),
                                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, row, rowsum, 4));
     const __m512 bv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), real, row, bias, 4);
-    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(a, b), corr)), scale, bv);
+    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, corr)), scale, bv);
     v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
     _mm512_mask_i32scatter_ps(y, real, _mm512_mullo_epi32(row, ys_vec), v, 4);
   }
