@@ -154,20 +154,6 @@ class ConvLayer : public Layer {
     return lo == -std::numeric_limits<float>::infinity() && hi == std::numeric_limits<float>::infinity();
   }
 
-  // Below this many MACs a call runs on the calling thread: waking a worker (a futex
-  // wake and a context switch, ~10-30 us here) costs more than the work it would take.
-  // DSQ_MIN_PARALLEL_MACS overrides it (the tests set 0 so small layers still exercise
-  // the threaded paths).
-  static uint64_t min_parallel_macs() {
-    static const uint64_t v = [] {
-      const char* e = std::getenv("DSQ_MIN_PARALLEL_MACS");
-      char* end = nullptr;
-      const unsigned long long parsed = e ? std::strtoull(e, &end, 10) : 0;
-      return e && end != e && *end == '\0' ? static_cast<uint64_t>(parsed) : uint64_t(1) << 21;
-    }();
-    return v;
-  }
-
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& run_env) const override {
     RunEnv env = run_env;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -85,6 +86,16 @@ std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& 
 }
 
 std::vector<float> decode_to_f32(const format::Tensor& t) { return format::decode_dense(t); }
+
+uint64_t min_parallel_macs() {
+  static const uint64_t v = [] {
+    const char* e = std::getenv("DSQ_MIN_PARALLEL_MACS");
+    char* end = nullptr;
+    const unsigned long long parsed = e ? std::strtoull(e, &end, 10) : 0;
+    return e && end != e && *end == '\0' ? static_cast<uint64_t>(parsed) : uint64_t(1) << 21;
+  }();
+  return v;
+}
 
 void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env) {
   constexpr size_t kChunk = 1 << 14;

@@ -86,6 +86,12 @@ struct RunEnv {
   size_t threads() const { return serial ? 1 : pool->threads(); }
 };
 
+// Below this many MACs a conv/linear call runs on the calling thread: waking a worker (a
+// futex wake and a context switch, ~10-30 us here) costs more than the work it would
+// take. DSQ_MIN_PARALLEL_MACS overrides it (the tests set 0 so small layers still exercise
+// the threaded paths).
+uint64_t min_parallel_macs();
+
 struct WeightInfo {
   std::string name;
   std::vector<uint64_t> dims;

@@ -268,7 +268,11 @@ class SparseLayer : public Layer {
     const bool fused = !stream && ((int8 && q_quad_uk && !spmv) ||
                                    (!pointwise() && (int8 ? use_int8_direct(in_shapes[0], out_shapes[0])
                                                           : use_direct(in_shapes[0], out_shapes[0]))));
-    run_layer(in, in_shapes, out, out_shapes, env);
+    // Calls under min_parallel_macs() executed MACs stay on this thread (see ops.h).
+    RunEnv layer_env = env;
+    const uint64_t nnz = int8 ? qw.nnz : stream ? stream->nnz() : w.nnz;
+    layer_env.serial = env.serial || static_cast<uint64_t>(rows_of(out_shapes[0])) * nnz < min_parallel_macs();
+    run_layer(in, in_shapes, out, out_shapes, layer_env);
     if (env.residual && !fused)
       add_residual(out[0], env.residual, static_cast<size_t>(out_shapes[0].numel()), env.residual_lo, env.residual_hi,
                    env);
@@ -304,7 +308,7 @@ class SparseLayer : public Layer {
       auto body = [&](size_t t) {
         spmm_f32::run(*spmv_uk, w, 1, x, 4, y, 4, spmv_ranges[t], spmv_ranges[t + 1], lo, hi);
       };
-      if (env.pool->threads() <= 1 || parts <= 1) {
+      if (env.threads() <= 1 || parts <= 1) {
         spmm_f32::run(*spmv_uk, w, 1, x, 4, y, 4, 0, w.n, lo, hi);
       } else {
         env.pool->parallel_for(parts, body);
@@ -316,7 +320,7 @@ class SparseLayer : public Layer {
       return;
     }
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
-    const size_t slots = std::min<size_t>({chunks, env.pool->threads(), 64});
+    const size_t slots = std::min<size_t>({chunks, env.threads(), 64});
     auto do_chunk = [&](size_t chunk, size_t slot) {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
       const int64_t rows = std::min<int64_t>(kChunk, M - m0);
@@ -360,7 +364,7 @@ class SparseLayer : public Layer {
       uint8_t* qa = env.scratch;
       const bool finite = gemm_qu8::quantize(x, 1, kk, kk * 4, qa, kp, qp);
       // Several parts per thread: the pool hands them out as threads arrive.
-      const size_t groups = qw.groups(), threads1 = env.pool->threads() <= 1 ? 1 : std::min<size_t>({env.pool->threads() * 4, groups, 64});
+      const size_t groups = qw.groups(), threads1 = env.threads() <= 1 ? 1 : std::min<size_t>({env.threads() * 4, groups, 64});
       if (threads1 <= 1) {
         spmm_qu8::run(*q_spmv_uk, qw, 1, qa, 1, y, 4, 0, qw.n, ep);
       } else {
@@ -377,7 +381,7 @@ class SparseLayer : public Layer {
       return run_int8_direct(x, xs, ys, y, qp, ep, env);
     }
     const size_t chunks = (static_cast<size_t>(M) + kChunk - 1) / kChunk;
-    const size_t threads = std::min<size_t>(env.pool->threads(), 64);
+    const size_t threads = std::min<size_t>(env.threads(), 64);
     // Parts of a chunk's rows when threads share one chunk: several per thread, handed out
     // as threads arrive.
     const size_t parts = threads <= 1 ? 1 : std::min<size_t>(threads * 4, 64);
@@ -466,7 +470,7 @@ class SparseLayer : public Layer {
   void run_stream(const float* x, const Shape& xs, const Shape& ys, float* y, int64_t M, const RunEnv& env) const {
     const StreamWeights& sw = *stream;
     const size_t tiles = sw.tiles(), tb = sw.tile_scratch_bytes(), kk = static_cast<size_t>(k());
-    const size_t slots = std::min<size_t>({tiles, env.pool->threads(), 64});
+    const size_t slots = std::min<size_t>({tiles, env.threads(), 64});
     uint64_t symbols[64] = {};
     // body(slot, tile) on every tile, on at most `slots` threads.
     auto for_tiles = [&](auto&& body) {
@@ -577,7 +581,7 @@ class SparseLayer : public Layer {
   template <typename Build, typename Cols>
   void schedule_direct(const RunEnv& env, int64_t N, const DirectShape& d, Build&& build, Cols&& cols) const {
     const size_t chunks = (d.grid + kChunk - 1) / kChunk;
-    const size_t slots = std::min<size_t>(env.pool->threads(), 64);
+    const size_t slots = std::min<size_t>(env.threads(), 64);
     auto whole_image = [&](int64_t n, size_t slot) {
       build(n, slot);
       for (size_t c = 0; c < chunks; ++c) cols(n, slot, c * kChunk, std::min(d.grid, (c + 1) * kChunk), slot);
