@@ -57,6 +57,9 @@ class ConvLayer : public Layer {
   // int8 kxk conv without im2col: the GEMM rows are read straight from a zero-point padded
   // u8 copy of the input, kh segments of kw * cin bytes each (gemm_qu8::run_segmented).
   bool implicit_gemm = false;
+  // Channels per pixel of that u8 copy: cin, or cin rounded up to 4 when kw * cin is not a
+  // multiple of 4 (e.g. an RGB stem); the weights then have zero columns for the padding.
+  int64_t implicit_cin = 0;
   // One packed weight set per group.
   const gemm_f32::Ukernel* f32_uk = nullptr;
   const gemm_qu8::Ukernel* qu8_uk = nullptr;
@@ -92,7 +95,7 @@ class ConvLayer : public Layer {
   }
 
   size_t padded_input_bytes(const Shape& x) const {
-    return static_cast<size_t>(x.dims[0] * (x.dims[2] + 2 * g.ph) * (x.dims[3] + 2 * g.pw) * g.cin);
+    return static_cast<size_t>(x.dims[0] * (x.dims[2] + 2 * g.ph) * (x.dims[3] + 2 * g.pw) * implicit_cin);
   }
 
   int64_t gemm_rows(const Shape& out) const {
@@ -378,27 +381,33 @@ class ConvLayer : public Layer {
   // with env.residual (if any) added.
   bool run_implicit(const float* x, const Shape& xs, float* y, const Shape& ys, const gemm_qu8::QuantParams& qp,
                     const gemm_qu8::Epilogue& ep, const RunEnv& env) const {
-    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = implicit_cin;
     const int64_t Hp = H + 2 * g.ph, Wp = W + 2 * g.pw, OH = ys.dims[2], OW = ys.dims[3];
     const size_t row_bytes = static_cast<size_t>(Wp * C);
+    const bool padded_channels = C != g.cin;
     uint8_t* xp = env.scratch;
     const uint8_t zero = static_cast<uint8_t>(qp.zero);
     // Interior rows, then the borders. A quantize call writes its row padded to 4 bytes:
     // when W * cin is not a multiple of 4 those extra bytes land on the next row (or the
     // border, filled afterwards), so the rows go in order on one thread; otherwise the
     // rows are split over the threads.
-    const size_t in_rows = static_cast<size_t>(N * H), row_len = static_cast<size_t>(W * C);
+    const size_t in_rows = static_cast<size_t>(N * H), row_len = static_cast<size_t>(W * g.cin);
     char finite[kMaxSlots];
     std::fill(finite, finite + kMaxSlots, 1);
     auto quantize_rows = [&](size_t r0, size_t r1, size_t slot) {
       for (size_t r = r0; r < r1; ++r) {
         const int64_t n = static_cast<int64_t>(r) / H, h = static_cast<int64_t>(r) % H;
-        if (!gemm_qu8::quantize(x + r * row_len, 1, row_len, 0, xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C,
-                                gemm_qu8::padded_k(row_len), qp))
-          finite[slot] = 0;
+        uint8_t* dst = xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C;
+        // Padded channels: one quantize row per pixel, cin values then zeros up to C (the
+        // weights of those channels are 0).
+        const bool ok = padded_channels
+                            ? gemm_qu8::quantize(x + r * row_len, static_cast<size_t>(W), static_cast<size_t>(g.cin),
+                                                 static_cast<size_t>(g.cin) * 4, dst, static_cast<size_t>(C), qp)
+                            : gemm_qu8::quantize(x + r * row_len, 1, row_len, 0, dst, gemm_qu8::padded_k(row_len), qp);
+        if (!ok) finite[slot] = 0;
       }
     };
-    if (row_len % gemm_qu8::kKr != 0) {
+    if (!padded_channels && row_len % gemm_qu8::kKr != 0) {
       quantize_rows(0, in_rows, 0);
     } else {
       constexpr size_t kRowsPerChunk = 16;
@@ -609,25 +618,40 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
       if (!layer->qu8_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
     }
     const auto* q = reinterpret_cast<const int8_t*>(value_bytes);
+    // The implicit GEMM (VNNI ukernels with a segmented twin) reads kh segments of kw * cin
+    // bytes, whole 4-byte blocks: cin is padded to a multiple of 4 where kw * cin is not.
+    const bool implicit_possible = !g.is_linear && !g.pointwise() && g.groups == 1 && g.dw == 1 &&
+                                   force != "im2col" && layer->qu8_uk->seg_fn != nullptr;
+    const int64_t cin_pad = implicit_possible && (g.kw * g.cin) % 4 != 0 ? (g.cin + 3) / 4 * 4 : g.cin;
     std::vector<float> scales(static_cast<size_t>(g.cout));
     std::memcpy(scales.data(), wt.stream(format::Role::kScales)->data, scales.size() * 4);
     for (float s : scales)
       if (!std::isfinite(s)) bad(n, "weight '" + wt.name + "' has a non-finite scale");
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      std::vector<int8_t> qg(static_cast<size_t>(cog * kg));
-      const int64_t cig = g.cin / g.groups;
-      for (int64_t o = 0; o < cog; ++o)
-        for (int64_t c = 0; c < cig; ++c)
-          for (int64_t i = 0; i < g.kh * g.kw; ++i)
-            qg[o * kg + i * cig + c] = q[((grp * cog + o) * cig + c) * g.kh * g.kw + i];
-      layer->qu8_w.push_back(gemm_qu8::pack(qg.data(), scales.data() + grp * cog, bias.data() + grp * cog, cog, kg,
-                                            layer->qu8_uk->nr));
-      layer->packed_bytes += layer->qu8_w.back().panels.size() + 12 * cog;
+    // (kh, kw, cin) columns per group, cig_pad channels per tap (cin / groups, or cin_pad).
+    auto pack_groups = [&](int64_t cig_pad) {
+      layer->qu8_w.clear();
+      layer->packed_bytes = 0;
+      const int64_t cig = g.cin / g.groups, kgp = g.kh * g.kw * cig_pad;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        std::vector<int8_t> qg(static_cast<size_t>(cog * kgp), 0);
+        for (int64_t o = 0; o < cog; ++o)
+          for (int64_t c = 0; c < cig; ++c)
+            for (int64_t i = 0; i < g.kh * g.kw; ++i)
+              qg[o * kgp + i * cig_pad + c] = q[((grp * cog + o) * cig + c) * g.kh * g.kw + i];
+        layer->qu8_w.push_back(gemm_qu8::pack(qg.data(), scales.data() + grp * cog, bias.data() + grp * cog, cog,
+                                              static_cast<size_t>(kgp), layer->qu8_uk->nr));
+        layer->packed_bytes += layer->qu8_w.back().panels.size() + 12 * cog;
+      }
+    };
+    pack_groups(cin_pad != g.cin ? cin_pad : g.cin / g.groups);
+    layer->implicit_gemm = implicit_possible &&
+                           gemm_qu8::segmented_ok(*layer->qu8_uk, layer->qu8_w[0], static_cast<size_t>(g.kh));
+    layer->implicit_cin = cin_pad;
+    if (!layer->implicit_gemm && cin_pad != g.cin) {  // im2col rows have cin channels per tap
+      pack_groups(g.cin / g.groups);
+      layer->implicit_cin = g.cin;
     }
     layer->weight_read_bytes = static_cast<uint64_t>(g.cout) * kg + 4 * g.cout;
-    layer->implicit_gemm = !g.is_linear && !g.pointwise() && g.groups == 1 && g.dw == 1 &&
-                           force != "im2col" && gemm_qu8::segmented_ok(*layer->qu8_uk, layer->qu8_w[0],
-                                                                       static_cast<size_t>(g.kh));
     return layer;
   }
   if (wt.values == Values::kInt4Group) {
