@@ -37,11 +37,24 @@ struct Case {
   std::vector<float> w_scale, bias;
 };
 
-Case make_case(size_t n, size_t k, double density, bool extremes) {
+// An n x k case with no rows yet.
+Case start_case(size_t n, size_t k) {
   Case c;
   c.n = n;
   c.k = k;
   c.row_ptr.push_back(0);
+  return c;
+}
+
+// Closes the row being built: its row_ptr end, a random scale and bias.
+void end_row(Case& c, std::uniform_real_distribution<double>& u) {
+  c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
+  c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
+  c.bias.push_back(static_cast<float>(u(rng) - 0.5));
+}
+
+Case make_case(size_t n, size_t k, double density, bool extremes) {
+  Case c = start_case(n, k);
   std::uniform_real_distribution<double> u(0, 1);
   for (size_t r = 0; r < n; ++r) {
     const size_t want = r == 0 ? 0 : r < 10 ? r : r == n - 1 ? k : 0;  // fixed counts first, last row dense
@@ -53,9 +66,7 @@ Case make_case(size_t n, size_t k, double density, bool extremes) {
       if (extremes) v = (rng() & 1) ? 127 : -128;
       c.q.push_back(static_cast<int8_t>(v));
     }
-    c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
-    c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
-    c.bias.push_back(static_cast<float>(u(rng) - 0.5));
+    end_row(c, u);
   }
   return c;
 }
@@ -166,10 +177,7 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
 // Random CSR with a given density plus special rows: row 1 all nonzeros in one window
 // (columns 64..127 when k allows), row 2 empty, row 3 dense.
 Case make_tile_case(size_t n, size_t k, double density) {
-  Case c;
-  c.n = n;
-  c.k = k;
-  c.row_ptr.push_back(0);
+  Case c = start_case(n, k);
   std::uniform_real_distribution<double> u(0, 1);
   for (size_t r = 0; r < n; ++r) {
     for (size_t j = 0; j < k; ++j) {
@@ -181,9 +189,7 @@ Case make_tile_case(size_t n, size_t k, double density) {
       c.col.push_back(static_cast<uint32_t>(j));
       c.q.push_back(static_cast<int8_t>(static_cast<int>(rng() % 256) - 128));
     }
-    c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
-    c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
-    c.bias.push_back(static_cast<float>(u(rng) - 0.5));
+    end_row(c, u);
   }
   return c;
 }
@@ -192,10 +198,7 @@ Case make_tile_case(size_t n, size_t k, double density) {
 // probability `density`, with all 4 columns, or 1-3 of them every fifth time; k may cut
 // the last quad.
 Case make_quad_case(size_t n, size_t k, double density) {
-  Case c;
-  c.n = n;
-  c.k = k;
-  c.row_ptr.push_back(0);
+  Case c = start_case(n, k);
   std::uniform_real_distribution<double> u(0, 1);
   for (size_t r = 0; r < n; ++r) {
     for (size_t b = 0; b * 4 < k; ++b) {
@@ -207,9 +210,7 @@ Case make_quad_case(size_t n, size_t k, double density) {
         c.q.push_back(static_cast<int8_t>(static_cast<int>(rng() % 256) - 128));
       }
     }
-    c.row_ptr.push_back(static_cast<uint32_t>(c.col.size()));
-    c.w_scale.push_back(static_cast<float>(0.001 + u(rng) * 0.01));
-    c.bias.push_back(static_cast<float>(u(rng) - 0.5));
+    end_row(c, u);
   }
   return c;
 }
