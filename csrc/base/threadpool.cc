@@ -1,12 +1,13 @@
 #include "base/threadpool.h"
 
 #include <chrono>
-#include <cstdlib>
 #include <exception>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+
+#include "base/env.h"
 
 namespace dsq {
 
@@ -43,12 +44,7 @@ bool spin_until(Done&& done, uint64_t micros) {
 }  // namespace
 
 uint64_t ThreadPool::spin_micros() {
-  static const uint64_t v = [] {
-    const char* e = std::getenv("DSQ_POOL_SPIN_US");
-    char* end = nullptr;
-    const unsigned long long parsed = e ? std::strtoull(e, &end, 10) : 0;
-    return e && end != e && *end == '\0' ? static_cast<uint64_t>(parsed) : uint64_t(100);
-  }();
+  static const uint64_t v = env_uint64("DSQ_POOL_SPIN_US", 100);
   return v;
 }
 

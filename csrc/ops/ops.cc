@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -12,6 +11,7 @@
 #include <arm_neon.h>
 #endif
 
+#include "base/env.h"
 #include "base/error.h"
 #include "format/matrix.h"
 
@@ -88,12 +88,7 @@ std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& 
 std::vector<float> decode_to_f32(const format::Tensor& t) { return format::decode_dense(t); }
 
 uint64_t min_parallel_macs() {
-  static const uint64_t v = [] {
-    const char* e = std::getenv("DSQ_MIN_PARALLEL_MACS");
-    char* end = nullptr;
-    const unsigned long long parsed = e ? std::strtoull(e, &end, 10) : 0;
-    return e && end != e && *end == '\0' ? static_cast<uint64_t>(parsed) : uint64_t(1) << 21;
-  }();
+  static const uint64_t v = env_uint64("DSQ_MIN_PARALLEL_MACS", uint64_t(1) << 21);
   return v;
 }
 

@@ -64,7 +64,7 @@ class SparseLayer : public Layer {
   bool direct = false;
   double zero_skip_min_fraction = kZeroSkipMinFraction;
   std::vector<size_t> spmv_ranges;             // row ranges balanced by nonzeros
-  uint64_t weight_read_bytes = 0;
+  uint64_t weight_read_bytes = 0;  // f32 / stream layers; int8 ones depend on the shape (cost())
   // decode="stream": the weights as stored, decoded tile by tile in run() (w stays empty).
   std::unique_ptr<StreamWeights> stream;
   // Sparse int8 path (w stays empty): activations quantized per tensor to u8 (static from
@@ -235,12 +235,12 @@ class SparseLayer : public Layer {
         c.table_lookups = nnz * tiles;
       }
     }
-    c.weight_bytes = weight_read_bytes;
-    if (int8)  // what the kernels of this shape read: row tiles at batch 1, quads, or the CSR
-      c.weight_bytes = M == 1 && pointwise() && q_spmv_uk
-                           ? (q_spmv_uk->layout == spmm_qu8::Layout::kQuadTiles ? qw.quad_tile_bytes() : qw.tile_bytes())
-                       : q_quad_uk ? qw.quad_bytes()
-                                   : qw.bytes();
+    // int8: what the kernels of this shape read: row tiles at batch 1, quads, or the CSR.
+    if (!int8) c.weight_bytes = weight_read_bytes;
+    else if (M == 1 && pointwise() && q_spmv_uk)
+      c.weight_bytes = q_spmv_uk->layout == spmm_qu8::Layout::kQuadTiles ? qw.quad_tile_bytes() : qw.tile_bytes();
+    else
+      c.weight_bytes = q_quad_uk ? qw.quad_bytes() : qw.bytes();
     return c;
   }
 
@@ -959,15 +959,11 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
   const spmm_qu8::Ukernel* quad_uk = force.empty() || is_path_switch(force) ? spmm_qu8::best_quad_ukernel()
                                      : force.rfind("spmm_qu8_quad", 0) == 0 ? layer->q_uk : nullptr;
   if (quad_uk) {
-    spmm_qu8::build_quads(layer->qw);
-    if (layer->qw.quad_fill() >= kQuadMinFill || !(force.empty() || is_path_switch(force))) {
+    const size_t quads = spmm_qu8::count_quads(layer->qw);
+    const bool forced = !(force.empty() || is_path_switch(force));
+    if (forced || static_cast<double>(layer->qw.nnz) >= kQuadMinFill * spmm_qu8::kQuad * static_cast<double>(quads)) {
+      spmm_qu8::build_quads(layer->qw);
       layer->q_quad_uk = quad_uk;
-    } else {
-      layer->qw.has_quads = false;
-      layer->qw.quads = 0;
-      layer->qw.quad_row_ptr = AlignedBuffer();
-      layer->qw.quad_cols = AlignedBuffer();
-      layer->qw.quad_vals = AlignedBuffer();
     }
   }
   if (layer->quad_direct() && layer->direct) {  // quad column b = (kh, kw, cin) columns 4b .. 4b+3
@@ -980,7 +976,6 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
       layer->quad_tap[p] = static_cast<uint32_t>(size_t(qc[p]) * 4 / c_in);
     }
   }
-  layer->weight_read_bytes = layer->q_quad_uk ? layer->qw.quad_bytes() : layer->qw.bytes();
   if (layer->pointwise() && (force.empty() || is_path_switch(force))) {
     // Batch 1: quad tiles where the quads are full enough for the quad kernels (half the
     // weight bytes of the row tiles, so less energy, though slower: gathers), else row

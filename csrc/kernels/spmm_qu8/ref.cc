@@ -159,6 +159,15 @@ void spmv_qu8_16x64__scalar(const PackedWeights& w, size_t, const uint8_t* x, si
   }
 }
 
+size_t count_quads(const PackedWeights& w) {
+  const uint32_t* rp = w.rp();
+  auto col = [&](uint32_t p) -> size_t { return w.cols_u16 ? w.col16()[p] : w.col32()[p]; };
+  size_t quads = 0;
+  for (size_t r = 0; r < w.n; ++r)
+    for (uint32_t p = rp[r]; p < rp[r + 1]; ++p) quads += p == rp[r] || col(p) / kQuad != col(p - 1) / kQuad;
+  return quads;
+}
+
 void build_quads(PackedWeights& w) {
   if (w.has_quads) return;
   const uint32_t* rp = w.rp();

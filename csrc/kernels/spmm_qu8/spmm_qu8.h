@@ -120,6 +120,8 @@ PackedWeights pack(size_t n, size_t k, const uint32_t* row_ptr, const uint32_t* 
 
 // Adds the quads the quad kernels read, from the CSR. Idempotent. Costs 8 bytes per quad.
 void build_quads(PackedWeights& w);
+// The number of quads build_quads would store (nnz / (4 * count_quads) is their fill).
+size_t count_quads(const PackedWeights& w);
 
 // Adds the quad tiles the batch-1 quad kernels read (needs build_quads()). Idempotent.
 void build_quad_tiles(PackedWeights& w);
