@@ -61,6 +61,20 @@ def test_int8_int4_and_big_activations():
     assert e["breakdown_joules"]["activations_dram"] == pytest.approx(20 * 640 * PJ)
 
 
+def test_micro_batched_runs_are_priced_per_call():
+    # 4 slices (calls) of 60 activation bytes each fit a 64-byte cache: SRAM, although the
+    # run moves 240. The weights (2 passes of 48 bytes over 2 runs) fit as one pass.
+    counts = {"activation_bytes": 2 * 240, "weight_bytes": 2 * 4 * 48, "calls": 2 * 4}
+    e = energy.estimate([{"name": "fc"}], [counts], 2, cache_bytes=64)
+    assert e["weights_in"] == "sram" and e["model_weight_bytes_per_run"] == 48
+    assert e["breakdown_joules"]["activations_dram"] == 0
+    assert e["breakdown_joules"]["activations_sram"] == pytest.approx(60 * 5 * PJ)
+    assert e["breakdown_joules"]["weights_sram"] == pytest.approx(48 * 5 * PJ)
+    # One call of 240 bytes: DRAM.
+    e = energy.estimate([{"name": "fc"}], [{"activation_bytes": 240, "calls": 1}], 1, cache_bytes=64)
+    assert e["breakdown_joules"]["activations_dram"] == pytest.approx(60 * 640 * PJ)
+
+
 def test_skipped_macs_and_lookups_are_not_charged():
     # codebook layer: 500 MACs and 500 look-ups planned, 200 skipped on zero inputs
     e = one_layer({"macs_f32": 500, "table_lookups": 500, "skipped_macs": 200})

@@ -159,4 +159,8 @@ def test_block_pruned_conv_runs_quads(static, stride):
         x[batch - 1, 5, 4, 7] = np.nan
         for kname in ([""] if static else []) + ["spmm_qu8_quad_4__scalar"] + [k for k in [QUAD] if KERNELS[QUAD]["supported"]]:
             y = deepsqueeze.load(data, threads=2, force_kernel=kname).run(x)
-            assert np.isnan(y).all(), kname
+            # A static layer may run micro-batched (a slice per thread): the NaN then
+            # fills the bad sample's slice; unsliced, the whole output.
+            assert np.isnan(y[batch - 1]).all(), kname
+            if not static or batch == 1:
+                assert np.isnan(y).all(), kname

@@ -36,6 +36,7 @@ py::dict cost_dict(const rt::Cost& c) {
   d["activation_bytes"] = c.activation_bytes;
   d["skipped_macs"] = c.skipped_macs;
   d["huffman_symbols"] = c.huffman_symbols;
+  d["calls"] = c.calls;
   d["table_lookups"] = c.table_lookups;
   return d;
 }

@@ -156,6 +156,10 @@ class ConvLayer : public Layer {
   bool fuses_residual() const override {
     return lo == -std::numeric_limits<float>::infinity() && hi == std::numeric_limits<float>::infinity();
   }
+  // Dynamic quantization takes one scale from the whole input, so it reads the batch.
+  bool per_sample(const std::vector<Shape>&) const override {
+    return static_quant || (family != Family::kQu8 && family != Family::kQ4);
+  }
 
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& run_env) const override {

@@ -56,15 +56,19 @@ struct Cost {
   // Static, like the MACs: a zero-skipped batch-1 MAC of a codebook layer also skips its
   // look-up (energy.py subtracts skipped_macs for them).
   uint64_t table_lookups = 0;
-  void add(const Cost& o) {
-    macs_f32 += o.macs_f32;
-    macs_int8 += o.macs_int8;
-    macs_int4 += o.macs_int4;
-    weight_bytes += o.weight_bytes;
-    activation_bytes += o.activation_bytes;
-    skipped_macs += o.skipped_macs;
-    huffman_symbols += o.huffman_symbols;
-    table_lookups += o.table_lookups;
+  // Layer calls these counts add up over: 1 per layer and run, or 1 per slice of a
+  // micro-batched run (the energy model prices a call's activations, not the run's).
+  uint64_t calls = 0;
+  void add(const Cost& o, uint64_t times = 1) {
+    macs_f32 += o.macs_f32 * times;
+    macs_int8 += o.macs_int8 * times;
+    macs_int4 += o.macs_int4 * times;
+    weight_bytes += o.weight_bytes * times;
+    activation_bytes += o.activation_bytes * times;
+    skipped_macs += o.skipped_macs * times;
+    huffman_symbols += o.huffman_symbols * times;
+    table_lookups += o.table_lookups * times;
+    calls += o.calls * times;
   }
 };
 
@@ -148,6 +152,15 @@ class Layer {
   virtual bool fuses_residual() const { return false; }
   // An add without broadcasting that could be folded into its producer: its clamp range.
   virtual bool residual_add_range(float* lo, float* hi) const { return false; }
+  // True when each sample (index on axis 0) of the output depends only on the same
+  // sample of the inputs, with the same bits whatever the batch size: the layer may then
+  // run on slices of a batch (micro-batching). False for a layer that reads the whole
+  // batch (dynamic activation quantization: one scale per call; softmax or concat on
+  // axis 0).
+  virtual bool per_sample(const std::vector<Shape>& in) const { return false; }
+  // The smallest batch from which this layer's results are the same bits at any batch
+  // size: 2 for a layer whose batch-1 kernels sum in another order. Slices are no smaller.
+  virtual int64_t min_slice_rows() const { return 1; }
 
   std::string name;
   format::Op op;

@@ -73,6 +73,7 @@ class UnaryLayer : public Layer {
     });
   }
   std::string kernel() const override { return std::string(format::op_name(op)) + "_f32"; }
+  bool per_sample(const std::vector<Shape>&) const override { return true; }
 };
 
 int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
@@ -151,6 +152,7 @@ class PoolLayer : public Layer {
     return static_cast<size_t>(in[0].dims[1]) * 4 * static_cast<size_t>(max_tasks(threads));
   }
   std::string kernel() const override { return is_max ? "maxpool_f32_nhwc" : "avgpool_f32_nhwc"; }
+  bool per_sample(const std::vector<Shape>&) const override { return true; }
 };
 
 class GlobalAvgPoolLayer : public Layer {
@@ -176,6 +178,7 @@ class GlobalAvgPoolLayer : public Layer {
     });
   }
   std::string kernel() const override { return "global_avgpool_f32_nhwc"; }
+  bool per_sample(const std::vector<Shape>&) const override { return true; }
 };
 
 // Per-logical-dim strides (in elements) of a tensor's memory, aligned right to `rank`;
@@ -279,6 +282,7 @@ class BinaryLayer : public Layer {
     });
   }
   std::string kernel() const override { return is_add_name(); }
+  bool per_sample(const std::vector<Shape>&) const override { return true; }
 
  private:
   std::string is_add_name() const { return op == Op::kAdd ? "add_f32_broadcast" : "mul_f32_broadcast"; }
@@ -319,6 +323,9 @@ class ConcatLayer : public Layer {
     }
   }
   std::string kernel() const override { return "concat_f32"; }
+  bool per_sample(const std::vector<Shape>& in) const override {
+    return normalize_axis(*this, axis, in[0].rank(), "axis") != 0;
+  }
 };
 
 // NHWC <-> NCHW copies for layout changes at reshapes.
@@ -401,6 +408,9 @@ class ReshapeLayer : public Layer {
     }
   }
   std::string kernel() const override { return is_flatten ? "flatten_f32" : "reshape_f32"; }
+  // Row-major reshapes keep each sample's elements together when the output's axis 0 is
+  // still the batch; the planner checks that every value keeps the batch on axis 0.
+  bool per_sample(const std::vector<Shape>&) const override { return true; }
 };
 
 class SoftmaxLayer : public Layer {
@@ -439,6 +449,9 @@ class SoftmaxLayer : public Layer {
     });
   }
   std::string kernel() const override { return "softmax_f32"; }
+  bool per_sample(const std::vector<Shape>& in) const override {
+    return normalize_axis(*this, axis, in[0].rank(), "axis") != 0;
+  }
 };
 
 class BatchNormLayer : public Layer {
@@ -471,6 +484,7 @@ class BatchNormLayer : public Layer {
     });
   }
   std::string kernel() const override { return "batchnorm_f32"; }
+  bool per_sample(const std::vector<Shape>&) const override { return true; }
 };
 
 int normalize_axis(const Layer& l, int64_t axis, int rank, const char* what) {

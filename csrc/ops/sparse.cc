@@ -244,6 +244,12 @@ class SparseLayer : public Layer {
     return c;
   }
 
+  // Dynamic quantization takes one scale from the whole input, so it reads the batch.
+  bool per_sample(const std::vector<Shape>&) const override { return !int8 || static_quant; }
+  // f32 / codebook: batch 1 runs the spmv, zero-skip or gemv_cb kernels (another order of
+  // sums than the batched ones); int8 sums exactly.
+  int64_t min_slice_rows() const override { return int8 ? 1 : 2; }
+
   std::string kernel() const override {
     if (int8)
       return (q_spmv_uk ? std::string(q_spmv_uk->name) + " | " : std::string()) +

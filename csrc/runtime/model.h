@@ -53,14 +53,27 @@ struct Plan {
   // is skipped (fused_away). The add's output is then born at the producer (liveness).
   std::vector<int64_t> residual_add, residual_value;
   std::vector<bool> fused_away;
+  // Micro-batching (Model::plan_slices): the batch runs as `slice_count` slices, the first
+  // `slice_larger` of slice_rows + 1 samples and the rest of slice_rows, each through the
+  // whole graph on the plan for its size (slice_plan[0]: slice_rows, [1]: slice_rows + 1).
+  // With slice_slots > 1, that many slices run at once, one per thread, each with its own
+  // arena and scratch (the slice plans are then planned for one thread).
+  // slice_count == 0: the batch runs whole on this plan.
+  int64_t slice_count = 0, slice_rows = 0, slice_larger = 0;
+  size_t slice_slots = 0;
+  std::shared_ptr<const Plan> slice_plan[2];
 };
 
-// Per-run pointer tables, sized at prepare() and refilled by each run.
+// Per-run pointer tables, sized at prepare() and refilled by each run (one per slot of a
+// micro-batched run).
 struct RunTables {
   std::vector<const float*> value_ptr;
   std::vector<std::vector<const float*>> node_in;
   std::vector<std::vector<float*>> node_out;
-  std::vector<uint64_t> node_skipped;  // zero-skipped MACs of each node in this run
+  std::vector<uint64_t> node_skipped;  // zero-skipped MACs of each node, summed over the run
+  uint64_t huffman_symbols = 0;        // decoded by the run
+  std::vector<const float*> slice_in;  // the caller's buffers, offset to a slice
+  std::vector<float*> slice_out;
 };
 
 class Model;
@@ -78,8 +91,9 @@ class Context {
  private:
   const Model& model_;
   std::unique_ptr<Plan> plan_;
-  AlignedBuffer arena_, scratch_;
-  RunTables tables_;
+  AlignedBuffer arena_, scratch_;  // one arena / scratch per slot (see Plan::slice_slots)
+  size_t arena_stride_ = 0, scratch_stride_ = 0;
+  std::vector<RunTables> tables_;
 };
 
 class Model {
@@ -112,14 +126,23 @@ class Model {
   std::unique_ptr<Context> acquire_context() const;
   void release_context(std::unique_ptr<Context> ctx) const;
 
-  // Internal (Context).
-  Plan make_plan(const std::vector<Shape>& input_shapes) const;
-  void execute(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTables& tables,
-               const std::vector<const float*>& inputs, const std::vector<float*>& outputs, ThreadPool& pool) const;
+  // Internal (Context). make_plan plans for `threads` threads (0: the model's).
+  Plan make_plan(const std::vector<Shape>& input_shapes, size_t threads = 0) const;
+  // Decides whether `plan`'s batch runs in slices and plans them (see Plan::slice_count).
+  void plan_slices(Plan& plan) const;
+  // Runs `plan` (whole or in slices); `tables` has one entry per slot, arena and scratch
+  // one stride each per slot.
+  void execute(const Plan& plan, uint8_t* arena, size_t arena_stride, uint8_t* scratch, size_t scratch_stride,
+               std::vector<RunTables>& tables, const std::vector<const float*>& inputs,
+               const std::vector<float*>& outputs, ThreadPool& pool) const;
 
  private:
   void init(const format::File& file, const LoadOptions& options);
   void plan_residual_adds(Plan& plan) const;
+  // One pass of the graph over plan's shapes; adds its dynamic counts into `tables`.
+  void run_graph(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTables& tables,
+                 const std::vector<const float*>& inputs, const std::vector<float*>& outputs,
+                 ThreadPool& pool) const;
 
   format::Graph graph_;
   std::vector<format::MetaEntry> metadata_;
@@ -128,6 +151,7 @@ class Model {
   bool fuse_residual_ = true;  // LoadOptions::force_kernel "unfused" turns it off (tests)
   std::vector<IoInfo> inputs_, outputs_;
   std::shared_ptr<ThreadPool> pool_;
+  ThreadPool serial_pool_{1};  // the slices of a concurrent micro-batched run (no workers)
   uint64_t max_memory_ = kDefaultMaxMemory, weight_memory_ = 0;
   mutable std::mutex contexts_mutex_;
   mutable std::vector<std::unique_ptr<Context>> contexts_;

@@ -5,13 +5,15 @@ activations, codebook look-ups, weight and activation bytes) with the 45 nm
 per-operation figures of Horowitz (ISSCC 2014) that Han et al. use. Where Linux exposes
 RAPL (/sys/class/powercap/intel-rapl*), `rapl_joules` also measures package energy.
 
-Memory: a run reads each layer's weights once (the engine's `weight_bytes`). Those reads
-count as DRAM reads when the weights the whole model touches per run do not fit the
+Memory: a run reads each layer's weights once, or once per slice of a micro-batched run
+(the engine's `weight_bytes`). Those reads count as DRAM reads when the weights the whole
+model touches (one pass over every layer's) do not fit the
 configured cache (default 32 MiB, the L3 of the reference machine: streaming more than
 the cache through it every run evicts everything before its next use), and as SRAM reads
 otherwise. Activations count as SRAM reads/writes, except for a layer whose own
-activation traffic per run is larger than the cache (DRAM). Every access is priced per
-32-bit word (bytes / 4), as in the source table.
+activation traffic per call is larger than the cache (DRAM); a micro-batched run calls
+each layer once per slice (the `calls` counter). Every access is priced per 32-bit word
+(bytes / 4), as in the source table.
 """
 from __future__ import annotations
 
@@ -67,11 +69,12 @@ def layer_energy_pj(counts: Mapping[str, float], *, weights_in_dram: bool, cache
     words_w = float(counts.get("weight_bytes", 0)) / 4.0
     act_bytes = float(counts.get("activation_bytes", 0))
     words_a = act_bytes / 4.0
+    act_bytes_per_call = act_bytes / max(1.0, float(counts.get("calls", 1)))
     if weights_in_dram:
         pj["weights_dram"] = words_w * costs["dram_read_32b"]
     else:
         pj["weights_sram"] = words_w * costs["sram_read_32b"]
-    if act_bytes > cache_bytes:
+    if act_bytes_per_call > cache_bytes:
         pj["activations_dram"] = words_a * costs["dram_read_32b"]
     else:
         pj["activations_sram"] = words_a * costs["sram_read_32b"]
@@ -96,7 +99,9 @@ def estimate(layers: Sequence[Mapping], layer_counters: Sequence[Mapping], runs:
         raise ValueError(f"{len(layers)} layers but {len(layer_counters)} layer counters")
     c = _check_costs(costs)
     per_run = [{k: float(v) / runs for k, v in lc.items()} for lc in layer_counters]
-    model_weight_bytes = sum(p.get("weight_bytes", 0.0) for p in per_run)
+    # The weights a run touches: one pass per layer (a micro-batched run makes one pass
+    # per slice over the same weights).
+    model_weight_bytes = sum(p.get("weight_bytes", 0.0) / max(1.0, p.get("calls", 1.0)) for p in per_run)
     in_dram = model_weight_bytes > cache_bytes
     out_layers: List[dict] = []
     totals = {k: 0.0 for k in COMPONENTS}
