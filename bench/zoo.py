@@ -34,11 +34,12 @@ INPUT_SHAPE = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28),
                "resnet_cifar": (3, 32, 32), "mobilenet_v2_cifar": (3, 32, 32)}
 HAS_DATA = {"lenet_300_100": True, "lenet5": True, "resnet_cifar": False, "mobilenet_v2_cifar": False}
 OUR_ENCODINGS = ("f32", "int8", "int4", "csr70", "csr90", "csr95", "dc", "dc_int8", "lowrank_int8")
-# dc_int8: Deep Compression's pruning and Huffman coding with int8 per-channel values in
-# place of the k-means codebooks (8 bits per nonzero, as Han et al.'s conv codebooks; FC
-# layers get 8 instead of 5) and calibrated static u8 activations, so every layer runs the
-# sparse int8 kernels; pruned in blocks of 4 input channels (DC_INT8_BLOCK) wherever the
-# input width allows, so those kernels run whole quads.
+# dc_int8: Deep Compression (pruning, k-means weight sharing, Huffman coding) with the
+# shared values stored as int8 codes, one scale per layer (recipes' values="int8_shared"),
+# and calibrated static u8 activations, so every layer runs the sparse int8 kernels;
+# 2^DC_INT8_CONV_BITS shared values per conv, 2^DC_INT8_FC_BITS per linear layer; pruned in
+# blocks of 4 input channels (DC_INT8_BLOCK) wherever the input width allows, so those
+# kernels run whole quads.
 SPARSITY = {"f32": 0.0, "int8": 0.0, "int4": 0.0, "csr70": 0.7, "csr90": 0.9, "csr95": 0.95,
             "lowrank_int8": 0.0}
 PEERS = ("torch:f32", "torch:int8", "ort:f32", "ort:int8_dynamic", "ort:int8_static")
@@ -48,6 +49,7 @@ CACHE_DIR = Path(os.environ.get("DSQ_BENCH_CACHE", Path(tempfile.gettempdir()) /
 
 
 DC_INT8_BLOCK = 4
+DC_INT8_CONV_BITS, DC_INT8_FC_BITS = 4, 5
 
 
 def dc_sparsity(name: str) -> float:
@@ -216,12 +218,12 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 15) -> np.ndarray:
     return out
 
 
-def share_weights(net):
+def share_weights(net, conv_bits: int = 8, fc_bits: int = 5):
     """Deep Compression step 2: the nonzeros of each weight to 2^b shared values."""
     torch = _torch()
     with torch.no_grad():
         for _, mod in _weight_modules(net):
-            bits = 5 if isinstance(mod, torch.nn.Linear) else 8
+            bits = fc_bits if isinstance(mod, torch.nn.Linear) else conv_bits
             w = mod.weight.detach().numpy().copy()
             nz = w != 0
             w[nz] = kmeans_1d(w[nz], 1 << bits)
@@ -284,9 +286,12 @@ def variant_model(name: str, encoding: str):
         net.load_state_dict(_cached_state(f"{name}_{encoding}" + ("_blk4" if encoding == "dc_int8" else ""), build))
         if encoding == "dc":
             return net, "auto"
+        share_weights(net, DC_INT8_CONV_BITS, DC_INT8_FC_BITS)
         torch = _torch()
-        sparse_int8 = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto"}
-        return net, {n: (sparse_int8 if isinstance(m, torch.nn.Linear) or m.groups == 1 else "auto")
+        sparse_int8 = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto",
+                       "int8_scale": "tensor"}
+        # Depthwise convs (dense kernel only) store int8 per channel, as in the int8 file.
+        return net, {n: (sparse_int8 if isinstance(m, torch.nn.Linear) or m.groups == 1 else "int8")
                      for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     if encoding == "lowrank_int8":
         return low_rank(base), "int8"

@@ -93,7 +93,7 @@ Encoding = Union[str, Mapping[str, Any]]
 WeightSpec = Union[str, Mapping[str, Encoding], Callable[[nn.Module, str], Optional[Encoding]]]
 
 ENCODING_OPTIONS = ("values", "layout", "index_bits", "block", "codebook_bits",
-                    "codebook_per_row", "huffman", "group_size")
+                    "codebook_per_row", "huffman", "group_size", "int8_scale")
 
 # "auto": weights are kept exactly as stored in f32 (after BatchNorm folding; no new
 # rounding) in the encoding with the smallest payload among those the engine runs fast.
@@ -187,6 +187,12 @@ def _normalize_encoding(enc, where: str, group_size: int):
             out["group_size"] = check_group_size(gs)
         except (ValueError, TypeError) as e:
             raise _spec_error(where, str(e)) from None
+    if values == "int8_channel":
+        scale = enc.get("int8_scale", "channel")
+        if scale not in ("channel", "tensor"):
+            raise _spec_error(where, f"int8_scale must be 'channel' or 'tensor', got {scale!r}")
+        if scale == "tensor":  # weights shared among a few values keep a few int8 codes
+            out["int8_scale"] = "tensor"
     huff = enc.get("huffman", False)
     if not (huff is True or huff is False or huff == "auto"):
         raise _spec_error(where, f"huffman must be False, True or 'auto', got {huff!r}")

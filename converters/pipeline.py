@@ -78,8 +78,8 @@ def compress(model: nn.Module, out_path: str, recipe: str = "deep_compression",
     """Compress `model` with `recipe` on a built-in data set, export to `out_path`, and
     return the measured sizes, errors and latencies. preset: a recipes.MNIST_PRESETS name
     whose deep_compression settings to start from (sparsity given here overrides it).
-    values: deep_compression's "codebook" (k-means, the paper) or "int8" (sparse int8
-    with calibrated activations; see recipes.DeepCompressionConfig). block: deep_compression
+    values: deep_compression's "codebook" (k-means, the paper), "int8" (sparse int8
+    with calibrated activations) or "int8_shared" (both; see recipes.DeepCompressionConfig). block: deep_compression
     prunes in blocks of that many input channels (PruneConfig.block)."""
     if data not in DATASETS:
         raise ValueError(f"data={data!r}: the built-in data sets are {', '.join(DATASETS)}; "

@@ -5,7 +5,10 @@
   fine-tuning with the pruning mask fixed -> export with weights="auto" (relative-index
   CSR + codebook + Huffman, chosen losslessly per layer). With values="int8" the shared
   values are replaced by int8 per channel and calibrated u8 activations (the engine's
-  sparse int8 kernels: int8 MACs on the nonzeros only, docs/ENERGY.md).
+  sparse int8 kernels: int8 MACs on the nonzeros only, docs/ENERGY.md); values=
+  "int8_shared" keeps the weight sharing and stores the shared values as int8 codes with
+  one scale per layer, so the same kernels run a file whose values Huffman-code in about
+  `bits` bits.
 - `quantized_distillation`: a small student trained with quantized weights against a
   teacher (Polino et al.), exported as codebooks.
 - `lowrank_int8`: truncated SVD / Tucker-2 factorization, fine-tuning, int8 export.
@@ -32,6 +35,8 @@ __all__ = ["DeepCompressionConfig", "QuantizedDistillationRecipe", "LowRankInt8C
            "RECIPES"]
 
 Sparsity = Union[float, Mapping[str, float]]
+# DeepCompressionConfig.values
+VALUES = ("codebook", "int8", "int8_shared")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,13 @@ class DeepCompressionConfig:
     values: "codebook" (the paper) or "int8": no weight sharing; the nonzeros are exported
     as int8 per output channel (relative-index CSR + Huffman) with static u8 activation
     ranges calibrated on `calibration_batches` training batches, so every conv/linear runs
-    the sparse int8 kernels (grouped convs keep "auto").
+    the sparse int8 kernels (grouped convs keep "auto"). "int8_shared": as "int8", after
+    the k-means sharing and centroid fine-tuning of "codebook"; each layer's int8 scale is
+    max|w| / 127 over the whole layer (int8_scale="tensor"), so its 2^bits shared values
+    stay 2^bits int8 codes (each rounded by at most max|w| / 254), which the Huffman
+    coding of the values stream stores in about `bits` bits per nonzero. Fold BatchNorm
+    into the weights before (e.g. torch.fx fuse): folding after sharing scales each output
+    channel's values apart.
     block: prune in blocks of that many input channels (PruneConfig.block); 4 lets the
     sparse int8 kernels run the nonzeros as whole quads (values="int8").
     """
@@ -67,8 +78,8 @@ class DeepCompressionConfig:
     def __post_init__(self):
         if self.prune_steps < 1:
             raise ValueError(f"prune_steps must be >= 1, got {self.prune_steps}")
-        if self.values not in ("codebook", "int8"):
-            raise ValueError(f"values must be 'codebook' or 'int8', got {self.values!r}")
+        if self.values not in VALUES:
+            raise ValueError(f"values must be one of {', '.join(map(repr, VALUES))}, got {self.values!r}")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"block must be an int >= 1, got {self.block!r}")
         if self.calibration_batches < 1:
@@ -147,7 +158,7 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
     log(f"pruned: sparsity {sparsity(model)['total']:.3f}"
         + (f", error {err:.4f}" if err is not None else ""))
 
-    if config.values == "codebook":
+    if config.values in ("codebook", "int8_shared"):
         t = time.perf_counter()
         bits = _bits_by_layer(model, config.layers, config.conv_bits, config.fc_bits)
         cluster(model, ClusterConfig(bits=bits, init=config.cluster_init), layers=config.layers)
@@ -169,7 +180,8 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
         if config.values == "codebook":
             result.path, result.file_bytes = _export(model, example_inputs, path, weights="auto")
         else:
-            result.path, result.file_bytes = _export(model, example_inputs, path, weights=sparse_int8_spec(model),
+            spec = sparse_int8_spec(model, per_tensor_scale=config.values == "int8_shared")
+            result.path, result.file_bytes = _export(model, example_inputs, path, weights=spec,
                                                      calibration=_calibration_batches(train_loader,
                                                                                       config.calibration_batches))
         result.stage("export", time.perf_counter() - t, bytes=result.file_bytes, values=config.values)
@@ -181,10 +193,11 @@ def deep_compression(model: nn.Module, train_loader: Iterable, example_inputs=No
 SPARSE_INT8 = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto"}
 
 
-def sparse_int8_spec(model: nn.Module) -> Dict[str, Any]:
+def sparse_int8_spec(model: nn.Module, per_tensor_scale: bool = False) -> Dict[str, Any]:
     """Export spec: SPARSE_INT8 for every Linear and ungrouped Conv2d, "auto" for grouped
-    convs (no sparse kernel)."""
-    return {name: (dict(SPARSE_INT8) if isinstance(m, nn.Linear) or m.groups == 1 else "auto")
+    convs (no sparse kernel). per_tensor_scale: one int8 scale per layer (shared weights)."""
+    enc = dict(SPARSE_INT8, **({"int8_scale": "tensor"} if per_tensor_scale else {}))
+    return {name: (dict(enc) if isinstance(m, nn.Linear) or m.groups == 1 else "auto")
             for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 

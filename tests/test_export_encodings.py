@@ -354,6 +354,7 @@ def test_lossy_codebook_rejected(lenet300, x300):
     ({"fc3": {"layout": "csr_relative", "index_bits": 9}}, r"module 'fc3'.*index_bits"),
     ({"*": {"values": "int4", "group_size": 48}}, r"module 'fc1'.*group_size"),
     ({"fc1": {"huffman": "yes"}}, r"module 'fc1'.*huffman"),
+    ({"fc1": {"values": "int8", "int8_scale": "row"}}, r"module 'fc1'.*int8_scale"),
     ({"fc1": 3}, r"module 'fc1'.*preset string or a dict"),
     (lambda m, name: "int2" if name == "fc2" else "fp32", r"module 'fc2'.*int2"),
     (lambda m, name: 1 / 0, r"callable failed for module 'fc1'"),

@@ -228,6 +228,19 @@ def test_quantization_error_bounds():
         assert q.min() >= -7 and q.max() <= 7
         assert decode_tensor(t).shape == shape and decode_tensor(t).dtype == np.float32
 
+    # int8_scale="tensor": every row takes max|w| / 127 of the whole tensor.
+    w = RNG.standard_normal((6, 10)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]
+    t = encode_tensor("w", w, "int8_channel", int8_scale="tensor")
+    scales = np.frombuffer(t.streams[1].data.tobytes(), "<f4")
+    assert np.all(scales == np.float32(np.abs(w).max() / 127))
+    assert np.all(np.abs(decode_tensor(t).astype(np.float64) - w) <= scales[0] / 2 * (1 + 1e-6))
+    # 5 shared values stay 5 int8 codes (per-row scales would make up to 6 x 5)
+    shared = np.array([-1.5, -0.4, 0.1, 0.7, 2.0], np.float32)[RNG.integers(0, 5, (6, 10))]
+    q = encode_tensor("w", shared, "int8_channel", int8_scale="tensor").streams[0].data.view(np.int8)
+    assert len(np.unique(q)) == 5
+    with pytest.raises(ValueError, match="int8_scale"):
+        encode_tensor("w", w, "int8_channel", int8_scale="row")
+
     w = RNG.standard_normal((3, 4)).astype(np.float32)
     assert np.array_equal(decode_tensor(encode_tensor("a", w, "f32")), w)
     assert np.array_equal(decode_tensor(encode_tensor("a", w, "f16")), w.astype(np.float16).astype(np.float32))

@@ -16,6 +16,8 @@ import torch.nn as nn  # noqa: E402
 
 import deepsqueeze  # noqa: E402
 from deepsqueeze import datasets  # noqa: E402
+from deepsqueeze import format as F  # noqa: E402
+from deepsqueeze.encode import decode_tensor  # noqa: E402
 from deepsqueeze.convert import core, data, models, recipes  # noqa: E402
 from deepsqueeze.convert.prune import sparsity as sparsity_of  # noqa: E402
 
@@ -90,21 +92,26 @@ def test_deep_compression_recipe_end_to_end(loaders, tmp_path):
     assert "codebook" in json.loads(engine.metadata["dsq.export_config"])["layers"]["fc1"]["values"]
 
 
-@pytest.mark.parametrize("block", [1, 4])
-def test_deep_compression_int8_values_end_to_end(loaders, tmp_path, block):
+@pytest.mark.parametrize("values,block", [("int8", 1), ("int8", 4), ("int8_shared", 4)])
+def test_deep_compression_int8_values_end_to_end(loaders, tmp_path, values, block):
     """values="int8": pruning as the paper, then int8 per-channel nonzeros with calibrated
     activations instead of k-means; every layer of LeNet-5 runs the sparse int8 kernels
     and the file agrees with the pruned PyTorch model on the decisions. block=4 prunes in
-    blocks of 4 input channels / features: fc1 (256 inputs) then runs whole quads."""
+    blocks of 4 input channels / features: fc1 (256 inputs) then runs whole quads.
+    "int8_shared" also shares the weights (k-means): each layer stores at most 2^bits int8
+    codes under one scale, Huffman-coded in about `bits` bits per nonzero."""
     model = models.lenet5(seed=5)
     core.fit(model, loaders.train, quick(1.0))
     config = recipes.DeepCompressionConfig(sparsity={"conv1": 0.3, "conv2": 0.8, "fc1": 0.9, "fc2": 0.7},
-                                           prune_steps=1, prune_train=quick(), values="int8",
-                                           calibration_batches=4, block=block)
+                                           prune_steps=1, prune_train=quick(), values=values,
+                                           calibration_batches=4, block=block, conv_bits=4, fc_bits=5,
+                                           centroid_train=quick())
     path = tmp_path / "dc_int8.dsq"
     result = recipes.deep_compression(model, loaders.train, torch.zeros(1, 1, 28, 28), str(path),
                                       config, val_loader=loaders.test, log=lambda m: None)
-    assert [s["stage"] for s in result.stages] == ["prune", "export"]
+    shared = values == "int8_shared"
+    assert [s["stage"] for s in result.stages] == (["prune", "cluster", "centroid fine-tune", "export"] if shared
+                                                   else ["prune", "export"])
     engine = deepsqueeze.load(str(path), threads=1)
     kernels = {L["name"]: L["kernel"] for L in engine.layers([(1, 1, 28, 28)]) if L["op"] in ("conv2d", "linear")}
     assert set(kernels) == {"conv1", "conv2", "fc1", "fc2"}
@@ -116,6 +123,20 @@ def test_deep_compression_int8_values_end_to_end(loaders, tmp_path, block):
         assert fill and int(fill.group(1)) >= 95, kernels["fc1"]
     layers = json.loads(engine.metadata["dsq.export_config"])["layers"]
     assert all(layers[n]["values"] == "int8_channel" and layers[n]["layout"] == "csr_relative" for n in kernels)
+    if shared:
+        tensors = {t.name: t for t in F.read(str(path)).tensors}
+        for name in kernels:
+            assert layers[name]["int8_scale"] == "tensor"
+            t = tensors[f"{name}.weight"]
+            streams = {st.role: st for st in t.streams}
+            scales = np.frombuffer(streams["scales"].data, "<f4")
+            assert np.all(scales == scales[0])
+            bits = 4 if name.startswith("conv") else 5
+            q = decode_tensor(t) / scales[0]
+            assert len(np.unique(q[q != 0])) <= 2 ** bits, name
+            v = streams["values"]
+            if v.entropy == "huffman":  # about `bits` bits per nonzero (+ the code table)
+                assert len(v.data) * 8 <= (bits + 1) * v.count + 8 * 300, name
     x = loaders.test_arrays[0][:256]
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x)).numpy()

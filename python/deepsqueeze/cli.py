@@ -207,9 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "model's preset, else 0.9)")
     sp.add_argument("--fc-bits", type=int, default=5, help="deep_compression: codebook bits of FC layers")
     sp.add_argument("--conv-bits", type=int, default=8, help="deep_compression: codebook bits of convs")
-    sp.add_argument("--values", default="codebook", choices=("codebook", "int8"),
-                    help="deep_compression: k-means codebooks (the paper), or int8 per channel with calibrated "
-                    "u8 activations (sparse int8 kernels: less energy, docs/ENERGY.md)")
+    sp.add_argument("--values", default="codebook", choices=("codebook", "int8", "int8_shared"),
+                    help="deep_compression: k-means codebooks (the paper); int8 per channel with calibrated "
+                    "u8 activations (sparse int8 kernels: less energy, docs/ENERGY.md); or int8_shared: the "
+                    "k-means shared values as int8 codes, one scale per layer (same kernels, about "
+                    "--conv-bits / --fc-bits bits per nonzero after Huffman)")
     sp.add_argument("--block", type=int, default=1,
                     help="deep_compression: prune in blocks of this many input channels (4: the sparse int8 "
                     "kernels run whole quads, faster at the same density)")

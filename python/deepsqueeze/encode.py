@@ -12,7 +12,9 @@ Quantization choices (FORMAT.md leaves them to the encoder):
 - int8_channel: per row r, scale[r] = max|w[r]| / 127 rounded to f32,
   q = clip(rint(w / scale), -127, 127). A row whose max |w| is 0 (or so small that
   max/127 underflows to 0 in f32) gets scale 1.0, so every stored scale is positive and
-  finite; its q are 0 (or rint of a subnormal value, i.e. 0).
+  finite; its q are 0 (or rint of a subnormal value, i.e. 0). With int8_scale="tensor"
+  every row takes the tensor's scale, max|w| / 127: weights shared among 2^b values
+  (k-means) then keep at most 2^b distinct codes, which Huffman codes in about b bits.
 - int4_group: per (row, group of group_size consecutive columns; the last group of a
   row may be partial) scale = max|w| / 7 rounded to f32, q = clip(rint(w / scale), -7, 7)
   (the code -8 is never produced, so the grid is symmetric); all-zero groups get scale 1.0.
@@ -219,7 +221,7 @@ def _huffman_streams(streams, mode) -> None:
 def encode_tensor(name: str, array, values: str = "f32", group_size: int = 64,
                   layout: str = "dense", index_bits: int = 4, block: Sequence[int] = (1, 4),
                   codebook_bits: Optional[int] = None, codebook_per_row: bool = False,
-                  huffman: Union[bool, str] = False) -> Tensor:
+                  huffman: Union[bool, str] = False, int8_scale: str = "channel") -> Tensor:
     """Encode a float array as a Tensor.
 
     values: f32 | f16 | int8_channel | int4_group (group_size) | codebook (codebook_bits
@@ -229,7 +231,11 @@ def encode_tensor(name: str, array, values: str = "f32", group_size: int = 64,
     (block_rows, block_cols), each 1..16, not 1x1).
     huffman: False, True (Huffman-code every eligible stream: indices, relative col_idx,
     i8/i4 values) or "auto" (only the streams where it saves bytes).
+    int8_scale: "channel" (one scale per row) or "tensor" (every row the same scale), for
+    int8_channel values.
     """
+    if int8_scale not in ("channel", "tensor"):
+        raise ValueError(f"tensor {name!r}: int8_scale must be 'channel' or 'tensor', got {int8_scale!r}")
     if values not in VALUES:
         raise ValueError(f"unknown values encoding {values!r} (known: {', '.join(VALUES)})")
     if layout not in LAYOUTS:
@@ -257,6 +263,8 @@ def encode_tensor(name: str, array, values: str = "f32", group_size: int = 64,
         m = w32.astype(np.float64).reshape(rows, cols)
         if values == "int8_channel":
             amax = np.abs(m).max(axis=1, keepdims=True)
+            if int8_scale == "tensor":
+                amax = np.full_like(amax, amax.max())
             elem, scale = _quantize(m, amax, 127)
             scale_streams = [Stream("scales", "f32", rows, _bytes_of(scale, "<f4"))]
         else:
