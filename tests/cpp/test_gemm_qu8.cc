@@ -191,7 +191,7 @@ uint8_t naive_quant(float x, QuantParams p) {
 void test_quantize() {
   const size_t ks[] = {1, 3, 4, 5, 15, 16, 17, 31, 33, 64, 577};
   for (size_t k : ks) {
-    for (int variant = 0; variant < 4; ++variant) {
+    for (int variant = 0; variant < 6; ++variant) {
       const size_t m = 5;
       const size_t x_stride = (k + 3) * sizeof(float);
       const size_t kp = padded_k(k);
@@ -213,6 +213,23 @@ void test_quantize() {
         for (size_t i = 0; i < m; ++i)
           for (size_t j = 0; j < k; ++j)
             x[i * (k + 3) + j] = rand_int(0, 2) ? specials[rand_int(0, 9)] : rand_float(-3, 3);
+      } else if (variant == 4) {
+        // Near ties with a scale that is not a power of two (the SIMD code multiplies by
+        // 1 / scale and must divide these): x = (j + 0.5) * scale rounded, and 1-2 ulp off.
+        p = {6.0f / 255.0f, 3};
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j) {
+            float v = (static_cast<float>(rand_int(-260, 260)) + 0.5f) * p.scale;
+            for (int u = rand_int(-2, 2); u != 0; u += u > 0 ? -1 : 1)
+              v = std::nextafter(v, u > 0 ? 1e9f : -1e9f);
+            x[i * (k + 3) + j] = v;
+          }
+      } else if (variant == 5) {
+        // Arbitrary scales, from tiny to huge, and values around the whole u8 range.
+        const float scales[] = {3.3e-38f, 1e-30f, 7.1e-6f, 0.0123f, 0.1f, 1.7f, 333.3f, 1e30f, 2e38f};
+        p = {scales[rand_int(0, 8)], rand_int(0, 255)};
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = rand_float(-300.0f, 300.0f) * p.scale;
       } else if (variant == 3) {
         // One NaN anywhere (vector body or scalar tail): quantize must report it.
         p = {0.02f, 128};

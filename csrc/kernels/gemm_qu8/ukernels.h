@@ -48,6 +48,16 @@ inline uint8_t quantize_scalar(float x, float scale, float zero) {
   return static_cast<uint8_t>(static_cast<int32_t>(v));
 }
 
+// The SIMD quantizers compute x / scale as x * (1 / scale). Where the result is not
+// clamped (|x / scale| < 256; beyond, both saturate alike), the two differ by less than
+// 5e-5 when the reciprocal is a normal float: a product farther than kNearTie from a
+// half rounds to the same integer as the quotient, nearer ones are divided.
+constexpr float kNearTie = 1.0f / 1024;
+inline bool fast_reciprocal_ok(float scale) {
+  const float inv = 1.0f / scale;
+  return inv >= 1.17549435e-38f && inv <= 1.0e37f;  // normal, with room below FLT_MAX
+}
+
 void minmax_scalar(const float* x, size_t m, size_t k, size_t x_stride, float* lo,
                    float* hi);
 bool quantize_scalar_rows(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,

@@ -121,6 +121,19 @@ bool quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t*
   const float zero_f = static_cast<float>(p.zero);
   const __m256 scale = _mm256_set1_ps(p.scale), zero = _mm256_set1_ps(zero_f);
   const __m256 vmin = _mm256_setzero_ps(), vmax = _mm256_set1_ps(255.0f);
+  // nearbyint(x / scale) from x * (1 / scale) where that is exact (see quantize_avx512).
+  const bool fast = fast_reciprocal_ok(p.scale);
+  const __m256 inv = _mm256_set1_ps(1.0f / p.scale), tie_edge = _mm256_set1_ps(0.5f - kNearTie);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  auto round_quotient = [&](__m256 xv) {
+    if (!fast) return _mm256_round_ps(_mm256_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION);
+    const __m256 v = _mm256_mul_ps(xv, inv);
+    const __m256 r = _mm256_round_ps(v, _MM_FROUND_CUR_DIRECTION);
+    const __m256 frac = _mm256_and_ps(_mm256_sub_ps(v, r), abs_mask);  // exact, in [0, 0.5]
+    const __m256 redo = _mm256_cmp_ps(frac, tie_edge, _CMP_GT_OQ);
+    if (_mm256_testz_ps(redo, redo)) return r;
+    return _mm256_blendv_ps(r, _mm256_round_ps(_mm256_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION), redo);
+  };
   for (size_t i = 0; i < m; ++i) {
     const float* xr = row(x, i, x_stride);
     uint8_t* qr = q + i * q_stride;
@@ -129,10 +142,8 @@ bool quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t*
       const __m256 x0 = _mm256_loadu_ps(xr + j), x1 = _mm256_loadu_ps(xr + j + 8);
       bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x0), exp_mask), exp_mask));
       bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x1), exp_mask), exp_mask));
-      __m256 v0 = _mm256_div_ps(x0, scale);
-      __m256 v1 = _mm256_div_ps(x1, scale);
-      v0 = _mm256_add_ps(_mm256_round_ps(v0, _MM_FROUND_CUR_DIRECTION), zero);
-      v1 = _mm256_add_ps(_mm256_round_ps(v1, _MM_FROUND_CUR_DIRECTION), zero);
+      __m256 v0 = _mm256_add_ps(round_quotient(x0), zero);
+      __m256 v1 = _mm256_add_ps(round_quotient(x1), zero);
       v0 = _mm256_min_ps(_mm256_max_ps(v0, vmin), vmax);  // NaN -> 0 as the scalar code
       v1 = _mm256_min_ps(_mm256_max_ps(v1, vmin), vmax);
       const __m256i i0 = _mm256_cvttps_epi32(v0), i1 = _mm256_cvttps_epi32(v1);

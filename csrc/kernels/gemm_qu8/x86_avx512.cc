@@ -52,26 +52,46 @@ void minmax_avx512(const float* x, size_t m, size_t k, size_t x_stride, float* l
 bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                      size_t q_stride, QuantParams p) {
   const size_t kp = padded_k(k);
-  const __m512i exp_mask = _mm512_set1_epi32(0x7f800000);
-  __mmask16 bad = 0;  // lanes whose exponent bits were all ones (masked-off lanes load 0)
+  __mmask16 bad = 0;  // NaN / Inf lanes (masked-off lanes load 0)
   const __m512 scale = _mm512_set1_ps(p.scale);
   const __m512 zero = _mm512_set1_ps(static_cast<float>(p.zero));
   const __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_set1_ps(255.0f);
+  // x * (1 / scale) instead of x / scale (the division made the loop 1.75x slower): the
+  // product rounds to the quotient's integer unless it lies within kNearTie of a half
+  // (ukernels.h); those lanes (rare) take the division. Scales whose reciprocal is not a
+  // normal float always divide.
+  const bool fast = fast_reciprocal_ok(p.scale);
+  const __m512 inv = _mm512_set1_ps(1.0f / p.scale);
+  const __m512 tie_edge = _mm512_set1_ps(0.5f - kNearTie);
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  auto quantize16 = [&](__m512 xv) {
+    bad |= _mm512_fpclass_ps_mask(xv, 0x99);  // QNaN | +Inf | -Inf | SNaN
+    __m512 r;
+    if (fast) {
+      const __m512 v = _mm512_mul_ps(xv, inv);
+      r = _mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION);
+      // |v - nearbyint(v)| (exact), in [0, 0.5]: a near tie when it is about 0.5
+      const __m512 frac = _mm512_and_ps(_mm512_sub_ps(v, r), abs_mask);
+      const __mmask16 redo = _mm512_cmp_ps_mask(frac, tie_edge, _CMP_GT_OQ);
+      if (redo) r = _mm512_mask_roundscale_ps(r, redo, _mm512_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION);
+    } else {
+      r = _mm512_roundscale_ps(_mm512_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION);
+    }
+    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zero), vmin), vmax);
+    return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
+  };
   for (size_t i = 0; i < m; ++i) {
     const float* xr = row(x, i, x_stride);
     uint8_t* qr = q + i * q_stride;
-    for (size_t j = 0; j < kp; j += 16) {
-      const size_t cnt = k > j ? (k - j < 16 ? k - j : 16) : 0;
+    size_t j = 0;
+    for (; j + 16 <= k; j += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + j), quantize16(_mm512_loadu_ps(xr + j)));
+    for (; j < kp; j += 16) {  // the tail and the zero padding up to kp
+      const size_t cnt = k > j ? k - j : 0;
       const size_t out = kp - j < 16 ? kp - j : 16;
-      const __mmask16 mk = static_cast<__mmask16>((1u << cnt) - 1);
+      const __mmask16 mk = static_cast<__mmask16>((1u << (cnt < 16 ? cnt : 16)) - 1);
       const __mmask16 mo = static_cast<__mmask16>((1u << out) - 1);
-      const __m512 xv = _mm512_maskz_loadu_ps(mk, xr + j);
-      bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(xv), exp_mask), exp_mask);
-      __m512 v = _mm512_div_ps(xv, scale);
-      v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION), zero);
-      v = _mm512_min_ps(_mm512_max_ps(v, vmin), vmax);
-      __m128i u8 = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
-      u8 = _mm_maskz_mov_epi8(mk, u8);  // padding bytes are 0, not the zero point
+      const __m128i u8 = _mm_maskz_mov_epi8(mk, quantize16(_mm512_maskz_loadu_ps(mk, xr + j)));  // padding 0
       _mm_mask_storeu_epi8(qr + j, mo, u8);
     }
   }
