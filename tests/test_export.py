@@ -722,10 +722,11 @@ def test_engine_matches_torch(tmp_path, name, weights):
 
 
 @pytest.mark.parametrize("weights", ["int8", "int4"])
-@pytest.mark.parametrize("name", ["lenet5", "resnet_cifar"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet_cifar", "mobilenet_v2_cifar"])
 def test_engine_calibrated(tmp_path, name, weights):
     """Static input quantization: the test batch is among the calibration batches, so no
-    activation is clipped and the bound uses the calibrated scales."""
+    activation is clipped and the bound uses the calibrated scales. MobileNetV2's int8
+    depthwise convs run the int8 depthwise kernels (dwconv_qu8)."""
     load_engine()
     model = make_model(name)
     x = make_input(name, BATCH)
@@ -734,6 +735,9 @@ def test_engine_calibrated(tmp_path, name, weights):
     f = export(model, x[:1], path, weights=weights, calibration=calib)
     y = run_engine(path, x)
     check_close(y, torch_out(model, x), error_bounds(model, x, f), f"{name} {weights} calibrated")
+    if name == "mobilenet_v2_cifar" and weights == "int8":
+        kernels = [L["kernel"] for L in deepsqueeze.load(str(path)).layers() if L["op"] == "conv2d"]
+        assert sum(k.startswith("dwconv_qu8") for k in kernels) >= 1, kernels
 
 
 def test_engine_dynamic_batch(tmp_path):

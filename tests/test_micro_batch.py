@@ -52,7 +52,8 @@ def mixed_net(values="f32", layout="dense", *, static=True, softmax_axis=1, fixe
 
     x = b.add_input("x", (fixed_batch or -1, CIN, HW, HW))
     a = conv(x, CIN, 16, "a", act=1)
-    d = conv(a, 16, 16, "dw", act=2, groups=16, vals="f32", lay="dense")
+    # int8 runs the depthwise int8 kernels (static) or decodes to f32 (dynamic)
+    d = conv(a, 16, 16, "dw", act=2, groups=16, vals=values if values == "int8_channel" else "f32", lay="dense")
     p = conv(d, 16, 16, "pw", k=1)
     r = b.add_node("add", [p, d], attrs={"activation": 1}, name="add")
     m = b.add_node("max_pool2d", [r], attrs={"kernel": [2, 2], "stride": [2, 2]}, name="pool")

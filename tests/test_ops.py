@@ -166,6 +166,49 @@ def test_conv2d_static_input_quant(case, enc):
     check_threads(outs, exact=True, what=f"conv2d static {case[0]} {enc}")
 
 
+# Depthwise, channel multiplier 1: int8 weights with a static input_quant run dwconv_qu8.
+DW_INT8_CASES = [c for c in CONV_CASES if c[7] == c[1] == c[2] and c[1] > 1] + [
+    ("dw_c40_s2_relu6_b2", 40, 40, (3, 3), (2, 2), (1, 1), (1, 1), 40, True, 2, 11, 10, 2),
+    ("dw_5x5_c17_dil2_b3", 17, 17, (5, 5), (1, 1), (4, 4), (2, 2), 17, True, 0, 8, 9, 3),
+    ("dw_3x3_nopad_c32", 32, 32, (3, 3), (1, 1), (0, 0), (1, 1), 32, False, 1, 6, 7, 1),
+]
+
+
+@pytest.mark.parametrize("case", DW_INT8_CASES, ids=[c[0] for c in DW_INT8_CASES])
+def test_depthwise_int8_static(case):
+    """u8 activations x int8 weights with integer sums (dwconv_qu8): the fake-quantized
+    reference within float rounding, every variant bit-identical to the scalar one at 1-2
+    threads, int8 MACs in the counters, and a NaN input gives a NaN output. Without
+    input_quant, or with a dwconv_f32 kernel forced, the layer keeps the f32 path."""
+    import deepsqueeze
+
+    iq = (0.02, 110.0)
+    data, x, dec = conv_model(case, "int8_channel", input_quant=iq, seed=3)
+    m = load(data)
+    kernel = m.layers()[0]["kernel"]
+    assert kernel.startswith("dwconv_qu8") and "static act quant" in kernel, kernel
+    outs = run_threads(data, x)
+    xin = fake_quant(x, (np.float32(iq[0]), int(iq[1])))
+    check_close(outs[0], conv_ref(xin, dec, case), what=f"depthwise int8 {case[0]}")
+    check_threads(outs, exact=True, what=f"depthwise int8 {case[0]}")
+    ref = load(data, force_kernel="dwconv_qu8_1__scalar").run(x)
+    for k in deepsqueeze.kernels():
+        if k["family"] == "dwconv_qu8" and k["supported"]:
+            for t in (1, 2):
+                assert np.array_equal(load(data, threads=t, force_kernel=k["name"]).run(x), ref), (k["name"], t)
+    (_, cin, cout, kk, *_r), (N, _, OH, OW) = case, ref.shape
+    m.reset_counters()
+    m.run(x)
+    c = m.counters
+    assert c["macs_int8"] == N * OH * OW * cout * kk[0] * kk[1] and c["macs_f32"] == 0
+    bad = x.copy()
+    bad[-1, 0, 1, 1] = np.nan
+    assert np.isnan(load(data, threads=1).run(bad)).all()
+    assert load(data, force_kernel="dwconv_f32_1__scalar").layers()[0]["kernel"].startswith("dwconv_f32")
+    dynamic, _, _ = conv_model(case, "int8_channel", seed=3)
+    assert load(dynamic).layers()[0]["kernel"].startswith("dwconv_f32")
+
+
 def test_conv2d_kernel_names():
     kinds = {}
     for enc in ENCODINGS:

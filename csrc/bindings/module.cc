@@ -13,6 +13,7 @@
 #include "format/file.h"
 #include "format/matrix.h"
 #include "kernels/dwconv_f32/dwconv_f32.h"
+#include "kernels/dwconv_qu8/dwconv_qu8.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -367,6 +368,7 @@ PYBIND11_MODULE(_core, m) {
     for (const auto& k : spmm_f32::all_ukernels()) add("spmm_f32", k.name, k.isa, k.mr, 1);
     for (const auto& k : spmm_qu8::all_ukernels()) add("spmm_qu8", k.name, k.isa, k.mr, 1);
     for (const auto& k : dwconv_f32::all_ukernels()) add("dwconv_f32", k.name, k.isa, 1, 1);
+    for (const auto& k : dwconv_qu8::all_ukernels()) add("dwconv_qu8", k.name, k.isa, 1, 1);
     return out;
   });
 

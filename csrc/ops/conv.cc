@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "format/matrix.h"
 #include "kernels/dwconv_f32/dwconv_f32.h"
+#include "kernels/dwconv_qu8/dwconv_qu8.h"
 #include "kernels/gemm_f32/gemm_f32.h"
 #include "kernels/gemm_q4/gemm_q4.h"
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -24,7 +25,7 @@ using format::Attr;
 using format::Op;
 using format::Values;
 
-enum class Family { kF32, kQu8, kQ4, kDepthwiseF32 };
+enum class Family { kF32, kQu8, kQ4, kDepthwiseF32, kDepthwiseQu8 };
 
 constexpr size_t kRowsPerTask = 256;  // im2col rows per task: keeps the patch block in L2
 constexpr size_t kMaxSlots = 64;      // most scratch slots a layer uses at once
@@ -70,6 +71,11 @@ class ConvLayer : public Layer {
   // Depthwise: weights [kh][kw][cout], bias [cout].
   std::vector<float> dw_weights, dw_bias;
   const dwconv_f32::Ukernel* dw_uk = nullptr;
+  // Depthwise int8 (int8 weights and static input_quant): codes [kh][kw][cout], per channel
+  // the activation scale times the weight scale (bias: dw_bias).
+  std::vector<int8_t> dwq_weights;
+  std::vector<float> dwq_scale;
+  const dwconv_qu8::Ukernel* dwq_uk = nullptr;
   std::string decoded_from;  // depthwise with quantized weights: which encoding
   uint64_t weight_read_bytes = 0;
 
@@ -105,6 +111,8 @@ class ConvLayer : public Layer {
   size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out,
                        size_t threads) const override {
     if (family == Family::kDepthwiseF32) return 0;
+    // the input quantized once (u8; a quantize call pads its row to 4 bytes)
+    if (family == Family::kDepthwiseQu8) return (static_cast<size_t>(in[0].numel()) + 63) / 64 * 64 + 64;
     threads = std::min<size_t>(threads, kMaxSlots);  // task slots, see run_tasks
     const size_t kg = static_cast<size_t>(g.k_group());
     size_t bytes = 0;
@@ -128,7 +136,7 @@ class ConvLayer : public Layer {
   Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
     Cost c = Layer::cost(in, out);
     const uint64_t macs = static_cast<uint64_t>(gemm_rows(out[0])) * g.cout * g.k_group();
-    if (family == Family::kQu8) c.macs_int8 += macs;
+    if (family == Family::kQu8 || family == Family::kDepthwiseQu8) c.macs_int8 += macs;
     else if (family == Family::kQ4) c.macs_int4 += macs;
     else c.macs_f32 += macs;
     c.weight_bytes = weight_read_bytes;
@@ -144,6 +152,8 @@ class ConvLayer : public Layer {
       case Family::kDepthwiseF32:
         return std::string(dw_uk->name) + " nhwc" +
                (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
+      case Family::kDepthwiseQu8:
+        return std::string(dwq_uk->name) + " nhwc (static act quant)";
     }
     if (!g.is_linear && !g.pointwise()) k += implicit_gemm ? " + implicit gemm" : " + im2col";
     if (family == Family::kF32 && !decoded_from.empty()) k += " (weights decoded from " + decoded_from + ")";
@@ -164,12 +174,13 @@ class ConvLayer : public Layer {
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& run_env) const override {
     RunEnv env = run_env;
-    const uint64_t macs = static_cast<uint64_t>(gemm_rows(out_shapes[0])) *
-                          static_cast<uint64_t>(family == Family::kDepthwiseF32 ? 1 : g.cout) *
-                          static_cast<uint64_t>(family == Family::kDepthwiseF32 ? g.cout * g.kh * g.kw : g.k_group());
+    const bool dw = family == Family::kDepthwiseF32 || family == Family::kDepthwiseQu8;
+    const uint64_t macs = static_cast<uint64_t>(gemm_rows(out_shapes[0])) * static_cast<uint64_t>(dw ? 1 : g.cout) *
+                          static_cast<uint64_t>(dw ? g.cout * g.kh * g.kw : g.k_group());
     env.serial = run_env.serial || macs < min_parallel_macs();
     bool residual_done = false;  // the implicit GEMM path adds it row by row, in cache
     if (family == Family::kDepthwiseF32) run_depthwise(in[0], in_shapes[0], out[0], out_shapes[0], env);
+    else if (family == Family::kDepthwiseQu8) run_depthwise_qu8(in[0], in_shapes[0], out[0], out_shapes[0], env);
     else if (family == Family::kF32) run_f32(in[0], in_shapes[0], out[0], out_shapes[0], env);
     else residual_done = run_quantized(in[0], in_shapes[0], out[0], out_shapes[0], env);
     if (env.residual && !residual_done)
@@ -467,10 +478,47 @@ class ConvLayer : public Layer {
       dw_uk->fn(dg, x + n * H * W * C, dw_weights.data(), dw_bias.data(), y + (n * OH + oh) * OW * CO, oh);
     });
   }
+
+  void run_depthwise_qu8(const float* x, const Shape& xs, float* y, const Shape& ys, const RunEnv& env) const {
+    const int64_t N = xs.dims[0], H = xs.dims[2], W = xs.dims[3], C = g.cin;
+    const int64_t OH = ys.dims[2], OW = ys.dims[3];
+    const size_t n_in = static_cast<size_t>(xs.numel());
+    uint8_t* qx = env.scratch;
+    // A non-finite input gives a NaN output, as on the other int8 paths (HARDENING.md).
+    if (!gemm_qu8::quantize(x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) {
+      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
+    const dwconv_qu8::Geometry dg{H, W, C, OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, quant.zero, lo, hi};
+    run_tasks(env, static_cast<size_t>(N * OH), [&](size_t row, size_t) {
+      const int64_t n = static_cast<int64_t>(row) / OH, oh = static_cast<int64_t>(row) % OH;
+      dwq_uk->fn(dg, qx + n * H * W * C, dwq_weights.data(), dwq_scale.data(), dw_bias.data(),
+                 y + (n * OH + oh) * OW * C, oh);
+    });
+  }
 };
 
 [[noreturn]] void bad(const format::Node& n, const std::string& what) {
   throw UnsupportedError("node '" + n.name + "' (" + format::op_name(n.op) + "): " + what);
+}
+
+// The depthwise int8 kernels keep a channel block's taps in registers (dwconv_qu8 kMaxTaps).
+constexpr int64_t kMaxDepthwiseQu8Taps = 25;
+
+// The plain value stream of a dense int8 / int4 weight: the stored bytes, or the
+// Huffman-decoded symbols in `storage` (int4 repacked two per byte).
+const uint8_t* int8_value_bytes(const format::Tensor& wt, std::vector<uint8_t>& storage) {
+  const format::Stream* vs = wt.stream(format::Role::kValues);
+  if (vs->entropy == format::Entropy::kNone) return vs->data;
+  const std::vector<uint8_t> symbols = format::decode_symbols(*vs);
+  if (wt.values == Values::kInt8Channel) {
+    storage = symbols;
+  } else {
+    storage.assign((symbols.size() + 1) / 2, 0);
+    for (size_t i = 0; i < symbols.size(); ++i)
+      storage[i / 2] |= static_cast<uint8_t>((i & 1) ? symbols[i] << 4 : symbols[i] & 0xF);
+  }
+  return storage.data();
 }
 
 // Weights of one group in GEMM order: [cout_g][kh][kw][cin_g] (matches NHWC im2col).
@@ -542,6 +590,39 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   }
   const bool depthwise = !g.is_linear && g.groups > 1 && g.groups == g.cin;
   const std::string& force = options.force_kernel;
+  // Depthwise with int8 weights, a static input_quant and multiplier 1: the int8 kernels
+  // (unless a dwconv_f32 kernel is forced). Other depthwise encodings decode to f32.
+  const format::Stream* dw_scales = wt.stream(format::Role::kScales);
+  if (depthwise && wt.values == Values::kInt8Channel && wt.layout == format::Layout::kDense && layer->static_quant &&
+      g.cout == g.cin && g.kh * g.kw <= kMaxDepthwiseQu8Taps && dw_scales &&
+      dw_scales->entropy == format::Entropy::kNone && force.rfind("dwconv_f32", 0) != 0) {
+    std::vector<uint8_t> storage;
+    const auto* q = reinterpret_cast<const int8_t*>(int8_value_bytes(wt, storage));
+    std::vector<float> scales(static_cast<size_t>(g.cout));
+    std::memcpy(scales.data(), dw_scales->data, scales.size() * 4);
+    bool finite = true;
+    for (float& sc : scales) {
+      sc *= layer->quant.scale;
+      finite = finite && std::isfinite(sc);
+    }
+    if (finite) {
+      layer->family = Family::kDepthwiseQu8;
+      const int64_t taps = g.kh * g.kw;
+      layer->dwq_weights.resize(static_cast<size_t>(g.cout * taps));
+      for (int64_t o = 0; o < g.cout; ++o)
+        for (int64_t i = 0; i < taps; ++i) layer->dwq_weights[i * g.cout + o] = q[o * taps + i];
+      layer->dwq_scale = std::move(scales);
+      layer->dw_bias = bias;
+      layer->dwq_uk = &dwconv_qu8::best_ukernel();
+      if (force.rfind("dwconv_qu8", 0) == 0) {
+        layer->dwq_uk = dwconv_qu8::find_ukernel(force.c_str());
+        if (!layer->dwq_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
+      }
+      layer->weight_read_bytes = layer->dwq_weights.size() + layer->dwq_scale.size() * 4;
+      layer->packed_bytes = layer->weight_read_bytes + layer->dw_bias.size() * 4;
+      return layer;
+    }
+  }
   if (depthwise) {
     layer->family = Family::kDepthwiseF32;
     if (wt.values != Values::kF32 && wt.values != Values::kF16) layer->decoded_from = format::values_name(wt.values);
@@ -571,22 +652,8 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   std::vector<uint8_t> decoded_values;
   const uint8_t* value_bytes = nullptr;
   if (wt.layout == format::Layout::kDense &&
-      (wt.values == Values::kInt8Channel || wt.values == Values::kInt4Group)) {
-    const format::Stream* vs = wt.stream(format::Role::kValues);
-    if (vs->entropy != format::Entropy::kNone) {
-      const std::vector<uint8_t> symbols = format::decode_symbols(*vs);
-      if (wt.values == Values::kInt8Channel) {
-        decoded_values = symbols;
-      } else {
-        decoded_values.assign((symbols.size() + 1) / 2, 0);
-        for (size_t i = 0; i < symbols.size(); ++i)
-          decoded_values[i / 2] |= static_cast<uint8_t>((i & 1) ? symbols[i] << 4 : symbols[i] & 0xF);
-      }
-      value_bytes = decoded_values.data();
-    } else {
-      value_bytes = vs->data;
-    }
-  }
+      (wt.values == Values::kInt8Channel || wt.values == Values::kInt4Group))
+    value_bytes = int8_value_bytes(wt, decoded_values);
   // Encodings without a kernel family of their own yet (grouped dense codebooks,
   // Huffman-coded f32 scales, grouped sparse convolutions) are decoded to f32 at load and run on the
   // dense f32 family.
