@@ -1,7 +1,7 @@
 // Scalar reference and dispatch of the depthwise int8 family.
 #include <cmath>
-#include <cstring>
 
+#include "kernels/common/choose.h"
 #include "kernels/dwconv_qu8/dwconv_qu8.h"
 
 namespace dsq::dwconv_qu8 {
@@ -48,18 +48,8 @@ const std::vector<Ukernel>& all_ukernels() {
   return list;
 }
 
-const Ukernel& best_ukernel() {
-  const Ukernel* b = &all_ukernels().front();
-  for (const Ukernel& uk : all_ukernels())
-    if (isa_supported(uk.isa) && static_cast<int>(uk.isa) > static_cast<int>(b->isa)) b = &uk;
-  return *b;
-}
+const Ukernel& best_ukernel() { return best_supported_ukernel(all_ukernels()); }
 
-const Ukernel* find_ukernel(const char* name) {
-  if (!name) return nullptr;
-  for (const Ukernel& uk : all_ukernels())
-    if (!std::strcmp(uk.name, name)) return isa_supported(uk.isa) ? &uk : nullptr;
-  return nullptr;
-}
+const Ukernel* find_ukernel(const char* name) { return find_supported_ukernel(all_ukernels(), name); }
 
 }  // namespace dsq::dwconv_qu8
