@@ -145,9 +145,17 @@ int run_case(const Ukernel& uk, const Sparse& s, const PackedWeights& pw, bool w
   Guarded guard;
   if (float* g = guard.end_aligned(x_floats)) x = g;
 #endif
+  // Inputs from a pool of random values at a random offset: drawing each one (up to 2.3M
+  // per case for k = 70001) took most of this test's time, minutes under ASan.
+  static const std::vector<float> pool = [] {
+    std::vector<float> p(65521);
+    for (float& v : p) v = urand();
+    return p;
+  }();
+  const size_t offset = rng()() % pool.size();
   for (size_t kk = 0; kk < K; ++kk)
     for (size_t j = 0; j < x_ld && kk * x_ld + j < x_floats; ++j)
-      x[kk * x_ld + j] = j < M ? urand() : kNaN;
+      x[kk * x_ld + j] = j < M ? pool[(offset + kk * x_ld + j) % pool.size()] : kNaN;
   std::vector<float> y(N * y_ld, kSentinel);
   run(uk, pw, M, x, x_ld * sizeof(float), y.data(), y_ld * sizeof(float), n_begin, n_end, cl.lo,
       cl.hi);
@@ -214,6 +222,15 @@ const ValueKind kValueKinds[] = {
 };
 
 void test_kernels() {
+  // The matrices, drawn once and shared by every variant (drawing the 70001-column shape
+  // per variant took most of this test's time, minutes under ASan).
+  constexpr size_t kShapeCount = sizeof(kShapes) / sizeof(kShapes[0]);
+  constexpr size_t kKindCount = sizeof(kValueKinds) / sizeof(kValueKinds[0]);
+  std::vector<Sparse> matrices;
+  for (const ValueKind& vk : kValueKinds)
+    for (const Shape& sh : kShapes)
+      matrices.push_back(make_sparse(sh.n, sh.k, sh.density, sh.empty_every, vk.codebook, vk.bits, vk.per_row));
+  static_assert(kShapeCount > 0 && kKindCount > 0, "cases");
   for (const Ukernel& uk : all_ukernels()) {
     if (!isa_supported(uk.isa)) {
       std::printf("skip %s (not supported here)\n", uk.name);
@@ -228,11 +245,12 @@ void test_kernels() {
       for (size_t M : {size_t(1), size_t(2), uk.mr - 1, uk.mr, uk.mr + 1, size_t(67)})
         if (M && std::find(Ms.begin(), Ms.end(), M) == Ms.end()) Ms.push_back(M);
     }
-    for (const ValueKind& vk : kValueKinds) {
+    for (size_t vi = 0; vi < kKindCount; ++vi) {
+      const ValueKind& vk = kValueKinds[vi];
       if (vk.codebook != uk.codebook) continue;
-      for (const Shape& sh : kShapes) {
-        const Sparse s = make_sparse(sh.n, sh.k, sh.density, sh.empty_every, vk.codebook,
-                                     vk.bits, vk.per_row);
+      for (size_t si = 0; si < kShapeCount; ++si) {
+        const Shape& sh = kShapes[si];
+        const Sparse& s = matrices[vi * kShapeCount + si];
         for (int b = 0; b < 2; ++b) {
           const PackedWeights pw = pack_sparse(s, b != 0);
           if (!compatible(uk, pw, 1 /* m checked below */) && !compatible(uk, pw, 2)) continue;
