@@ -191,7 +191,7 @@ uint8_t naive_quant(float x, QuantParams p) {
 void test_quantize() {
   const size_t ks[] = {1, 3, 4, 5, 15, 16, 17, 31, 33, 64, 577};
   for (size_t k : ks) {
-    for (int variant = 0; variant < 6; ++variant) {
+    for (int variant = 0; variant < 7; ++variant) {
       const size_t m = 5;
       const size_t x_stride = (k + 3) * sizeof(float);
       const size_t kp = padded_k(k);
@@ -207,12 +207,13 @@ void test_quantize() {
       } else if (variant == 1) {
         // Values beyond the range, huge and infinite.
         p = {0.01f, 7};
+        // 3e38 / 0.01 overflows to Inf from a finite x: still a finite input.
         const float specials[] = {1e30f, -1e30f, std::numeric_limits<float>::infinity(),
                                   -std::numeric_limits<float>::infinity(), 3e9f, -3e9f,
-                                  2.545f, -0.075f, 0.0f, -0.0f};
+                                  2.545f, -0.075f, 0.0f, -0.0f, 3e38f, -3e38f};
         for (size_t i = 0; i < m; ++i)
           for (size_t j = 0; j < k; ++j)
-            x[i * (k + 3) + j] = rand_int(0, 2) ? specials[rand_int(0, 9)] : rand_float(-3, 3);
+            x[i * (k + 3) + j] = rand_int(0, 2) ? specials[rand_int(0, 11)] : rand_float(-3, 3);
       } else if (variant == 4) {
         // Near ties with a scale that is not a power of two (the SIMD code multiplies by
         // 1 / scale and must divide these): x = (j + 0.5) * scale rounded, and 1-2 ulp off.
@@ -230,6 +231,11 @@ void test_quantize() {
         p = {scales[rand_int(0, 8)], rand_int(0, 255)};
         for (size_t i = 0; i < m; ++i)
           for (size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = rand_float(-300.0f, 300.0f) * p.scale;
+      } else if (variant == 6) {
+        // Finite values whose product with 1 / scale overflows: finite input, 0 or 255.
+        p = {0.01f, 9};
+        for (size_t i = 0; i < m; ++i)
+          for (size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = rand_int(0, 1) ? 3.3e38f : -3.3e38f;
       } else if (variant == 3) {
         // One NaN anywhere (vector body or scalar tail): quantize must report it.
         p = {0.02f, 128};
