@@ -168,6 +168,10 @@ int main(int argc, char** argv) {
                   (unsigned long long)model->weight_memory(), decode == dsq::rt::Decode::kStream ? "stream" : "load",
                   (unsigned long long)(c.total.skipped_macs / c.runs),
                   (unsigned long long)(c.total.huffman_symbols / c.runs));
+      if (plan.slice_count)  // micro-batched (DSQ_MICRO_BATCH sets the slice size)
+        std::printf("micro-batched: %lld slices of %lld-%lld samples, %zu at once\n", (long long)plan.slice_count,
+                    (long long)plan.slice_rows, (long long)(plan.slice_rows + (plan.slice_larger ? 1 : 0)),
+                    plan.slice_slots);
     }
     model->release_context(std::move(ctx));
   } catch (const dsq::FormatError& e) {
