@@ -502,12 +502,9 @@ class ConvLayer : public Layer {
   throw UnsupportedError("node '" + n.name + "' (" + format::op_name(n.op) + "): " + what);
 }
 
-// The depthwise int8 kernels keep a channel block's taps in registers (dwconv_qu8 kMaxTaps).
-constexpr int64_t kMaxDepthwiseQu8Taps = 25;
-
 // The plain value stream of a dense int8 / int4 weight: the stored bytes, or the
 // Huffman-decoded symbols in `storage` (int4 repacked two per byte).
-const uint8_t* int8_value_bytes(const format::Tensor& wt, std::vector<uint8_t>& storage) {
+const uint8_t* integer_value_bytes(const format::Tensor& wt, std::vector<uint8_t>& storage) {
   const format::Stream* vs = wt.stream(format::Role::kValues);
   if (vs->entropy == format::Entropy::kNone) return vs->data;
   const std::vector<uint8_t> symbols = format::decode_symbols(*vs);
@@ -594,10 +591,10 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   // (unless a dwconv_f32 kernel is forced). Other depthwise encodings decode to f32.
   const format::Stream* dw_scales = wt.stream(format::Role::kScales);
   if (depthwise && wt.values == Values::kInt8Channel && wt.layout == format::Layout::kDense && layer->static_quant &&
-      g.cout == g.cin && g.kh * g.kw <= kMaxDepthwiseQu8Taps && dw_scales &&
+      g.cout == g.cin && g.kh * g.kw <= dwconv_qu8::kMaxTaps && dw_scales &&
       dw_scales->entropy == format::Entropy::kNone && force.rfind("dwconv_f32", 0) != 0) {
     std::vector<uint8_t> storage;
-    const auto* q = reinterpret_cast<const int8_t*>(int8_value_bytes(wt, storage));
+    const auto* q = reinterpret_cast<const int8_t*>(integer_value_bytes(wt, storage));
     std::vector<float> scales(static_cast<size_t>(g.cout));
     std::memcpy(scales.data(), dw_scales->data, scales.size() * 4);
     bool finite = true;
@@ -653,7 +650,7 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
   const uint8_t* value_bytes = nullptr;
   if (wt.layout == format::Layout::kDense &&
       (wt.values == Values::kInt8Channel || wt.values == Values::kInt4Group))
-    value_bytes = int8_value_bytes(wt, decoded_values);
+    value_bytes = integer_value_bytes(wt, decoded_values);
   // Encodings without a kernel family of their own yet (grouped dense codebooks,
   // Huffman-coded f32 scales, grouped sparse convolutions) are decoded to f32 at load and run on the
   // dense f32 family.

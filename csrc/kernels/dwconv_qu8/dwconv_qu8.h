@@ -14,6 +14,10 @@
 
 namespace dsq::dwconv_qu8 {
 
+// The most taps (kh * kw) a layer runs on this family: the SIMD variants keep a channel
+// block's taps in registers, and the int32 sums stay far from overflow.
+constexpr int64_t kMaxTaps = 25;
+
 struct Geometry {
   int64_t H, W, C;  // input height, width, channels (= output channels)
   int64_t OW;       // output width

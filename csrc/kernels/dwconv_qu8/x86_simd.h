@@ -12,7 +12,6 @@ namespace dsq::dwconv_qu8 {
 // vpmaddwd: a u8 activation zero-extended to 32 bits times an int8 weight sign-extended to
 // 32 bits is x * w in the low 16-bit half plus 0 * (0 or -1) in the high one. Bigger
 // kernels and the channel tail go to the scalar code.
-constexpr int64_t kMaxTaps = 25;
 
 template <typename Vec>
 inline void row_kernel(const Geometry& g, const uint8_t* x, const int8_t* w, const float* scale, const float* bias,
