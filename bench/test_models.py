@@ -191,6 +191,10 @@ def test_model(benchmark, name, batch, threads, lib, enc):
     if lib == OURS and threads == 1:
         info["paired_vs_torch_f32"], info["paired_rounds"] = paired_ratio(
             fn, peer_runner(name, "torch:f32", threads)[0], x)
+        if enc in ("dc", "dc_int8"):  # the Deep Compression goal: at least as fast as int8
+            ref = our_model(name, "int8")
+            ref.threads = threads
+            info["paired_vs_int8"], _ = paired_ratio(fn, ref.run, x)
     info.update({"MACs": int(macs), "energy_J": energy,
                  "GFLOP/s_effective": round(2.0 * info["dense_MACs"] / med / 1e9, 3),
                  "GFLOP/s_real": round(2.0 * macs / med / 1e9, 3)})
