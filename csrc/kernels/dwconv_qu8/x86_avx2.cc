@@ -1,7 +1,7 @@
 // AVX2 depthwise int8 row kernel (8 channels per vector).
 #include <immintrin.h>
 
-#include "kernels/dwconv_qu8/x86_simd.h"
+#include "kernels/dwconv_qu8/row_kernel.h"
 
 namespace dsq::dwconv_qu8 {
 

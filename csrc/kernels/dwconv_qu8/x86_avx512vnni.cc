@@ -1,6 +1,6 @@
 // AVX-512 VNNI depthwise int8 row kernel (16 channels per vector, vpdpwssd per tap).
 #include "kernels/dwconv_qu8/x86_avx512_vec.h"
-#include "kernels/dwconv_qu8/x86_simd.h"
+#include "kernels/dwconv_qu8/row_kernel.h"
 
 namespace dsq::dwconv_qu8 {
 
