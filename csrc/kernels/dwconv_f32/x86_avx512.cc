@@ -1,7 +1,7 @@
 // AVX-512 depthwise f32 row kernel (16 channels per vector, masked tail).
 #include <immintrin.h>
 
-#include "kernels/dwconv_f32/x86_simd.h"
+#include "kernels/dwconv_f32/row_kernel.h"
 
 namespace dsq::dwconv_f32 {
 

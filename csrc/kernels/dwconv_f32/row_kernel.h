@@ -1,5 +1,5 @@
-// The depthwise row kernel written once over a vector type (AVX2 8 lanes / AVX-512 16
-// lanes); included by x86_avx2.cc and x86_avx512.cc with their Vec.
+// The depthwise row kernel written once over a vector type (AVX2 8 lanes, AVX-512 16
+// lanes, aarch64 NEON 4 lanes); included by the per-ISA files with their Vec.
 #pragma once
 #include <cstdint>
 
