@@ -1,8 +1,10 @@
-// aarch64 NEON depthwise int8 row kernel (8 channels per step, two int32x4 halves).
-// Compiled into dsq_isa_neon; ARMv7 keeps the scalar kernel: its NEON has no fused
-// multiply-add and flushes denormals, so the epilogue could not match std::fma.
-#if DSQ_ARM64
+// NEON depthwise int8 row kernel (aarch64 and ARMv7-A; 8 channels per step, two int32x4
+// halves), compiled into dsq_isa_neon. The integer sums are exact on both. The epilogue is
+// fused vfmaq_f32 on aarch64; ARMv7 NEON has no fused multiply-add and flushes
+// denormals, so there it runs per lane in scalar code (std::fma, as the reference).
 #include <arm_neon.h>
+
+#include <cmath>
 
 #include "kernels/dwconv_qu8/row_kernel.h"
 
@@ -38,10 +40,28 @@ struct NeonVec {
     vst1q_f32(p + 4, v.hi);
   }
   static FReg fset1(float v) { return {vdupq_n_f32(v), vdupq_n_f32(v)}; }
+#if DSQ_ARM64
   static FReg fma(FReg a, FReg b, FReg c) { return {vfmaq_f32(c.lo, a.lo, b.lo), vfmaq_f32(c.hi, a.hi, b.hi)}; }
   // The clamped values are never NaN here (integer sums, finite scales and biases).
   static FReg fmax(FReg a, FReg b) { return {vmaxq_f32(a.lo, b.lo), vmaxq_f32(a.hi, b.hi)}; }
   static FReg fmin(FReg a, FReg b) { return {vminq_f32(a.lo, b.lo), vminq_f32(a.hi, b.hi)}; }
+#else
+  // Per lane in VFP code: NEON would flush a denormal result to zero.
+  template <typename Op>
+  static FReg lanes(FReg a, FReg b, FReg c, Op op) {
+    float av[8], bv[8], cv[8];
+    fstore(av, a);
+    fstore(bv, b);
+    fstore(cv, c);
+    for (int i = 0; i < 8; ++i) cv[i] = op(av[i], bv[i], cv[i]);
+    return fload(cv);
+  }
+  static FReg fma(FReg a, FReg b, FReg c) {
+    return lanes(a, b, c, [](float x, float y, float z) { return std::fma(x, y, z); });
+  }
+  static FReg fmax(FReg a, FReg b) { return lanes(a, b, b, [](float x, float y, float) { return x > y ? x : y; }); }
+  static FReg fmin(FReg a, FReg b) { return lanes(a, b, b, [](float x, float y, float) { return x < y ? x : y; }); }
+#endif
 };
 }  // namespace
 
@@ -51,4 +71,3 @@ void dwconv_qu8_8__neon(const Geometry& g, const uint8_t* x, const int8_t* w, co
 }
 
 }  // namespace dsq::dwconv_qu8
-#endif  // DSQ_ARM64
