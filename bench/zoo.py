@@ -288,8 +288,9 @@ def variant_model(name: str, encoding: str):
             return net, "auto"
         share_weights(net, DC_INT8_CONV_BITS, DC_INT8_FC_BITS)
         torch = _torch()
-        sparse_int8 = {"values": "int8", "layout": "csr_relative", "index_bits": 4, "huffman": "auto",
-                       "int8_scale": "tensor"}
+        from deepsqueeze.convert.recipes import SPARSE_INT8
+
+        sparse_int8 = dict(SPARSE_INT8, int8_scale="tensor")  # the recipe's values="int8_shared"
         # Depthwise convs (dense kernel only) store int8 per channel, as in the int8 file.
         return net, {n: (sparse_int8 if isinstance(m, torch.nn.Linear) or m.groups == 1 else "int8")
                      for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
