@@ -92,6 +92,12 @@ def _u32(values) -> np.ndarray:
     return np.asarray(values, dtype="<u4").view(np.uint8)
 
 
+def _row_ptr(t: F.Tensor, values) -> F.Tensor:
+    """Sets the row_ptr stream's elements (u16 or u32, as the writer chose)."""
+    dtype = "<u2" if t.streams[0].elem_type == "u16" else "<u4"
+    return _set(t, 0, data=np.asarray(values, dtype=dtype).view(np.uint8))
+
+
 def _tensor(layout, values="f32", huffman=False, m=None, **kw):
     if m is None:
         m = np.zeros((4, 10), np.float32)
@@ -111,7 +117,12 @@ def _set(t: F.Tensor, k: int, **changes) -> F.Tensor:
 def _huffman_lengths_kraft(t: F.Tensor, k: int) -> F.Tensor:
     data = np.array(t.streams[k].data, dtype=np.uint8)
     alphabet = int(struct.unpack_from("<H", data.tobytes(), 2)[0])
-    data[12:12 + alphabet] = 1  # every symbol a 1-bit code: Kraft sum alphabet/2 > 1
+    if data[1] == 0:
+        data[12:12 + alphabet] = 1  # every symbol a 1-bit code: Kraft sum alphabet/2 > 1
+    else:  # sparse form (1.2): every listed symbol a 1-bit code
+        listed = int(data[12]) + 1
+        assert listed > 2
+        data[14:13 + 2 * listed:2] = 1
     return _set(t, k, data=data)
 
 
@@ -123,11 +134,13 @@ def corruptions() -> List[Tuple[str, Callable[[], bytes], str, Tuple[str, ...]]]
         cases.append((name, lambda: raw_bytes(one_tensor_file(make_tensor())), section, facts))
 
     add("row_ptr_decreasing", "PAYLOAD", ("row_ptr", "decreases"),
-        lambda: _set(_tensor("csr"), 0, data=_u32([0, 2, 1, 5, 6])))
+        lambda: _row_ptr(_tensor("csr"), [0, 2, 1, 5, 6]))
     add("row_ptr_first_nonzero", "PAYLOAD", ("row_ptr[0]",),
-        lambda: _set(_tensor("csr"), 0, data=_u32([1, 2, 2, 5, 6])))
+        lambda: _row_ptr(_tensor("csr"), [1, 2, 2, 5, 6]))
     add("row_ptr_last_not_nnz", "PAYLOAD", ("row_ptr[4]", "6 entries"),
-        lambda: _set(_tensor("csr"), 0, data=_u32([0, 2, 2, 5, 5])))
+        lambda: _row_ptr(_tensor("csr"), [0, 2, 2, 5, 5]))
+    add("row_ptr_u32_decreasing", "PAYLOAD", ("row_ptr", "decreases at 2"),
+        lambda: _set(_tensor("csr"), 0, elem_type="u32", data=_u32([0, 2, 1, 5, 6])))
     add("col_out_of_range", "PAYLOAD", ("col_idx", "10 >= 10"),
         lambda: _set(_tensor("csr"), 1, data=np.asarray([1, 5, 0, 3, 10, 7], "<u2").view(np.uint8)))
     add("col_not_increasing", "PAYLOAD", ("col_idx", "not above"),
@@ -174,16 +187,27 @@ def corruptions() -> List[Tuple[str, Callable[[], bytes], str, Tuple[str, ...]]]
     add("missing_row_ptr", "TENSORS", ("role",),
         lambda: _set(_tensor("csr"), 0, role="scales"))
 
-    def as_10(tensor_maker, patch_at):
+    def as_minor(tensor_maker, minor):
         def make():
             b = bytearray(raw_bytes(one_tensor_file(tensor_maker())))
-            b[6:8] = b"\0\0"  # mark the file 1.0 (CRC of the header fixed below)
+            b[6:8] = struct.pack("<H", minor)  # mark the file 1.<minor> (CRC of the header fixed below)
             b[28:32] = b"\0\0\0\0"
             b[28:32] = struct.pack("<I", F.crc32c(bytes(b[:64])))
             return bytes(b)
         return make
 
-    cases.append(("csr_in_a_1_0_file", as_10(lambda: _tensor("csr"), 0), "TENSORS", ("needs format 1.1",)))
+    cases.append(("csr_in_a_1_0_file", as_minor(lambda: _set(_tensor("csr"), 0, elem_type="u32",
+                                                                data=_u32([0, 2, 2, 5, 6])), 0),
+                  "TENSORS", ("needs format 1.1",)))
+    # The codes of 1.2 in a file that says 1.1.
+    cases.append(("u16_row_ptr_in_a_1_1_file", as_minor(lambda: _tensor("csr"), 1), "TENSORS",
+                  ("stream 0", "elem_type 6 (u16), expected 7 (u32)")))
+    cases.append(("one_int8_scale_in_a_1_1_file",
+                  as_minor(lambda: _tensor("dense", "int8_channel", int8_scale="tensor"), 1), "TENSORS",
+                  ("stream 1", "count 1 but the tensor needs 4")))
+    sparse_lengths = lambda: _tensor("dense", "int8_channel", True, m=np.arange(-60, 60, dtype=np.float32).reshape(4, 30))
+    cases.append(("sparse_huffman_lengths_in_a_1_1_file", as_minor(sparse_lengths, 1), "PAYLOAD",
+                  ("lengths_form 1", "need 1.2")))
     return cases
 
 

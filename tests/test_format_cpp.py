@@ -252,7 +252,7 @@ def test_wrong_magic(good):
     expect_error(b"GIF89a" + b"\0" * 100, "header", "magic", offset_range=(0, 4))
 
 
-@pytest.mark.parametrize("major,minor,fact", [(2, 0, "2.0"), (0, 0, "0.0"), (1, 2, "1.2"), (1, 65535, "1.65535"),
+@pytest.mark.parametrize("major,minor,fact", [(2, 0, "2.0"), (0, 0, "0.0"), (1, 3, "1.3"), (1, 65535, "1.65535"),
                                               (65535, 0, "65535")])
 def test_version(good, major, minor, fact):
     bad = patch(patch(good, 4, "<H", major), 6, "<H", minor)

@@ -351,9 +351,10 @@ def test_versions_and_flags(sample):
     e = expect_error(fix_crcs(patch(b, 4, "<H", 2)), "header", "version")
     assert e.offset == 4
     expect_error(patch(b, 4, "<H", 2), "header", "version")  # before the CRC check
-    e = expect_error(fix_crcs(patch(b, 6, "<H", 2)), "header", "version")
+    e = expect_error(fix_crcs(patch(b, 6, "<H", 3)), "header", "version")
     assert e.offset == 6
-    F.from_bytes(fix_crcs(patch(b, 6, "<H", 1)))  # a 1.1 reader reads a 1.0 file marked 1.1
+    F.from_bytes(fix_crcs(patch(b, 6, "<H", 1)))  # a 1.2 reader reads a 1.0 file marked 1.1
+    F.from_bytes(fix_crcs(patch(b, 6, "<H", 2)))  # or 1.2
     e = expect_error(fix_crcs(patch(b, 8, "<I", 1 << 7)), "header", "flags")
     assert e.offset == 8
     e = expect_error(fix_crcs(patch(b, 12, "<I", 5)), "header", "section_count")
@@ -632,7 +633,10 @@ def test_11_every_encoding_round_trips_exactly(mat):
         f = one_tensor_file(t)
         data = F.to_bytes(f)
         uses_11 = kw["layout"] != "dense" or kw["values"] == "codebook" or t.entropy == "huffman"
-        assert struct.unpack_from("<H", data, 6)[0] == (1 if uses_11 else 0), tag
+        uses_12 = any((s.role == "row_ptr" and s.elem_type == "u16")
+                      or (s.entropy == "huffman" and int(np.asarray(s.data)[1]) == 1) for s in t.streams)
+        assert struct.unpack_from("<H", data, 6)[0] == (2 if uses_12 else 1 if uses_11 else 0), tag
+        assert uses_12 == (kw["layout"] != "dense" or F.tensor_minor(t) == 2), tag
         g = F.from_bytes(data)
         got = decode_tensor(g.tensors[0])
         assert got.dtype == np.float32 and got.shape == m.shape, tag
@@ -653,14 +657,43 @@ def test_11_version_only_when_needed():
     m = MATS["empty_rows"]
     for values in ("f32", "f16", "int8_channel", "int4_group"):
         assert F.to_bytes(one_tensor_file(encode_tensor("w", m, values=values, group_size=8)))[6] == 0
-    assert F.to_bytes(one_tensor_file(encode_tensor("w", m, values="int8_channel", huffman=True)))[6] == 1
+    # int4 Huffman (alphabet 16): the dense code lengths are the shorter form -> 1.1
+    assert F.to_bytes(one_tensor_file(encode_tensor("w", m, values="int4_group", group_size=8, huffman=True)))[6] == 1
+    # int8 Huffman (alphabet 256, 15 symbols): sparse code lengths -> 1.2
+    assert F.to_bytes(one_tensor_file(encode_tensor("w", m, values="int8_channel", huffman=True)))[6] == 2
+    assert F.to_bytes(one_tensor_file(encode_tensor("w", m, layout="csr")))[6] == 2  # u16 row_ptr
+    one = encode_tensor("w", m, values="int8_channel", int8_scale="tensor")
+    assert F.to_bytes(one_tensor_file(one))[6] == 2 and one.streams[1].count == 1
+    row = encode_tensor("w", m[:1], values="int8_channel", int8_scale="tensor")  # one row: 1.0
+    assert F.to_bytes(one_tensor_file(row))[6] == 0
+
+
+def test_12_row_ptr_width_and_single_scale():
+    """u16 row_ptr exactly while the entry count fits; one int8 scale decodes like the
+    per-row ones it replaces."""
+    m = np.zeros((3, 70000), np.float32)
+    m[0, :65535] = 1
+    t = encode_tensor("w", m, layout="csr")
+    assert t.streams[0].elem_type == "u16" and t.streams[1].count == 65535
+    m[2, 5] = 2
+    t = encode_tensor("w", m, layout="csr")
+    assert t.streams[0].elem_type == "u32" and t.streams[1].count == 65536
+    assert np.array_equal(decode_tensor(F.from_bytes(F.to_bytes(one_tensor_file(t))).tensors[0]), m)
+    w = np.random.default_rng(3).standard_normal((6, 20)).astype(np.float32)
+    per_row = encode_tensor("w", w, values="int8_channel", int8_scale="tensor", layout="csr_relative")
+    assert per_row.streams[-1].count == 1
+    scale = np.frombuffer(per_row.streams[-1].data.tobytes(), "<f4")[0]
+    assert scale == np.float32(np.abs(w).max() / 127)
+    got = decode_tensor(F.from_bytes(F.to_bytes(one_tensor_file(per_row))).tensors[0])
+    np.testing.assert_array_equal(got, np.clip(np.rint(w / np.float64(scale)), -127, 127).astype(np.float32) * scale)
 
 
 def test_11_csr_structure():
     m = MATS["empty_rows"]
     t = encode_tensor("w", m, layout="csr")
     assert [s.role for s in t.streams] == ["row_ptr", "col_idx", "values"]
-    row_ptr = np.frombuffer(t.streams[0].data.tobytes(), "<u4")
+    assert t.streams[0].elem_type == "u16"
+    row_ptr = np.frombuffer(t.streams[0].data.tobytes(), "<u2")
     assert row_ptr[0] == 0 and row_ptr[-1] == np.count_nonzero(m)
     assert np.array_equal(np.diff(row_ptr), np.count_nonzero(m, axis=1))
     assert t.streams[1].elem_type == "u16"
@@ -763,7 +796,7 @@ def test_11_corrupt_files(name, make, section, facts):
 
 
 def test_11_writer_refuses_bad_content():
-    from format11_cases import _set, _tensor, _u32
-    t = _set(_tensor("csr"), 0, data=_u32([0, 2, 1, 5, 6]))
+    from format11_cases import _row_ptr, _tensor
+    t = _row_ptr(_tensor("csr"), [0, 2, 1, 5, 6])
     with pytest.raises(ValueError, match="decreases"):
         F.to_bytes(one_tensor_file(t))

@@ -14,6 +14,7 @@ import pytest
 
 import deepsqueeze
 from deepsqueeze import _core
+from deepsqueeze import format as F
 from deepsqueeze.builder import GraphBuilder
 from deepsqueeze import format as F
 
@@ -52,7 +53,26 @@ def test_golden_set_covers_every_encoding_and_version_1_0():
         for values in ("f32", "f16", "int8_channel", "int4_group", "codebook"):
             assert f"{layout}-{values}" in names and f"{layout}-{values}-huffman" in names, (layout, values)
     minors = {struct.unpack_from("<H", p.read_bytes(), 6)[0] for p in GOLDEN_FILES}
-    assert minors == {0, 1}, f"golden files should include format 1.0 and 1.1 files, have 1.{minors}"
+    assert minors == {0, 1, 2}, f"golden files should include format 1.0, 1.1 and 1.2 files, have 1.{minors}"
+
+
+def test_golden_set_covers_every_1_2_code():
+    """Each code 1.2 adds appears in a golden file, and only the v1.2-* files are 1.2."""
+    seen = set()
+    for p in GOLDEN_FILES:
+        f = F.read(p)
+        minor = struct.unpack_from("<H", p.read_bytes(), 6)[0]
+        assert (minor == 2) == p.stem.startswith("v1.2-"), p.stem
+        for t in f.tensors:
+            rows = F.tensor_matrix_shape(t.dims)[0]
+            for s in t.streams:
+                if s.role == "row_ptr" and s.elem_type == "u16":
+                    seen.add("u16 row_ptr")
+                if s.role == "scales" and t.values == "int8_channel" and s.count == 1 and rows > 1:
+                    seen.add("one int8 scale")
+                if s.entropy == "huffman" and int(np.asarray(s.data)[1]) == 1:
+                    seen.add("sparse Huffman lengths")
+    assert seen == {"u16 row_ptr", "one int8 scale", "sparse Huffman lengths"}, seen
 
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)

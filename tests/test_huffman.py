@@ -50,7 +50,15 @@ GOLDEN_HEX = (
     "00000000000000009a000000000000001201000000000000a00100000000000026020000000000009ad0650b8dfdaf6b"
     "943c2738729e739b3bd24b0dea20845d5b09a15425a657a577ca055ce64ea764f1f39c44452586be8ecf2ec496ec8612"
     "b79dd58cdcda68ee21c47906c105a91bb1000aea98e700")
+# The same stream with its 9 present symbols' lengths in the sparse form (format 1.2),
+# which the encoder picks because it is shorter (32 bytes of lengths instead of 48).
+GOLDEN_SPARSE_HEX = (
+    "060120004000000005000000080001010202030305040505060606070608060000000000000000009a000000000000001201"
+    "000000000000a00100000000000026020000000000009ad0650b8dfdaf6b943c2738729e739b3bd24b0dea20845d5b09a154"
+    "25a657a577ca055ce64ea764f1f39c44452586be8ecf2ec496ec8612b79dd58cdcda68ee21c47906c105a91bb1000aea98e700")
 HAND_HEX = "0f00030040000000010000000102020000000000000000002c"
+# counts {2, 1, 1} of alphabet 256: listed 3 -> (0, 1) (1, 2) (2, 2), padded to 24 bytes
+HAND_SPARSE_HEX = "0f010001400000000100000002000101020202000000000000000000000000002c"
 
 
 def fib(k: int):
@@ -136,9 +144,12 @@ def test_hand_example():
 
 def test_golden_stream_shared_with_cpp():
     sym = golden_symbols(300, 32)
-    st = H.encode(sym, 32, max_len=6, chunk_symbols=64)
+    st = H.encode(sym, 32, max_len=6, chunk_symbols=64, lengths_form=0)
     assert st.hex() == GOLDEN_HEX  # also checked against dsq::huffman::encode in C++
     np.testing.assert_array_equal(H.decode(bytes.fromhex(GOLDEN_HEX), 300, 32), sym)
+    st = H.encode(sym, 32, max_len=6, chunk_symbols=64)
+    assert st.hex() == GOLDEN_SPARSE_HEX  # likewise
+    np.testing.assert_array_equal(H.decode(st, 300, 32), sym)
     assert H.code_lengths(sym, 32, 6).max() == 6  # the cap binds (unlimited Huffman: 8)
 
 
@@ -149,6 +160,9 @@ def test_one_symbol_alphabet(n):
     assert st[12] == 1
     assert len(st) == 16 + 8 * (-(-n // 4096)) + (n + 7) // 8
     st = round_trip(np.full(n, 77, np.uint8), 256, chunk_symbols=64)
+    assert list(st[1:2] + st[12:15]) == [1, 0, 77 if n else 0, 1]  # sparse: one symbol listed
+    assert len(st) == 16 + 8 * (-(-n // 64)) + (n + 7) // 8
+    st = H.encode(np.full(n, 77, np.uint8), 256, chunk_symbols=64, lengths_form=0)
     lengths = np.frombuffer(st, np.uint8, 256, 12)
     assert np.flatnonzero(lengths).tolist() == [77 if n else 0] and lengths.max() == 1
 
@@ -198,9 +212,12 @@ def test_streams_ending_mid_byte():
         a = int(rng.integers(1, 257))
         sym = random_symbols(int(rng.integers(0, 3000)), a, t % 3, rng)
         st = round_trip(sym, a, chunk_symbols=64)
-        bits = int(np.sum(np.frombuffer(st, np.uint8, a, 12)[sym].astype(np.int64)))
+        lengths = H.parse(st, sym.size, a).lengths
+        bits = int(np.sum(lengths[sym].astype(np.int64)))
         assert bits == H.coded_bits(sym, a)
-        assert len(st) == ((12 + a + 7) & ~7) + 8 * (-(-sym.size // 64)) + (bits + 7) // 8
+        present = int(np.count_nonzero(lengths))
+        head = H.lengths_nbytes(a, present, H.lengths_form_for(a, present))
+        assert len(st) == head + 8 * (-(-sym.size // 64)) + (bits + 7) // 8
 
 
 @pytest.mark.parametrize("alphabet", [2, 3, 5, 16, 17, 32, 100, 256])
@@ -297,7 +314,7 @@ def test_truncated(good, keep):
 CORRUPTIONS = {
     "max_len 0": (lambda b: b.__setitem__(0, 0), "at byte 0: max_len 0"),
     "max_len 16": (lambda b: b.__setitem__(0, 16), "at byte 0"),
-    "reserved": (lambda b: b.__setitem__(1, 1), "at byte 1: reserved"),
+    "lengths_form 2": (lambda b: b.__setitem__(1, 2), "at byte 1: lengths_form 2 unknown"),
     "chunk_symbols 100": (lambda b: b.__setitem__(4, 100), "at byte 4"),
     "chunk_symbols 32": (lambda b: b.__setitem__(4, 32), "at byte 4"),
     "zero lengths": (lambda b: b.__setitem__(slice(12, 44), bytes(32)), "no symbol has a code length"),
@@ -412,6 +429,7 @@ def test_core_decode_matches_python(case):
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, sym)
     np.testing.assert_array_equal(H.decode(bytes(_core.huffman_encode(sym, a, ml, cs)), sym.size, a), sym)
+    assert bytes(_core.huffman_encode(sym, a, ml, cs)) == st  # the same form and bytes
     if sym.size:  # a corrupted stream is rejected by both
         bad = bytearray(st)
         bad[12:12 + a] = bytes(a)
@@ -419,3 +437,85 @@ def test_core_decode_matches_python(case):
             _core.huffman_decode(bytes(bad), sym.size, a)
         with pytest.raises(ValueError):
             H.decode(bytes(bad), sym.size, a)
+
+
+# --------------------------------------------------------------------------- sparse lengths (1.2)
+@pytest.mark.parametrize("alphabet,distinct", [(256, 1), (256, 16), (256, 125), (256, 126), (256, 256),
+                                               (16, 1), (16, 2), (16, 16), (4, 1), (64, 20), (64, 30)])
+def test_sparse_lengths_form(alphabet, distinct):
+    i = np.arange(5000)
+    sym = (alphabet - distinct + np.where(i % (2 * distinct) < distinct, i % distinct, 0)).astype(np.uint8)
+    dense = H.encode(sym, alphabet, chunk_symbols=256, lengths_form=0)
+    sparse = H.encode(sym, alphabet, chunk_symbols=256, lengths_form=1)
+    chosen = round_trip(sym, alphabet, chunk_symbols=256)
+    assert (dense[1], sparse[1]) == (0, 1)
+    assert len(sparse) - len(dense) == H.lengths_nbytes(alphabet, distinct, 1) - H.lengths_nbytes(alphabet, distinct, 0)
+    assert chosen == (sparse if len(sparse) < len(dense) else dense)
+    np.testing.assert_array_equal(H.decode(sparse, sym.size, alphabet), sym)
+    np.testing.assert_array_equal(H.parse(sparse, sym.size, alphabet).lengths,
+                                  H.parse(dense, sym.size, alphabet).lengths)
+    # the choice: sparse while 13 + 2 * present, padded, is below the padded dense table
+    assert H.lengths_form_for(256, 125) == 1 and H.lengths_form_for(256, 126) == 0
+    assert H.lengths_form_for(4, 1) == 0 and H.lengths_form_for(256, 16) == 1
+
+
+def test_sparse_hand_example():
+    st = H.encode([0, 0, 1, 2], 256, chunk_symbols=64)
+    assert st.hex() == HAND_SPARSE_HEX  # also checked against dsq::huffman::encode in C++
+    assert H.decode(st, 4, 256).tolist() == [0, 0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def good_sparse():
+    sym = random_symbols(3000, 16, 0)
+    st = H.encode(sym, 256, 15, 64, lengths_form=1)
+    return sym, st
+
+
+def _setb(**at):
+    def fn(b):
+        for k, v in at.items():
+            b[int(k[1:])] = v
+    return fn
+
+
+SPARSE_CORRUPTIONS = {
+    "no listed count": (lambda b: b.__delitem__(slice(12, None)), "at byte 12: truncated code lengths"),
+    "truncated pairs": (lambda b: b.__delitem__(slice(13 + 2 * 16 - 1, None)), "truncated code lengths"),
+    "repeated symbol": (lambda b: b.__setitem__(19, b[17]), "at byte 19: symbol .* increasing order"),
+    "decreasing symbol": (_setb(b15=0), "at byte 15: symbol 0 does not follow symbol 0"),
+    "length 0": (_setb(b14=0), "at byte 14: code length 0"),
+    "length above max_len": (_setb(b14=15, b0=14), "at byte 14: code length 15 .* not in 1..max_len 14"),
+    "listed beyond the stream": (lambda b: (b.__setitem__(12, 255), b.__delitem__(slice(13 + 2 * 17, None))),
+                                 "truncated code lengths"),
+    "padding": (_setb(b45=1), "at byte 45: nonzero padding"),
+    "kraft > 1": (_setb(b14=1, b16=1), "Kraft"),
+    "lengths_form 3": (_setb(b1=3), "at byte 1: lengths_form 3"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_CORRUPTIONS))
+def test_sparse_corrupt_fields(good_sparse, name):
+    sym, st = good_sparse
+    np.testing.assert_array_equal(H.decode(st, sym.size, 256), sym)
+    assert st[12] == 15  # 16 symbols listed; the pairs end at byte 45
+    b = bytearray(st)
+    fn, msg = SPARSE_CORRUPTIONS[name]
+    fn(b)
+    with pytest.raises(ValueError, match=msg):
+        H.decode(bytes(b), sym.size, 256)
+    if _core is not None and hasattr(_core, "huffman_decode"):
+        with pytest.raises(ValueError):
+            _core.huffman_decode(bytes(b), sym.size, 256)
+
+
+def test_sparse_symbol_outside_alphabet():
+    sym = random_symbols(500, 3, 0)
+    b = bytearray(H.encode(sym, 4, 15, 64, lengths_form=1))
+    b[17] = 4
+    with pytest.raises(ValueError, match="at byte 17: symbol 4 is outside the alphabet of 4"):
+        H.decode(bytes(b), sym.size, 4)
+    b = bytearray(H.encode(sym, 4, 15, 64, lengths_form=1))
+    b[12] = 4
+    with pytest.raises(ValueError, match="at byte 12: 5 symbols listed, the alphabet has 4"):
+        H.decode(bytes(b), sym.size, 4)

@@ -1,4 +1,4 @@
-// Canonical Huffman streams (docs/FORMAT_1_1_DRAFT.md, "Huffman (entropy 1), per stream").
+// Canonical Huffman streams (docs/FORMAT.md, "Huffman (entropy 1, 1.1), per stream").
 // See huffman.h for the layout and the encoder's length-limiting algorithm.
 #include "base/huffman.h"
 
@@ -53,6 +53,16 @@ bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
 uint64_t Stream::chunk_offset(uint64_t c) const { return rd64(chunk_offsets + 8 * c); }
 
+uint64_t lengths_nbytes(unsigned alphabet, unsigned present, LengthsForm form) {
+  return round_up8(kHeaderBytes + (form == kLengthsDense ? alphabet : 1 + 2 * uint64_t(present)));
+}
+
+LengthsForm lengths_form_for(unsigned alphabet, unsigned present) {
+  return lengths_nbytes(alphabet, present, kLengthsSparse) < lengths_nbytes(alphabet, present, kLengthsDense)
+             ? kLengthsSparse
+             : kLengthsDense;
+}
+
 // ------------------------------------------------------------------------------ parse
 Stream parse(const uint8_t* data, uint64_t nbytes, uint64_t count, unsigned alphabet) {
   if (alphabet < 1 || alphabet > kMaxAlphabet)
@@ -64,7 +74,10 @@ Stream parse(const uint8_t* data, uint64_t nbytes, uint64_t count, unsigned alph
   s.max_len = data[0];
   if (s.max_len < 1 || s.max_len > kMaxCodeLen)
     fail(0, "max_len " + std::to_string(s.max_len) + " not in 1..15");
-  if (data[1] != 0) fail(1, "reserved byte is " + std::to_string(data[1]) + ", must be 0");
+  if (data[1] != kLengthsDense && data[1] != kLengthsSparse)
+    fail(1, "lengths_form " + std::to_string(data[1]) + " unknown (0 dense, 1 sparse)");
+  s.lengths_form = LengthsForm(data[1]);
+  s.data = data;
   s.alphabet = rd16(data + 2);
   if (s.alphabet != alphabet)
     fail(2, "alphabet " + std::to_string(s.alphabet) + ", expected " + std::to_string(alphabet));
@@ -76,18 +89,47 @@ Stream parse(const uint8_t* data, uint64_t nbytes, uint64_t count, unsigned alph
   if (s.chunk_count != want_chunks)
     fail(8, "chunk_count " + std::to_string(s.chunk_count) + ", expected " + std::to_string(want_chunks) +
                 " for " + std::to_string(count) + " symbols");
-  const uint64_t lengths_end = kHeaderBytes + alphabet;
-  if (nbytes < lengths_end)
-    fail(nbytes, "truncated code lengths: stream has " + std::to_string(nbytes) + " bytes, need " +
-                     std::to_string(lengths_end));
-  s.lengths = data + kHeaderBytes;
+  uint64_t lengths_end = 0;
+  if (s.lengths_form == kLengthsDense) {
+    lengths_end = kHeaderBytes + alphabet;
+    if (nbytes < lengths_end)
+      fail(nbytes, "truncated code lengths: stream has " + std::to_string(nbytes) + " bytes, need " +
+                       std::to_string(lengths_end));
+    for (unsigned i = 0; i < alphabet; ++i) {
+      const unsigned l = data[kHeaderBytes + i];
+      if (l > s.max_len)
+        fail(kHeaderBytes + i, "code length " + std::to_string(l) + " of symbol " + std::to_string(i) +
+                                   " exceeds max_len " + std::to_string(s.max_len));
+      s.lengths[i] = uint8_t(l);
+    }
+  } else {
+    if (nbytes < kHeaderBytes + 1)
+      fail(nbytes, "truncated code lengths: stream has " + std::to_string(nbytes) + " bytes, need 13");
+    const unsigned listed = unsigned(data[kHeaderBytes]) + 1;
+    if (listed > alphabet)
+      fail(kHeaderBytes, std::to_string(listed) + " symbols listed, the alphabet has " + std::to_string(alphabet));
+    lengths_end = kHeaderBytes + 1 + 2 * uint64_t(listed);
+    if (nbytes < lengths_end)
+      fail(nbytes, "truncated code lengths: stream has " + std::to_string(nbytes) + " bytes, need " +
+                       std::to_string(lengths_end));
+    for (unsigned i = 0; i < listed; ++i) {
+      const uint64_t at = kHeaderBytes + 1 + 2 * uint64_t(i);
+      const unsigned sym = data[at], l = data[at + 1];
+      if (sym >= alphabet)
+        fail(at, "symbol " + std::to_string(sym) + " is outside the alphabet of " + std::to_string(alphabet));
+      if (i && sym <= data[at - 2])
+        fail(at, "symbol " + std::to_string(sym) + " does not follow symbol " + std::to_string(data[at - 2]) +
+                     " in increasing order");
+      if (l < 1 || l > s.max_len)
+        fail(at + 1, "code length " + std::to_string(l) + " of symbol " + std::to_string(sym) +
+                         " not in 1..max_len " + std::to_string(s.max_len));
+      s.lengths[sym] = uint8_t(l);
+    }
+  }
   uint32_t kraft = 0;  // sum of 2^(15 - len), <= 2^15 * 256 fits
   unsigned present = 0;
   for (unsigned i = 0; i < alphabet; ++i) {
     const unsigned l = s.lengths[i];
-    if (l > s.max_len)
-      fail(kHeaderBytes + i, "code length " + std::to_string(l) + " of symbol " + std::to_string(i) +
-                                 " exceeds max_len " + std::to_string(s.max_len));
     if (l) {
       kraft += 1u << (kMaxCodeLen - l);
       ++present;
@@ -208,7 +250,7 @@ std::vector<uint16_t> canonical_codes(const uint8_t* lengths, unsigned alphabet)
 
 // ------------------------------------------------------------------------------ encode
 std::vector<uint8_t> encode(const uint8_t* symbols, uint64_t count, unsigned alphabet, unsigned max_len,
-                            uint32_t chunk_symbols) {
+                            uint32_t chunk_symbols, int lengths_form) {
   if (alphabet < 1 || alphabet > kMaxAlphabet)
     throw std::invalid_argument("huffman: alphabet " + std::to_string(alphabet) + " not in 1..256");
   if (max_len < 1 || max_len > kMaxCodeLen)
@@ -230,15 +272,31 @@ std::vector<uint8_t> encode(const uint8_t* symbols, uint64_t count, unsigned alp
   uint64_t total_bits = 0;
   for (unsigned s = 0; s < alphabet; ++s) total_bits += freq[s] * len[s];
 
-  const uint64_t pad_end = round_up8(kHeaderBytes + alphabet);
+  unsigned present = 0;
+  for (unsigned s = 0; s < alphabet; ++s) present += len[s] != 0;
+  if (lengths_form < -1 || lengths_form > 1)
+    throw std::invalid_argument("huffman: lengths_form " + std::to_string(lengths_form) +
+                                " is not 0 (dense) or 1 (sparse)");
+  const LengthsForm form = lengths_form < 0 ? lengths_form_for(alphabet, present) : LengthsForm(lengths_form);
+  const uint64_t pad_end = lengths_nbytes(alphabet, present, form);
   const uint64_t table_end = pad_end + 8 * chunks;
   std::vector<uint8_t> out(table_end + (total_bits + 7) / 8, 0);
   out[0] = uint8_t(max_len);
-  out[1] = 0;
+  out[1] = form;
   wr16(&out[2], uint16_t(alphabet));
   wr32(&out[4], chunk_symbols);
   wr32(&out[8], uint32_t(chunks));
-  std::memcpy(&out[kHeaderBytes], len.data(), alphabet);
+  if (form == kLengthsDense) {
+    std::memcpy(&out[kHeaderBytes], len.data(), alphabet);
+  } else {
+    out[kHeaderBytes] = uint8_t(present - 1);
+    uint64_t at = kHeaderBytes + 1;
+    for (unsigned s = 0; s < alphabet; ++s)
+      if (len[s]) {
+        out[at++] = uint8_t(s);
+        out[at++] = len[s];
+      }
+  }
 
   // Codes packed as (code << 4 | len) for one lookup per symbol.
   uint32_t packed[kMaxAlphabet];
@@ -281,7 +339,7 @@ constexpr uint64_t kSmallStream = 16384;
 constexpr unsigned kGroup = 3;  // lookups per refill: 3 * 15 <= 56 bits after a refill
 
 [[noreturn]] void fail_bits(const Stream& s, uint64_t pos, const char* what) {
-  const uint64_t at = uint64_t(s.bits - s.lengths) + kHeaderBytes + pos / 8;
+  const uint64_t at = uint64_t(s.bits - s.data) + pos / 8;
   fail(at, std::string(what) + " at bit " + std::to_string(pos) + " of the bit string");
 }
 
@@ -311,7 +369,7 @@ Decoder::Decoder(const Stream& s) : s_(s) {
   fbits_ = std::min(tbits_, s.count < kSmallStream ? kSmallFirstLevelBits : kFirstLevelBits);
 
   // Canonical (first code, count, base) per length, symbols in canonical order.
-  const std::vector<uint16_t> code = canonical_codes(s.lengths, s.alphabet);
+  const std::vector<uint16_t> code = canonical_codes(s.lengths.data(), s.alphabet);
   unsigned n_sorted = 0;
   for (unsigned l = 1; l <= kMaxCodeLen; ++l) {
     base_[l] = n_sorted;
@@ -446,7 +504,7 @@ void Decoder::decode(uint64_t chunk, uint64_t n, uint8_t* out) const {
     out += seg;
     n -= seg;
     if (seg == cs && c + 1 < s_.chunk_count && pos != s_.chunk_offset(c + 1)) {
-      const uint64_t at = uint64_t(s_.chunk_offsets - s_.lengths) + kHeaderBytes + 8 * (c + 1);
+      const uint64_t at = uint64_t(s_.chunk_offsets - s_.data) + 8 * (c + 1);
       fail(at, "chunk " + std::to_string(c) + " ends at bit " + std::to_string(pos) + " but chunk_bit_offset[" +
                    std::to_string(c + 1) + "] is " + std::to_string(s_.chunk_offset(c + 1)));
     }

@@ -1,8 +1,9 @@
 // Canonical Huffman coding of byte symbols: the per-stream "entropy 1" layout of
-// docs/FORMAT_1_1_DRAFT.md ("Huffman (entropy 1), per stream").
+// docs/FORMAT.md ("Huffman (entropy 1, 1.1), per stream").
 //
-//   u8  max_len (1..15)   u8 reserved (0)   u16 alphabet   u32 chunk_symbols   u32 chunk_count
-//   u8  lengths[alphabet] (0 = absent), zero padding to a multiple of 8 bytes
+//   u8  max_len (1..15)   u8 lengths_form   u16 alphabet   u32 chunk_symbols   u32 chunk_count
+//   code lengths: form 0 u8 lengths[alphabet] (0 = absent); form 1 (format 1.2) u8 present - 1,
+//   then present x {u8 symbol, u8 length}, symbols increasing; zero padding to 8 bytes
 //   u64 chunk_bit_offset[chunk_count]
 //   bit string: canonical codes MSB first, bit i is bit (7 - i % 8) of byte i / 8
 //
@@ -19,7 +20,9 @@
 //     length is the number of levels at which it is selected.
 //   * no symbol present (count 0): symbol 0 gets length 1; one symbol present: length 1.
 // Codes are then assigned canonically (sorted by (length, symbol), consecutive codes).
+// The encoder writes form 1 exactly when it is shorter than form 0 after padding.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -29,13 +32,20 @@ namespace huffman {
 constexpr unsigned kMaxCodeLen = 15;
 constexpr unsigned kMaxAlphabet = 256;
 constexpr uint32_t kMinChunkSymbols = 64;
+enum LengthsForm : uint8_t { kLengthsDense = 0, kLengthsSparse = 1 };
+
+// Bytes of header + code lengths + padding of a form; the form the encoder picks.
+uint64_t lengths_nbytes(unsigned alphabet, unsigned present, LengthsForm form);
+LengthsForm lengths_form_for(unsigned alphabet, unsigned present);
 
 // A validated view of one coded stream (points into the caller's bytes).
 struct Stream {
   unsigned max_len = 0, alphabet = 0;
   uint32_t chunk_symbols = 0, chunk_count = 0;
   uint64_t count = 0;
-  const uint8_t* lengths = nullptr;        // alphabet entries
+  LengthsForm lengths_form = kLengthsDense;
+  std::array<uint8_t, kMaxAlphabet> lengths{};  // per symbol (either form expanded), 0 = absent
+  const uint8_t* data = nullptr;           // the stream's first byte
   const uint8_t* chunk_offsets = nullptr;  // chunk_count little-endian u64 (unaligned)
   const uint8_t* bits = nullptr;           // the bit string
   uint64_t bit_len = 0;                    // its length in bits (8 * its bytes)
@@ -43,7 +53,8 @@ struct Stream {
   uint64_t chunk_offset(uint64_t c) const;  // chunk_bit_offset[c] (c < chunk_count)
 };
 
-// Validates header, lengths (at least one, each <= max_len <= 15, Kraft sum <= 1), chunk
+// Validates header, lengths (at least one, each <= max_len <= 15, Kraft sum <= 1; form 1:
+// symbols increasing and inside the alphabet, lengths >= 1), chunk
 // table (ceil(count / chunk_symbols) entries, first 0, non-decreasing, < bit_len) and
 // sizes. `count` is the number of symbols (from the stream entry), `alphabet` the one the
 // element type implies. Throws std::invalid_argument naming the problem and its byte
@@ -102,8 +113,9 @@ std::vector<uint16_t> canonical_codes(const uint8_t* lengths, unsigned alphabet)
 
 // Encodes symbols (each < alphabet) into one coded stream. chunk_symbols: a power of two
 // >= 64. Throws std::invalid_argument on bad arguments.
+// lengths_form -1 picks the shorter form; 0 or 1 forces one.
 std::vector<uint8_t> encode(const uint8_t* symbols, uint64_t count, unsigned alphabet,
-                            unsigned max_len = 15, uint32_t chunk_symbols = 4096);
+                            unsigned max_len = 15, uint32_t chunk_symbols = 4096, int lengths_form = -1);
 
 }  // namespace huffman
 }  // namespace dsq

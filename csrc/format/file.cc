@@ -117,6 +117,11 @@ unsigned huffman_alphabet(ElemType t, unsigned bits) {
 }
 
 uint16_t Tensor::min_minor() const {
+  for (const auto& s : streams)
+    if ((s.role == Role::kRowPtr && s.elem_type == ElemType::kU16) ||
+        (s.role == Role::kScales && values == Values::kInt8Channel && s.count == 1 && rows() > 1) ||
+        (s.entropy == Entropy::kHuffman && s.data && s.nbytes > 1 && s.data[1] != 0))
+      return 2;
   if (layout != Layout::kDense || values == Values::kCodebook || entropy != Entropy::kNone) return 1;
   for (const auto& s : streams)
     if (static_cast<uint8_t>(s.role) > 2 || s.elem_type == ElemType::kBits || s.entropy != Entropy::kNone)

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,7 +12,7 @@
 namespace dsq::format {
 
 constexpr uint16_t kVersionMajor = 1;
-constexpr uint16_t kVersionMinor = 1;  // the newest minor version this reader reads
+constexpr uint16_t kVersionMinor = 2;  // the newest minor version this reader reads
 constexpr uint32_t kAbsent = 0xFFFFFFFFu;
 constexpr size_t kAlignment = 64;
 constexpr size_t kHeaderSize = 64;
@@ -39,7 +40,8 @@ constexpr uint16_t kMaxAttr = 14;
 const char* attr_name(Attr a);
 bool attr_is_float(Attr a);
 
-// Codes marked 1.1 need version_minor >= 1 in the file.
+// Codes marked 1.1 need version_minor >= 1 in the file; the 1.2 additions (u16 row_ptr, one
+// int8 scale for every row, sparse Huffman code lengths) need 2 (Tensor::min_minor).
 enum class Layout : uint8_t { kDense = 0, kCsr = 1, kCsrRelative = 2, kBlockCsr = 3 };
 enum class Values : uint8_t { kF32 = 0, kF16 = 1, kInt8Channel = 2, kInt4Group = 3, kCodebook = 4 };
 enum class Entropy : uint8_t { kNone = 0, kHuffman = 1 };
@@ -107,6 +109,26 @@ struct Stream {
   uint64_t nbytes = 0;  // stored bytes (coded size when Huffman coded)
   const uint8_t* data = nullptr;  // into the payload
 };
+
+// Element i of a row_ptr stream: u32, or u16 (format 1.2).
+inline uint64_t row_ptr_at(const Stream& s, uint64_t i) {
+  if (s.elem_type == ElemType::kU16) {
+    uint16_t v;
+    std::memcpy(&v, s.data + 2 * i, 2);
+    return v;
+  }
+  uint32_t v;
+  std::memcpy(&v, s.data + 4 * i, 4);
+  return v;
+}
+
+// Scale of row r of an int8_channel tensor's scales stream: one per row, or one for every
+// row (format 1.2).
+inline float int8_row_scale(const Stream& s, uint64_t r) {
+  float v;
+  std::memcpy(&v, s.data + 4 * (s.count == 1 ? 0 : r), 4);
+  return v;
+}
 
 struct Tensor {
   std::string name;

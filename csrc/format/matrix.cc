@@ -114,7 +114,7 @@ class ValueReader {
     values_ = &need(t, Role::kValues);
     if (t.values == Values::kInt8Channel || t.values == Values::kInt4Group) {
       symbols_ = decode_symbols(*values_);
-      scales_ = need(t, Role::kScales).data;
+      scales_ = &need(t, Role::kScales);
       if (t.values == Values::kInt4Group) groups_ = (cols_ + t.group_size - 1) / t.group_size;
     }
   }
@@ -122,10 +122,10 @@ class ValueReader {
     switch (t_.values) {
       case Values::kF32: return rd_f32(values_->data, s);
       case Values::kF16: return half_to_f32(rd_u16(values_->data, s));
-      case Values::kInt8Channel: return rd_f32(scales_, r) * float(int8_t(symbols_[s]));
+      case Values::kInt8Channel: return int8_row_scale(*scales_, r) * float(int8_t(symbols_[s]));
       case Values::kInt4Group: {
         const int nib = symbols_[s];
-        return rd_f32(scales_, r * groups_ + c / t_.group_size) * float(nib >= 8 ? nib - 16 : nib);
+        return rd_f32(scales_->data, r * groups_ + c / t_.group_size) * float(nib >= 8 ? nib - 16 : nib);
       }
       case Values::kCodebook: return table_[(per_row_ ? r * entries_ : 0) + codes_[s]];
     }
@@ -140,7 +140,7 @@ class ValueReader {
   const Tensor& t_;
   uint64_t cols_;
   const Stream* values_ = nullptr;
-  const uint8_t* scales_ = nullptr;
+  const Stream* scales_ = nullptr;
   uint64_t groups_ = 0;
   std::vector<uint8_t> symbols_, codes_;
   std::vector<float> table_;
@@ -165,7 +165,7 @@ void visit(const Tensor& t, F&& f) {
   };
   if (t.layout == Layout::kCsr) {
     for (uint64_t r = 0; r < rows; ++r)
-      for (uint64_t e = rd_u32(rp.data, r), end = rd_u32(rp.data, r + 1); e < end; ++e) f(r, col_at(e), e);
+      for (uint64_t e = row_ptr_at(rp, r), end = row_ptr_at(rp, r + 1); e < end; ++e) f(r, col_at(e), e);
     return;
   }
   if (t.layout == Layout::kCsrRelative) {
@@ -173,7 +173,7 @@ void visit(const Tensor& t, F&& f) {
     const unsigned filler = (1u << ci.bits) - 1;
     for (uint64_t r = 0; r < rows; ++r) {
       int64_t c = -1;
-      for (uint64_t e = rd_u32(rp.data, r), end = rd_u32(rp.data, r + 1); e < end; ++e) {
+      for (uint64_t e = row_ptr_at(rp, r), end = row_ptr_at(rp, r + 1); e < end; ++e) {
         const unsigned g = gaps.next();
         if (g == filler) {
           c += g;
@@ -189,7 +189,7 @@ void visit(const Tensor& t, F&& f) {
   const uint64_t br = t.block_rows, bc = t.block_cols, bsize = br * bc;
   for (uint64_t r = 0; r < rows; ++r) {
     const uint64_t R = r / br, i = r % br;
-    for (uint64_t k = rd_u32(rp.data, R), end = rd_u32(rp.data, R + 1); k < end; ++k) {
+    for (uint64_t k = row_ptr_at(rp, R), end = row_ptr_at(rp, R + 1); k < end; ++k) {
       const uint64_t c0 = col_at(k) * bc;
       for (uint64_t j = 0; j < bc && c0 + j < cols; ++j) f(r, c0 + j, k * bsize + i * bc + j);
     }

@@ -318,15 +318,24 @@ Slot slot(Role role, ElemType type, uint64_t count) {
 
 // The streams of a tensor's encoding, in file order (docs/FORMAT.md). `entries` is the
 // col_idx stream's count (unused for dense).
-std::vector<Slot> stream_plan(const Tensor& t, uint64_t entries) {
+std::vector<Slot> stream_plan(const Tensor& t, uint64_t entries, uint16_t minor) {
   std::vector<Slot> out;
   const uint64_t rows = t.rows(), cols = t.cols();
+  // 1.2: row_ptr may be u16, an int8_channel tensor may hold one scale for every row.
+  auto row_ptr_slot = [&](uint64_t count) {
+    Slot s = slot(Role::kRowPtr, ElemType::kU32, count);
+    if (minor >= 2) {
+      s.types[1] = ElemType::kU16;
+      s.ntypes = 2;
+    }
+    return s;
+  };
   uint64_t stored = rows * cols;
   switch (t.layout) {
     case Layout::kDense: break;
     case Layout::kCsr:
     case Layout::kCsrRelative: {
-      out.push_back(slot(Role::kRowPtr, ElemType::kU32, rows + 1));
+      out.push_back(row_ptr_slot(rows + 1));
       if (t.layout == Layout::kCsr) {
         out.push_back(slot(Role::kColIdx, cols <= 65536 ? ElemType::kU16 : ElemType::kU32, entries));
       } else {
@@ -340,7 +349,7 @@ std::vector<Slot> stream_plan(const Tensor& t, uint64_t entries) {
     }
     case Layout::kBlockCsr: {
       const uint64_t nbr = (rows + t.block_rows - 1) / t.block_rows, nbc = (cols + t.block_cols - 1) / t.block_cols;
-      out.push_back(slot(Role::kRowPtr, ElemType::kU32, nbr + 1));
+      out.push_back(row_ptr_slot(nbr + 1));
       out.push_back(slot(Role::kColIdx, nbc <= 65536 ? ElemType::kU16 : ElemType::kU32, entries));
       stored = entries * t.block_rows * t.block_cols;
       break;
@@ -352,6 +361,10 @@ std::vector<Slot> stream_plan(const Tensor& t, uint64_t entries) {
     case Values::kInt8Channel:
       out.push_back(slot(Role::kValues, ElemType::kI8, stored));
       out.push_back(slot(Role::kScales, ElemType::kF32, rows));
+      if (minor >= 2 && rows > 1) {
+        out.back().counts[1] = 1;
+        out.back().ncounts = 2;
+      }
       break;
     case Values::kInt4Group:
       out.push_back(slot(Role::kValues, ElemType::kI4, stored));
@@ -467,7 +480,7 @@ void parse_tensors(Cursor& c, File& f) {
                                           " is more entries than the matrix holds (" + std::to_string(limit) + ")");
       entries = n1;
     }
-    const std::vector<Slot> want = stream_plan(t, entries);
+    const std::vector<Slot> want = stream_plan(t, entries, minor);
     if (ns != want.size()) {
       std::string roles;
       for (const auto& w : want) roles += std::string(roles.empty() ? "" : ", ") + role_name(w.role);
@@ -563,12 +576,16 @@ uint64_t huffman_error_at(uint64_t stream_at, const char* what) {
 // Huffman stream decodes (chunk by chunk: linear time, one chunk of memory); row_ptr
 // starts at 0, never decreases and ends at the entry count; col_idx in range and
 // strictly increasing within a row; relative gaps never run past the last column.
-void check_payload(const Tensor& t, size_t i, const std::vector<uint64_t>& at) {
+void check_payload(const Tensor& t, size_t i, const std::vector<uint64_t>& at, uint16_t minor) {
   const std::string where = "tensor " + std::to_string(i) + " ('" + t.name + "')";
   for (size_t k = 0; k < t.streams.size(); ++k) {
     const Stream& s = t.streams[k];
     if (s.entropy != Entropy::kHuffman) continue;
     const std::string sw = where + " stream " + std::to_string(k) + " (" + role_name(s.role) + ")";
+    if (s.nbytes > 1 && s.data[1] != 0 && minor < 2)
+      throw FormatError("PAYLOAD", at[k] + 1, sw + ": Huffman lengths_form " + std::to_string(s.data[1]) +
+                                                  " unknown in format 1." + std::to_string(minor) +
+                                                  " (sparse code lengths need 1.2)");
     try {
       SymbolReader r(s);
       for (uint64_t e = 0; e < s.count; ++e) r.next();
@@ -585,22 +602,19 @@ void check_payload(const Tensor& t, size_t i, const std::vector<uint64_t>& at) {
   const Stream& rp = t.streams[0];
   const Stream& ci = t.streams[1];
   const uint64_t n = ci.count;
-  auto row_ptr = [&](uint64_t r) {
-    uint32_t v;
-    std::memcpy(&v, rp.data + 4 * r, 4);
-    return uint64_t(v);
-  };
+  auto row_ptr = [&](uint64_t r) { return row_ptr_at(rp, r); };
+  const uint64_t rp_size = rp.elem_type == ElemType::kU16 ? 2 : 4;
   {
     const std::string sw = where + " stream 0 (row_ptr)";
     if (row_ptr(0) != 0)
       throw FormatError("PAYLOAD", at[0], sw + ": row_ptr[0] is " + std::to_string(row_ptr(0)) + ", must be 0");
     for (uint64_t r = 1; r <= rows; ++r)
       if (row_ptr(r) < row_ptr(r - 1))
-        throw FormatError("PAYLOAD", at[0] + 4 * r, sw + ": row_ptr decreases at " + std::to_string(r) + " (" +
+        throw FormatError("PAYLOAD", at[0] + rp_size * r, sw + ": row_ptr decreases at " + std::to_string(r) + " (" +
                                                         std::to_string(row_ptr(r - 1)) + " -> " +
                                                         std::to_string(row_ptr(r)) + ")");
     if (row_ptr(rows) != n)
-      throw FormatError("PAYLOAD", at[0] + 4 * rows, sw + ": row_ptr[" + std::to_string(rows) + "] is " +
+      throw FormatError("PAYLOAD", at[0] + rp_size * rows, sw + ": row_ptr[" + std::to_string(rows) + "] is " +
                                                          std::to_string(row_ptr(rows)) + " but col_idx holds " +
                                                          std::to_string(n) + " entries");
   }
@@ -750,7 +764,7 @@ File parse(const uint8_t* data, size_t size) {
   for (size_t i = 0; i < f.tensors.size(); ++i) {
     std::vector<uint64_t> at;
     for (const auto& s : f.tensors[i].streams) at.push_back(payload.offset + s.offset);
-    check_payload(f.tensors[i], i, at);
+    check_payload(f.tensors[i], i, at, f.version_minor);
   }
   // Weight references of the nodes.
   const uint32_t nt = static_cast<uint32_t>(f.tensors.size());

@@ -596,7 +596,7 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
     std::vector<uint8_t> storage;
     const auto* q = reinterpret_cast<const int8_t*>(integer_value_bytes(wt, storage));
     std::vector<float> scales(static_cast<size_t>(g.cout));
-    std::memcpy(scales.data(), dw_scales->data, scales.size() * 4);
+    for (size_t r = 0; r < scales.size(); ++r) scales[r] = format::int8_row_scale(*dw_scales, r);
     bool finite = true;
     for (float& sc : scales) {
       sc *= layer->quant.scale;
@@ -692,7 +692,8 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
                                    force != "im2col" && layer->qu8_uk->seg_fn != nullptr;
     const int64_t cin_pad = implicit_possible && (g.kw * g.cin) % 4 != 0 ? (g.cin + 3) / 4 * 4 : g.cin;
     std::vector<float> scales(static_cast<size_t>(g.cout));
-    std::memcpy(scales.data(), wt.stream(format::Role::kScales)->data, scales.size() * 4);
+    const format::Stream& scale_stream = *wt.stream(format::Role::kScales);
+    for (size_t r = 0; r < scales.size(); ++r) scales[r] = format::int8_row_scale(scale_stream, r);
     for (float s : scales)
       if (!std::isfinite(s)) bad(n, "weight '" + wt.name + "' has a non-finite scale");
     // (kh, kw, cin) columns per group, cig_pad channels per tap (cin / groups, or cin_pad).

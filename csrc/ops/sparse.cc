@@ -918,7 +918,7 @@ std::unique_ptr<Layer> make_int8(std::unique_ptr<SparseLayer> layer, const forma
     const uint32_t b = row_ptr[r], e = row_ptr[r + 1];
     auto value = [&](uint32_t p) { return s.coded ? s.table[(s.per_row ? r * s.table_entries : 0) + s.codes[p]] : s.values[p]; };
     if (exact) {
-      std::memcpy(&scale[r], sc->data + 4 * r, 4);
+      scale[r] = format::int8_row_scale(*sc, r);
       if (!std::isfinite(scale[r])) bad(n, "weight '" + wt.name + "' has a non-finite scale");
       // The decoded values are scale * q exactly; recover q.
       for (uint32_t p = b; p < e; ++p)

@@ -99,7 +99,7 @@ StreamWeights::StreamWeights(const format::Tensor& t, uint32_t taps, uint32_t ci
     if (layout_ != Layout::kDense) {
       const format::Stream& rp = need(Role::kRowPtr);
       row_ptr_.resize(static_cast<size_t>(rp.count));
-      for (uint64_t i = 0; i < rp.count; ++i) row_ptr_[i] = rd_u32(rp.data, i);
+      for (uint64_t i = 0; i < rp.count; ++i) row_ptr_[i] = static_cast<uint32_t>(format::row_ptr_at(rp, i));
       const format::Stream& ci = need(Role::kColIdx);
       if (layout_ == Layout::kCsrRelative) {
         copy_symbols(&ci, gaps_);
@@ -142,8 +142,13 @@ StreamWeights::StreamWeights(const format::Tensor& t, uint32_t taps, uint32_t ci
       case Values::kInt4Group: {
         copy_symbols(&need(Role::kValues), syms_);
         const format::Stream& sc = need(Role::kScales);
-        scales_.resize(static_cast<size_t>(sc.count));
-        for (uint64_t i = 0; i < sc.count; ++i) scales_[i] = rd_f32(sc.data, i);
+        if (values_ == Values::kInt8Channel) {  // one scale per row (expanded if the file holds one)
+          scales_.resize(static_cast<size_t>(n_));
+          for (size_t r = 0; r < scales_.size(); ++r) scales_[r] = format::int8_row_scale(sc, r);
+        } else {
+          scales_.resize(static_cast<size_t>(sc.count));
+          for (uint64_t i = 0; i < sc.count; ++i) scales_[i] = rd_f32(sc.data, i);
+        }
         if (values_ == Values::kInt4Group) {
           group_size_ = t.group_size;
           groups_ = static_cast<uint32_t>((k_ + group_size_ - 1) / group_size_);

@@ -85,6 +85,18 @@ class _Layout:
         self.streams = streams  # the layout's own streams (row_ptr, col_idx)
 
 
+def _row_ptr_stream(row_ptr: np.ndarray) -> Stream:
+    """u16 when the entry count fits (format 1.2), else u32."""
+    if int(row_ptr[-1]) <= 0xFFFF:
+        return Stream("row_ptr", "u16", row_ptr.size, _bytes_of(row_ptr, "<u2"))
+    return Stream("row_ptr", "u32", row_ptr.size, _bytes_of(row_ptr, "<u4"))
+
+
+def row_ptr_of(s: Stream) -> np.ndarray:
+    """The row_ptr stream as int64 (u16 or u32)."""
+    return np.frombuffer(_raw(s).tobytes(), dtype="<u2" if s.elem_type == "u16" else "<u4").astype(np.int64)
+
+
 def _csr_layout(nz: np.ndarray) -> _Layout:
     rows, cols = nz.shape
     r, c = np.nonzero(nz)
@@ -94,7 +106,7 @@ def _csr_layout(nz: np.ndarray) -> _Layout:
     row_ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=rows), out=row_ptr[1:])
     et = "u16" if cols <= 65536 else "u32"
-    streams = [Stream("row_ptr", "u32", rows + 1, _bytes_of(row_ptr, "<u4")),
+    streams = [_row_ptr_stream(row_ptr),
                Stream("col_idx", et, n, _bytes_of(c, "<u2" if et == "u16" else "<u4"))]
     return _Layout(r, c, np.ones(n, dtype=bool), streams)
 
@@ -128,7 +140,7 @@ def _relative_layout(nz: np.ndarray, bits: int) -> _Layout:
     entry_cols[value_pos] = c
     row_ptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(entry_rows, minlength=rows), out=row_ptr[1:])
-    streams = [Stream("row_ptr", "u32", rows + 1, _bytes_of(row_ptr, "<u4")),
+    streams = [_row_ptr_stream(row_ptr),
                Stream("col_idx", "bits", total, pack_bits(gaps, bits), bits=bits)]
     return _Layout(entry_rows, entry_cols, real, streams)
 
@@ -144,7 +156,7 @@ def _block_layout(nz: np.ndarray, br: int, bc: int) -> _Layout:
     row_ptr = np.zeros(nbr + 1, dtype=np.int64)
     np.cumsum(np.bincount(R, minlength=nbr), out=row_ptr[1:])
     et = "u16" if nbc <= 65536 else "u32"
-    streams = [Stream("row_ptr", "u32", nbr + 1, _bytes_of(row_ptr, "<u4")),
+    streams = [_row_ptr_stream(row_ptr),
                Stream("col_idx", et, nb, _bytes_of(C, "<u2" if et == "u16" else "<u4"))]
     ii, jj = np.meshgrid(np.arange(br), np.arange(bc), indexing="ij")
     pr = (R[:, None, None] * br + ii[None]).reshape(-1)
@@ -266,7 +278,9 @@ def encode_tensor(name: str, array, values: str = "f32", group_size: int = 64,
             if int8_scale == "tensor":
                 amax = np.full_like(amax, amax.max())
             elem, scale = _quantize(m, amax, 127)
-            scale_streams = [Stream("scales", "f32", rows, _bytes_of(scale, "<f4"))]
+            if int8_scale == "tensor":
+                scale = scale.reshape(-1)[:1]  # one scale for every row (format 1.2)
+            scale_streams = [Stream("scales", "f32", scale.size, _bytes_of(scale, "<f4"))]
         else:
             gs = check_group_size(group_size)
             ngroups = -(-cols // gs)
@@ -393,7 +407,7 @@ def decode_stored(t: Tensor):
         lay_c = np.tile(np.arange(cols), rows)
         real = np.ones(rows * cols, dtype=bool)
     else:
-        row_ptr = np.frombuffer(_raw(_find(t, "row_ptr")).tobytes(), dtype="<u4").astype(np.int64)
+        row_ptr = row_ptr_of(_find(t, "row_ptr"))
         ci = _find(t, "col_idx")
         if t.layout == "csr":
             lay_c = _ints(ci)
@@ -423,7 +437,7 @@ def decode_stored(t: Tensor):
     elif t.values == "int8_channel":
         q = stream_symbols(_find(t, "values")).view(np.int8).astype(np.float32)
         scales = _floats(_find(t, "scales"))
-        v = q * scales[rr]
+        v = q * (scales[rr] if scales.size > 1 else scales[0])
     elif t.values == "int4_group":
         gs = check_group_size(t.group_size)
         s = _find(t, "values")
@@ -452,7 +466,8 @@ def decode_tensor(t: Tensor) -> np.ndarray:
         want = {role: (et, count) for role, et, count in expected_streams(t.values, dims, t.group_size or 1)}
         for role, (et, count) in want.items():
             s = _find(t, role)
-            if s.elem_type != et or int(s.count) != count:
+            single_scale = role == "scales" and t.values == "int8_channel" and int(s.count) == 1  # 1.2
+            if s.elem_type != et or (int(s.count) != count and not single_scale):
                 raise ValueError(f"tensor {t.name!r}: {role} stream is {s.elem_type} x {s.count}, "
                                  f"expected {et} x {count}")
     lay_r, lay_c, real, v = decode_stored(t)

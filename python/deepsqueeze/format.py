@@ -14,7 +14,7 @@ import numpy as np
 
 MAGIC = b"DSQF"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # the newest minor version this module reads and writes
+VERSION_MINOR = 2  # the newest minor version this module reads and writes
 ALIGNMENT = 64
 ABSENT = 0xFFFFFFFF
 
@@ -254,18 +254,20 @@ class StreamSlot:
 
 def stream_plan(layout: str, values: str, dims: Sequence[int], group_size: int = 0,
                 codebook_bits: int = 0, block_rows: int = 0, block_cols: int = 0,
-                entries: int = 0) -> List[StreamSlot]:
+                entries: int = 0, minor: int = VERSION_MINOR) -> List[StreamSlot]:
     """The streams of a tensor with this encoding, in file order (FORMAT.md).
 
     `entries` is the layout's entry count N (the col_idx stream's count: nonzeros for
     csr, entries with fillers for csr_relative, blocks for block_csr); unused for dense.
+    `minor` is the file's minor version: 1.2 adds u16 row_ptr and a single int8 scale.
     """
     rows, cols = tensor_matrix_shape(dims)
     slots: List[StreamSlot] = []
+    row_ptr_types = ("u32", "u16") if minor >= 2 else ("u32",)
     if layout == "dense":
         stored = rows * cols
     elif layout in ("csr", "csr_relative"):
-        slots.append(StreamSlot("row_ptr", ("u32",), (0,), (rows + 1,)))
+        slots.append(StreamSlot("row_ptr", row_ptr_types, (0,), (rows + 1,)))
         if layout == "csr":
             slots.append(StreamSlot("col_idx", ("u16",) if cols <= 65536 else ("u32",), (0,), (entries,)))
         else:
@@ -273,7 +275,7 @@ def stream_plan(layout: str, values: str, dims: Sequence[int], group_size: int =
         stored = entries
     elif layout == "block_csr":
         nbr, nbc = block_grid(rows, cols, block_rows, block_cols)
-        slots.append(StreamSlot("row_ptr", ("u32",), (0,), (nbr + 1,)))
+        slots.append(StreamSlot("row_ptr", row_ptr_types, (0,), (nbr + 1,)))
         slots.append(StreamSlot("col_idx", ("u16",) if nbc <= 65536 else ("u32",), (0,), (entries,)))
         stored = entries * block_rows * block_cols
     else:
@@ -284,7 +286,7 @@ def stream_plan(layout: str, values: str, dims: Sequence[int], group_size: int =
         slots.append(StreamSlot("values", ("f16",), (0,), (stored,)))
     elif values == "int8_channel":
         slots.append(StreamSlot("values", ("i8",), (0,), (stored,)))
-        slots.append(StreamSlot("scales", ("f32",), (0,), (rows,)))
+        slots.append(StreamSlot("scales", ("f32",), (0,), (rows, 1) if minor >= 2 and rows > 1 else (rows,)))
     elif values == "int4_group":
         slots.append(StreamSlot("values", ("i4",), (0,), (stored,)))
         slots.append(StreamSlot("scales", ("f32",), (0,), (rows * -(-cols // group_size),)))
@@ -297,8 +299,24 @@ def stream_plan(layout: str, values: str, dims: Sequence[int], group_size: int =
     return slots
 
 
+def _huffman_form(s: "Stream") -> int:
+    """The lengths_form byte of a Huffman stream (0 when its data are not at hand)."""
+    try:
+        data = _stream_bytes(s, "")
+    except ValueError:
+        return 0
+    return int(data[1]) if data.size > 1 else 0
+
+
 def tensor_minor(t: "Tensor") -> int:
-    """The minor version a tensor needs: 1 when it uses any code of format 1.1."""
+    """The minor version a tensor needs: 2 when it uses any code of format 1.2, 1 when it
+    uses any code of format 1.1."""
+    rows = tensor_matrix_shape(t.dims)[0] if t.dims else 1
+    if any((s.role == "row_ptr" and s.elem_type == "u16")
+           or (s.role == "scales" and t.values == "int8_channel" and s.count == 1 and rows > 1)
+           or (s.entropy == "huffman" and _huffman_form(s) != 0)
+           for s in t.streams):
+        return 2
     if (t.layout in LAYOUT_MINOR or t.values in VALUES_MINOR or t.entropy in ENTROPY_MINOR
             or any(s.role in ROLE_MINOR or s.elem_type in ELEM_MINOR or s.entropy in ENTROPY_MINOR
                    for s in t.streams)):
@@ -695,7 +713,7 @@ def _serialize(f: DsqFile, verify: bool = True) -> List[Union[bytes, np.ndarray]
                     ps.data = _stream_bytes(s, "")
                 abs_offsets = [payload_at + placed[k + j][0] for j in range(len(pt.streams))]
                 k += len(pt.streams)
-                _check_payload(pt, i, abs_offsets)
+                _check_payload(pt, i, abs_offsets, minor)
         except FormatError as e:
             raise ValueError(f"refusing to write an invalid .dsq file: {e}") from None
     return chunks
@@ -1050,7 +1068,7 @@ def _parse_tensors(c: _Cursor, stream_refs: List[tuple], minor: int = VERSION_MI
                 c.fail(f"{where}: stream 1: col_idx count {entries} is more entries than {what} "
                        f"holds ({limit})", entries_raw[1][0] + 8)
         want = stream_plan(layout, values, dims, group_size, codebook_bits, block_rows, block_cols,
-                           entries)
+                           entries, minor)
         if ns != len(want):
             c.fail(f"{where}: layout {layout} with values {values} needs {len(want)} streams, "
                    f"found {ns} (expected: {', '.join(w.role for w in want)})", ns_at)
@@ -1183,14 +1201,19 @@ def relative_columns(gaps: np.ndarray, row_ptr: np.ndarray, bits: int) -> Tuple[
     return cols, filler
 
 
-def _check_payload(t: Tensor, i: int, at: List[int]) -> None:
-    """The content rules of FORMAT.md 1.1 for one tensor whose stream data are set:
-    Huffman streams decode; row_ptr starts at 0, never decreases and ends at the entry
-    count; col_idx in range and strictly increasing within a row; relative gaps never
-    run past the last column. `at` holds each stream's absolute file offset."""
+def _check_payload(t: Tensor, i: int, at: List[int], minor: int = VERSION_MINOR) -> None:
+    """The content rules of FORMAT.md for one tensor whose stream data are set:
+    Huffman streams decode (sparse code lengths only from 1.2 on); row_ptr starts at 0,
+    never decreases and ends at the entry count; col_idx in range and strictly increasing
+    within a row; relative gaps never run past the last column. `at` holds each stream's
+    absolute file offset."""
     where = f"tensor {i} ({t.name!r})"
     for k, s in enumerate(t.streams):
         if s.entropy == "huffman":
+            form = _huffman_form(s)
+            if form != 0 and minor < 2:
+                _fail("PAYLOAD", at[k] + 1, f"{where} stream {k} ({s.role}): Huffman lengths_form {form} "
+                                            f"unknown in format 1.{minor} (sparse code lengths need 1.2)")
             stream_symbols(s, at[k], f"{where} stream {k} ({s.role})")
     if t.layout == "dense":
         return
@@ -1199,16 +1222,17 @@ def _check_payload(t: Tensor, i: int, at: List[int]) -> None:
         rows, cols = block_grid(rows, cols, t.block_rows, t.block_cols)
     rp_s, ci_s = t.streams[0], t.streams[1]
     n = int(ci_s.count)
-    row_ptr = _u_array(rp_s, "<u4").astype(np.int64)
+    rp_size = 2 if rp_s.elem_type == "u16" else 4
+    row_ptr = _u_array(rp_s, "<u2" if rp_size == 2 else "<u4").astype(np.int64)
     sw = f"{where} stream 0 (row_ptr)"
     if row_ptr[0] != 0:
         _fail("PAYLOAD", at[0], f"{sw}: row_ptr[0] is {row_ptr[0]}, must be 0")
     dec = np.flatnonzero(np.diff(row_ptr) < 0)
     if dec.size:
         j = int(dec[0]) + 1
-        _fail("PAYLOAD", at[0] + 4 * j, f"{sw}: row_ptr decreases at {j} ({row_ptr[j - 1]} -> {row_ptr[j]})")
+        _fail("PAYLOAD", at[0] + rp_size * j, f"{sw}: row_ptr decreases at {j} ({row_ptr[j - 1]} -> {row_ptr[j]})")
     if row_ptr[-1] != n:
-        _fail("PAYLOAD", at[0] + 4 * rows, f"{sw}: row_ptr[{rows}] is {row_ptr[-1]} but col_idx holds {n} entries")
+        _fail("PAYLOAD", at[0] + rp_size * rows, f"{sw}: row_ptr[{rows}] is {row_ptr[-1]} but col_idx holds {n} entries")
     sw = f"{where} stream 1 (col_idx)"
     if t.layout == "csr_relative":
         gaps = stream_symbols(ci_s, at[1], sw)
@@ -1360,7 +1384,7 @@ def _parse(buf, check_crc: bool = True, payload_probe: bool = False,
         for i, t in enumerate(tensors):
             abs_offsets = [payload_off + ref[5] for ref in stream_refs[k:k + len(t.streams)]]
             k += len(t.streams)
-            _check_payload(t, i, abs_offsets)
+            _check_payload(t, i, abs_offsets, minor)
     # Weight references of the nodes.
     for wat, where, k, w in weight_refs:
         if w >= len(tensors):

@@ -1,9 +1,11 @@
-"""Canonical Huffman streams of docs/FORMAT_1_1_DRAFT.md ("Huffman (entropy 1), per stream").
+"""Canonical Huffman streams of docs/FORMAT.md ("Huffman (entropy 1), per stream").
 
 Layout of one coded stream (all integers little-endian)::
 
-    u8  max_len (1..15)   u8 reserved (0)   u16 alphabet   u32 chunk_symbols   u32 chunk_count
-    u8  lengths[alphabet]             (0 = symbol absent), zero padding to a multiple of 8 bytes
+    u8  max_len (1..15)   u8 lengths_form   u16 alphabet   u32 chunk_symbols   u32 chunk_count
+    code lengths, form 0: u8 lengths[alphabet] (0 = symbol absent)
+                  form 1 (format 1.2): u8 present - 1, then present x {u8 symbol, u8 length},
+                  symbols increasing; zero padding to a multiple of 8 bytes
     u64 chunk_bit_offset[chunk_count] bit offset of each chunk's first code
     bit string                        canonical codes, MSB first; bit i = bit (7 - i % 8) of byte i // 8
 
@@ -24,6 +26,9 @@ whose lengths are <= max_len. It is made deterministic so that the C++ encoder
 
 Codes are canonical: symbols sorted by (length, symbol) get consecutive codes, the first
 code of each length being (previous code + 1) << (length difference), starting from 0.
+
+The encoder writes the code lengths in form 1 exactly when that is shorter than form 0
+(after padding): a 16-code int8 stream spends 48 bytes on them instead of 272.
 """
 from __future__ import annotations
 
@@ -41,11 +46,24 @@ __all__ = [
 MAX_CODE_LEN = 15
 MAX_ALPHABET = 256
 MIN_CHUNK_SYMBOLS = 64
+LENGTHS_DENSE, LENGTHS_SPARSE = 0, 1  # the header's lengths_form byte
 _HEADER = struct.Struct("<BBHII")
 
 
 def _round8(v: int) -> int:
     return (v + 7) & ~7
+
+
+def lengths_nbytes(alphabet: int, present: int, form: int) -> int:
+    """Bytes of header + code lengths + padding for a form (0 dense, 1 sparse)."""
+    return _round8(12 + (alphabet if form == LENGTHS_DENSE else 1 + 2 * present))
+
+
+def lengths_form_for(alphabet: int, present: int) -> int:
+    """The form the encoder writes: sparse only when strictly shorter (else the file
+    stays readable by format 1.1 readers)."""
+    sparse = lengths_nbytes(alphabet, present, LENGTHS_SPARSE)
+    return LENGTHS_SPARSE if sparse < lengths_nbytes(alphabet, present, LENGTHS_DENSE) else LENGTHS_DENSE
 
 
 def _check_alphabet(alphabet) -> int:
@@ -181,13 +199,19 @@ def coded_nbytes(symbols, alphabet: int, max_len: int = MAX_CODE_LEN, chunk_symb
     """len(encode(symbols, alphabet, max_len, chunk_symbols)) without encoding."""
     a = _check_alphabet(alphabet)
     cs = _check_chunk_symbols(chunk_symbols)
-    count = int(_symbols(symbols, a).size)
+    sym = _symbols(symbols, a)
+    count = int(sym.size)
     chunks = -(-count // cs)
-    return _round8(12 + a) + 8 * chunks + (coded_bits(symbols, a, max_len) + 7) // 8
+    present = max(1, int(np.count_nonzero(np.bincount(sym, minlength=a))))
+    head = lengths_nbytes(a, present, lengths_form_for(a, present))
+    return head + 8 * chunks + (coded_bits(symbols, a, max_len) + 7) // 8
 
 
-def encode(symbols, alphabet: int, max_len: int = MAX_CODE_LEN, chunk_symbols: int = 4096) -> bytes:
-    """One coded stream for the symbols (integers in 0..alphabet-1, any shape, flattened)."""
+def encode(symbols, alphabet: int, max_len: int = MAX_CODE_LEN, chunk_symbols: int = 4096,
+           lengths_form: Optional[int] = None) -> bytes:
+    """One coded stream for the symbols (integers in 0..alphabet-1, any shape, flattened).
+
+    lengths_form: None picks the shorter form (see the module doc); 0 or 1 forces one."""
     a = _check_alphabet(alphabet)
     max_len = _check_max_len(max_len)
     cs = _check_chunk_symbols(chunk_symbols)
@@ -200,10 +224,18 @@ def encode(symbols, alphabet: int, max_len: int = MAX_CODE_LEN, chunk_symbols: i
     lengths = lengths_from_counts(counts, max_len)
     codes = canonical_codes(lengths)
 
-    pad_end = _round8(12 + a)
-    head = bytearray(pad_end)
-    _HEADER.pack_into(head, 0, max_len, 0, a, cs, chunks)
-    head[12:12 + a] = lengths.tobytes()
+    present = np.flatnonzero(lengths)
+    form = lengths_form_for(a, present.size) if lengths_form is None else int(lengths_form)
+    if form not in (LENGTHS_DENSE, LENGTHS_SPARSE):
+        raise ValueError(f"huffman: lengths_form {lengths_form!r} is not 0 (dense) or 1 (sparse)")
+    head = bytearray(lengths_nbytes(a, present.size, form))
+    _HEADER.pack_into(head, 0, max_len, form, a, cs, chunks)
+    if form == LENGTHS_DENSE:
+        head[12:12 + a] = lengths.tobytes()
+    else:
+        head[12] = present.size - 1
+        pairs = np.stack([present, lengths[present]], axis=1).astype(np.uint8)
+        head[13:13 + 2 * present.size] = pairs.tobytes()
 
     lens = lengths.astype(np.int64)[sym]
     ends = np.cumsum(lens)
@@ -226,7 +258,8 @@ class HuffmanStream:
     chunk_symbols: int
     chunk_count: int
     count: int
-    lengths: np.ndarray        # uint8[alphabet]
+    lengths: np.ndarray        # uint8[alphabet] (expanded from either form)
+    lengths_form: int          # 0 dense, 1 sparse (format 1.2)
     chunk_offsets: np.ndarray  # uint64[chunk_count]
     bits_offset: int           # byte offset of the bit string within the stream
     bit_len: int               # 8 * bytes of the bit string
@@ -246,11 +279,11 @@ def parse(data, count: int, alphabet: int) -> HuffmanStream:
     alphabet = int(alphabet)
     if nbytes < 12:
         _fail(nbytes, f"truncated header: {nbytes} bytes, need 12")
-    max_len, reserved, a, cs, cc = _HEADER.unpack_from(buf, 0)
+    max_len, form, a, cs, cc = _HEADER.unpack_from(buf, 0)
     if not 1 <= max_len <= MAX_CODE_LEN:
         _fail(0, f"max_len {max_len} not in 1..15")
-    if reserved:
-        _fail(1, f"reserved byte is {reserved}, must be 0")
+    if form not in (LENGTHS_DENSE, LENGTHS_SPARSE):
+        _fail(1, f"lengths_form {form} unknown (0 dense, 1 sparse)")
     if a != alphabet:
         _fail(2, f"alphabet {a}, expected {alphabet}")
     if cs < MIN_CHUNK_SYMBOLS or cs & (cs - 1):
@@ -258,16 +291,37 @@ def parse(data, count: int, alphabet: int) -> HuffmanStream:
     want = -(-count // cs)
     if cc != want:
         _fail(8, f"chunk_count {cc}, expected {want} for {count} symbols")
-    lengths_end = 12 + alphabet
-    if nbytes < lengths_end:
-        _fail(nbytes, f"truncated code lengths: stream has {nbytes} bytes, need {lengths_end}")
-    lengths = np.frombuffer(buf, dtype=np.uint8, count=alphabet, offset=12).copy()
-    over = np.flatnonzero(lengths > max_len)
-    if over.size:
-        i = int(over[0])
-        _fail(12 + i, f"code length {int(lengths[i])} of symbol {i} exceeds max_len {max_len}")
-    if not lengths.any():
-        _fail(12, "no symbol has a code length")
+    if form == LENGTHS_DENSE:
+        lengths_end = 12 + alphabet
+        if nbytes < lengths_end:
+            _fail(nbytes, f"truncated code lengths: stream has {nbytes} bytes, need {lengths_end}")
+        lengths = np.frombuffer(buf, dtype=np.uint8, count=alphabet, offset=12).copy()
+        over = np.flatnonzero(lengths > max_len)
+        if over.size:
+            i = int(over[0])
+            _fail(12 + i, f"code length {int(lengths[i])} of symbol {i} exceeds max_len {max_len}")
+        if not lengths.any():
+            _fail(12, "no symbol has a code length")
+    else:
+        if nbytes < 13:
+            _fail(nbytes, f"truncated code lengths: stream has {nbytes} bytes, need 13")
+        present = buf[12] + 1
+        if present > alphabet:
+            _fail(12, f"{present} symbols listed, the alphabet has {alphabet}")
+        lengths_end = 13 + 2 * present
+        if nbytes < lengths_end:
+            _fail(nbytes, f"truncated code lengths: stream has {nbytes} bytes, need {lengths_end}")
+        pairs = np.frombuffer(buf, dtype=np.uint8, count=2 * present, offset=13).reshape(-1, 2).astype(np.int64)
+        lengths = np.zeros(alphabet, dtype=np.uint8)
+        for i, (sym, ln) in enumerate(pairs.tolist()):
+            at = 13 + 2 * i
+            if sym >= alphabet:
+                _fail(at, f"symbol {sym} is outside the alphabet of {alphabet}")
+            if i and sym <= pairs[i - 1, 0]:
+                _fail(at, f"symbol {sym} does not follow symbol {int(pairs[i - 1, 0])} in increasing order")
+            if not 1 <= ln <= max_len:
+                _fail(at + 1, f"code length {ln} of symbol {sym} not in 1..max_len {max_len}")
+            lengths[sym] = ln
     present = lengths[lengths > 0].astype(np.int64)
     kraft = int(np.sum(np.left_shift(1, MAX_CODE_LEN - present)))
     if kraft > (1 << MAX_CODE_LEN):
@@ -300,7 +354,7 @@ def parse(data, count: int, alphabet: int) -> HuffmanStream:
                                        f"{int(offsets[c - 1])}")
             _fail(pad_end + 8 * c, f"chunk_bit_offset[{c}] = {int(offsets[c])} is outside the bit string "
                                    f"({bit_len} bits)")
-    return HuffmanStream(max_len, alphabet, cs, cc, count, lengths, offsets, table_end, bit_len)
+    return HuffmanStream(max_len, alphabet, cs, cc, count, lengths, form, offsets, table_end, bit_len)
 
 
 def _entry_table(lengths: np.ndarray):

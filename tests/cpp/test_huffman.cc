@@ -174,9 +174,19 @@ static void test_golden_shared_with_python() {
       "00000000000000009a000000000000001201000000000000a00100000000000026020000000000009ad0650b8dfdaf6b"
       "943c2738729e739b3bd24b0dea20845d5b09a15425a657a577ca055ce64ea764f1f39c44452586be8ecf2ec496ec8612"
       "b79dd58cdcda68ee21c47906c105a91bb1000aea98e700");
-  const Bytes st = encode(sym.data(), sym.size(), 32, 6, 64);
+  const Bytes st = encode(sym.data(), sym.size(), 32, 6, 64, kLengthsDense);
   DSQ_CHECK(st == want, "golden stream differs from python's (%zu vs %zu bytes)", st.size(), want.size());
   DSQ_CHECK(decode_bytes(want, 300, 32) == sym, "golden decode");
+  // python: huffman.encode(golden_symbols(300, 32), 32, max_len=6, chunk_symbols=64): 9 of 32
+  // symbols present, so the sparse form (32 bytes of lengths instead of 48).
+  const Bytes want_sparse = from_hex(
+      "060120004000000005000000080001010202030305040505060606070608060000000000000000009a000000000000001201"
+      "000000000000a00100000000000026020000000000009ad0650b8dfdaf6b943c2738729e739b3bd24b0dea20845d5b09a154"
+      "25a657a577ca055ce64ea764f1f39c44452586be8ecf2ec496ec8612b79dd58cdcda68ee21c47906c105a91bb1000aea98e700");
+  const Bytes st_sparse = encode(sym.data(), sym.size(), 32, 6, 64);
+  DSQ_CHECK(st_sparse == want_sparse, "sparse golden stream differs from python's (%zu vs %zu bytes)", st_sparse.size(),
+            want_sparse.size());
+  DSQ_CHECK(decode_bytes(want_sparse, 300, 32) == sym, "sparse golden decode");
 }
 
 static void test_one_symbol() {
@@ -185,8 +195,14 @@ static void test_one_symbol() {
     DSQ_CHECK(round_trip(sym, 1, 15, 4096, &st), "alphabet 1, n=%llu", (unsigned long long)n);
     DSQ_CHECK(st[12] == 1, "one-symbol alphabet gets length 1");
     DSQ_CHECK(st.size() == 16 + 8 * ((n + 4095) / 4096) + (n + 7) / 8, "alphabet 1 size %zu", st.size());
-    Bytes sym2(n, 77);  // one symbol present of 256
+    Bytes sym2(n, 77);  // one symbol present of 256: the sparse form lists it alone
     DSQ_CHECK(round_trip(sym2, 256, 15, 64, &st), "one of 256 present, n=%llu", (unsigned long long)n);
+    DSQ_CHECK(st[1] == kLengthsSparse && st[12] == 0 && st[13] == (n ? 77u : 0u) && st[14] == 1,
+              "one present symbol of 256: sparse lengths (form %u, listed %u, symbol %u, length %u)", st[1], st[12] + 1u,
+              st[13], st[14]);
+    DSQ_CHECK(st.size() == 16 + 8 * ((n + 63) / 64) + (n + 7) / 8, "one of 256: size %zu", st.size());
+    st = encode(sym2.data(), sym2.size(), 256, 15, 64, kLengthsDense);
+    DSQ_CHECK(decode_bytes(st, n, 256) == sym2, "one of 256, dense form");
     for (unsigned s = 0; s < 256; ++s)
       DSQ_CHECK(st[12 + s] == (s == (n ? 77u : 0u) ? 1 : 0), "one present symbol: length of %u", s);
   }
@@ -268,9 +284,14 @@ static void test_mid_byte_and_sizes() {
     Bytes sym = random_symbols(rand_u64(0, 3000), a, t % 3);
     Bytes st;
     DSQ_CHECK(round_trip(sym, a, 15, 64, &st), "random size case %d", t);
+    const Stream parsed = parse(st.data(), st.size(), sym.size(), a);
     uint64_t bits = 0;
-    for (uint8_t s : sym) bits += st[12 + s];
-    DSQ_CHECK(st.size() == round8(12 + a) + 8 * ((sym.size() + 63) / 64) + (bits + 7) / 8, "exact size %d", t);
+    unsigned present = 0;
+    for (uint8_t s : sym) bits += parsed.lengths[s];
+    for (unsigned s = 0; s < a; ++s) present += parsed.lengths[s] != 0;
+    DSQ_CHECK(st.size() == lengths_nbytes(a, present, lengths_form_for(a, present)) + 8 * ((sym.size() + 63) / 64) +
+                               (bits + 7) / 8,
+              "exact size %d", t);
   }
 }
 
@@ -293,7 +314,8 @@ static void test_random_and_chunks() {
     Bytes st;
     DSQ_CHECK(round_trip(sym, a, ml, cs, &st), "random t=%d a=%u n=%llu ml=%u cs=%u", t, a, (unsigned long long)n, ml,
               cs);
-    for (unsigned s = 0; s < a; ++s) DSQ_CHECK(st[12 + s] <= ml, "length <= max_len");
+    const Stream parsed = parse(st.data(), st.size(), n, a);
+    for (unsigned s = 0; s < a; ++s) DSQ_CHECK(parsed.lengths[s] <= ml, "length <= max_len");
     if (n == 0) continue;
     Stream s = parse(st.data(), st.size(), n, a);
     Decoder d(s);
@@ -360,8 +382,8 @@ static void test_corrupt() {
   }
   {
     Bytes st = good;
-    st[1] = 1;
-    expect(st, sym.size(), a, "reserved", "at byte 1");
+    st[1] = 2;
+    expect(st, sym.size(), a, "lengths_form 2", "at byte 1");
   }
   expect(good, sym.size(), 16, "wrong alphabet", "alphabet 32, expected 16");
   expect(good, sym.size(), 256, "wrong alphabet 256", "at byte 2");
@@ -462,6 +484,100 @@ static void test_corrupt() {
       decode_bytes(st, sym.size(), a);
     } catch (const std::invalid_argument&) {
     }
+  }
+}
+
+// Form 1 (format 1.2): u8 listed - 1, then {symbol, length} pairs, symbols increasing.
+static void test_sparse_lengths() {
+  // Chosen exactly when shorter after padding; both forms decode to the same symbols.
+  struct Case { unsigned alphabet, distinct; };
+  for (const Case c : {Case{256, 1}, Case{256, 16}, Case{256, 125}, Case{256, 126}, Case{256, 256}, Case{16, 1},
+                       Case{16, 2}, Case{16, 16}, Case{4, 1}, Case{64, 20}, Case{64, 30}}) {
+    Bytes sym(5000);
+    for (size_t i = 0; i < sym.size(); ++i)
+      sym[i] = uint8_t((c.alphabet - c.distinct) + (i % (2 * c.distinct) < c.distinct ? i % c.distinct : 0));  // skewed
+    const Bytes dense = encode(sym.data(), sym.size(), c.alphabet, 15, 256, kLengthsDense);
+    const Bytes sparse = encode(sym.data(), sym.size(), c.alphabet, 15, 256, kLengthsSparse);
+    const Bytes chosen = encode(sym.data(), sym.size(), c.alphabet, 15, 256);
+    DSQ_CHECK(dense[1] == 0 && sparse[1] == 1, "form bytes %u %u", dense[1], sparse[1]);
+    DSQ_CHECK(sparse.size() - dense.size() == lengths_nbytes(c.alphabet, c.distinct, kLengthsSparse) -
+                                                   lengths_nbytes(c.alphabet, c.distinct, kLengthsDense),
+              "a=%u d=%u: the forms differ only in the lengths", c.alphabet, c.distinct);
+    DSQ_CHECK(chosen == (sparse.size() < dense.size() ? sparse : dense), "a=%u d=%u: the shorter form is chosen",
+              c.alphabet, c.distinct);
+    DSQ_CHECK(decode_bytes(dense, sym.size(), c.alphabet) == sym, "a=%u d=%u dense decode", c.alphabet, c.distinct);
+    DSQ_CHECK(decode_bytes(sparse, sym.size(), c.alphabet) == sym, "a=%u d=%u sparse decode", c.alphabet, c.distinct);
+    const Stream sd = parse(dense.data(), dense.size(), sym.size(), c.alphabet);
+    const Stream ss = parse(sparse.data(), sparse.size(), sym.size(), c.alphabet);
+    DSQ_CHECK(sd.lengths == ss.lengths && ss.lengths_form == kLengthsSparse, "a=%u d=%u: same lengths", c.alphabet,
+              c.distinct);
+  }
+  DSQ_CHECK(lengths_form_for(256, 16) == kLengthsSparse && lengths_form_for(256, 126) == kLengthsDense &&
+                lengths_form_for(256, 125) == kLengthsSparse && lengths_form_for(4, 1) == kLengthsDense,
+            "form choice");
+  // Hand example: counts {2, 1, 1} of alphabet 256 -> listed 3: (0,1) (1,2) (2,2).
+  {
+    const Bytes sym = {0, 0, 1, 2};
+    const Bytes st = encode(sym.data(), sym.size(), 256, 15, 64);
+    const Bytes want = from_hex("0f010001400000000100000002000101020202000000000000000000000000002c");
+    DSQ_CHECK(st == want, "sparse hand example differs (%zu bytes)", st.size());
+  }
+  // Corruptions of the sparse lengths: each rejected with the byte it names.
+  const Bytes sym = random_symbols(3000, 16, 0);
+  const Bytes good = encode(sym.data(), sym.size(), 256, 15, 64, kLengthsSparse);
+  DSQ_CHECK(decode_bytes(good, sym.size(), 256) == sym, "sparse baseline");
+  const unsigned listed = good[12] + 1u;
+  std::string msg;
+  auto expect = [&](const Bytes& st, const char* what, const char* needle) {
+    const bool r = rejects(st, sym.size(), 256, &msg);
+    DSQ_CHECK(r, "%s: not rejected", what);
+    if (r) DSQ_CHECK(msg.find(needle) != std::string::npos, "%s: message '%s' lacks '%s'", what, msg.c_str(), needle);
+  };
+  {
+    Bytes st(good.begin(), good.begin() + 12);
+    expect(st, "no listed count", "need 13");
+    st.assign(good.begin(), good.begin() + 13 + 2 * listed - 1);
+    expect(st, "truncated pairs", "truncated code lengths");
+  }
+  {
+    Bytes st = good;
+    st[13 + 2 * 3] = st[13 + 2 * 2];  // symbol 3 repeats symbol 2
+    expect(st, "repeated symbol", ("at byte " + std::to_string(13 + 6)).c_str());
+    st = good;
+    st[13 + 2 * 1] = 0;  // below the first
+    expect(st, "decreasing symbols", "increasing order");
+  }
+  {
+    Bytes st = good;
+    st[14] = 0;
+    expect(st, "length 0", "at byte 14");
+    st[14] = 15;
+    st[0] = 14;
+    expect(st, "length > max_len", "not in 1..max_len");
+  }
+  {
+    Bytes small = random_symbols(500, 3, 0);
+    Bytes st = encode(small.data(), small.size(), 4, 15, 64, kLengthsSparse);
+    st[13 + 2 * 2] = 4;  // symbol 4 of alphabet 4
+    bool r = rejects(st, small.size(), 4, &msg);
+    DSQ_CHECK(r && msg.find("outside the alphabet") != std::string::npos, "symbol outside: %s", msg.c_str());
+    st = encode(small.data(), small.size(), 4, 15, 64, kLengthsSparse);
+    st[12] = 4;  // 5 listed of 4
+    r = rejects(st, small.size(), 4, &msg);
+    DSQ_CHECK(r && msg.find("5 symbols listed") != std::string::npos, "too many listed: %s", msg.c_str());
+  }
+  {
+    Bytes st = good;
+    const uint64_t end = 13 + 2 * uint64_t(listed);
+    DSQ_CHECK(end % 8 != 0, "test needs padding after the pairs");
+    st[end] = 1;
+    expect(st, "nonzero padding", ("at byte " + std::to_string(end)).c_str());
+  }
+  {
+    Bytes st = good;
+    st[14] = 1;
+    st[16] = 1;  // two codes of length 1 plus the rest: Kraft > 1
+    expect(st, "Kraft > 1", "Kraft");
   }
 }
 
@@ -570,6 +686,7 @@ int main() {
   test_mid_byte_and_sizes();
   test_random_and_chunks();
   test_corrupt();
+  test_sparse_lengths();
   test_fuzz();
   test_encode_arguments();
   DSQ_TEST_MAIN_END();

@@ -6,11 +6,16 @@ encoding (layout x values x Huffman), plus one file with every other op. Golden 
 are the engine's outputs at the time the files were written, checked here against a
 pure numpy forward pass of the float weights (quantized encodings within their error).
 
-    python tests/fuzz/make_corpus.py        # rewrites both directories
+Seeds and golden files are never rewritten (the older ones keep the 1.0 / 1.1 readers'
+paths covered): this script writes only the ones missing. The `v1.2-*` files use the 1.2 codes (u16 row_ptr, sparse Huffman code
+lengths, one int8 scale per tensor); the others were written by the 1.0 / 1.1 writer.
+
+    python tests/fuzz/make_corpus.py        # adds missing seeds and golden files
 """
 from __future__ import annotations
 
 import itertools
+import struct
 import sys
 from pathlib import Path
 
@@ -37,7 +42,7 @@ def weights(rng, shape):
     return w.astype(np.float32)
 
 
-def conv_linear(layout, values, huffman, rng):
+def conv_linear(layout, values, huffman, rng, int8_scale="channel"):
     b = GraphBuilder()
     x = b.add_input("x", (-1,) + X_SHAPE[1:])
     wc = weights(rng, (4, 2, 3, 3))
@@ -47,6 +52,8 @@ def conv_linear(layout, values, huffman, rng):
     enc = {"values": values, "layout": layout, "huffman": huffman, "group_size": 8}
     if layout == "block_csr":
         enc["block"] = (2, 2)
+    if values == "int8_channel":
+        enc["int8_scale"] = int8_scale
     cw = b.add_weight("conv.weight", wc, **enc)
     cb = b.add_weight("conv.bias", bc)
     y = b.add_node("conv2d", [x], weights=[cw, cb], attrs={"activation": [1]}, name="conv")
@@ -98,16 +105,22 @@ def main() -> int:
     x = np.random.default_rng(8).standard_normal(X_SHAPE).astype(np.float32)
     for d in (CORPUS, GOLDEN):
         d.mkdir(parents=True, exist_ok=True)
-        for old in d.glob("*"):
-            if old.suffix in (".dsq", ".npy"):
-                old.unlink()
-    np.save(GOLDEN / "input.npy", x)
+    if not (GOLDEN / "input.npy").exists():
+        np.save(GOLDEN / "input.npy", x)
+    x = np.load(GOLDEN / "input.npy")
     ran = 0
-    for layout, values, huffman in itertools.product(LAYOUTS, VALUES, (False, True)):
-        name = f"{layout}-{values}{'-huffman' if huffman else ''}"
-        f, ws = conv_linear(layout, values, huffman, rng)
+    cases = [(f"{layout}-{values}{'-huffman' if huffman else ''}", layout, values, huffman, "channel")
+             for layout, values, huffman in itertools.product(LAYOUTS, VALUES, (False, True))]
+    # 1.2: the sparse layouts write u16 row_ptr and (Huffman, few symbols) sparse lengths.
+    cases += [(f"v1.2-{layout}-{values}-huffman", layout, values, True, "channel")
+              for layout, values in itertools.product(LAYOUTS[1:], VALUES)]
+    cases += [(f"v1.2-{layout}-int8_channel-tensor{'-huffman' if huffman else ''}", layout, "int8_channel",
+               huffman, "tensor") for layout, huffman in itertools.product(LAYOUTS, (False, True))]
+    for name, layout, values, huffman, int8_scale in cases:
+        f, ws = conv_linear(layout, values, huffman, rng, int8_scale)
         data = F.to_bytes(f)
-        (CORPUS / f"{name}.dsq").write_bytes(data)
+        if not (CORPUS / f"{name}.dsq").exists():
+            (CORPUS / f"{name}.dsq").write_bytes(data)
         try:
             model = deepsqueeze.load(data, threads=1)
         except deepsqueeze.UnsupportedModelError as e:
@@ -118,14 +131,20 @@ def main() -> int:
         tol = {"int4_group": 0.15, "int8_channel": 0.05, "f16": 0.01}.get(values, 1e-4)
         err = float(np.max(np.abs(y - want)))
         assert err <= tol * (1 + np.max(np.abs(want))), f"{name}: engine differs from numpy by {err}"
-        (GOLDEN / f"{name}.dsq").write_bytes(data)
-        np.save(GOLDEN / f"{name}.npy", y)
-        ran += 1
+        if name.startswith("v1.2-"):
+            assert struct.unpack_from("<H", data, 6)[0] == 2, f"{name}: not a 1.2 file"
+        if not (GOLDEN / f"{name}.dsq").exists():
+            (GOLDEN / f"{name}.dsq").write_bytes(data)
+            np.save(GOLDEN / f"{name}.npy", y)
+            ran += 1
     data = F.to_bytes(all_ops(rng))
-    (CORPUS / "all-ops.dsq").write_bytes(data)
-    (GOLDEN / "all-ops.dsq").write_bytes(data)
-    np.save(GOLDEN / "all-ops.npy", deepsqueeze.load(data, threads=1).run(x))
-    print(f"{len(list(CORPUS.glob('*.dsq')))} seeds, {ran + 1} golden files")
+    if not (CORPUS / "all-ops.dsq").exists():
+        (CORPUS / "all-ops.dsq").write_bytes(data)
+    if not (GOLDEN / "all-ops.dsq").exists():
+        (GOLDEN / "all-ops.dsq").write_bytes(data)
+        np.save(GOLDEN / "all-ops.npy", deepsqueeze.load(data, threads=1).run(x))
+        ran += 1
+    print(f"{len(list(CORPUS.glob('*.dsq')))} seeds, {ran} new golden files")
     return 0
 
 
