@@ -500,8 +500,9 @@ static void test_sparse_lengths() {
     const Bytes sparse = encode(sym.data(), sym.size(), c.alphabet, 15, 256, kLengthsSparse);
     const Bytes chosen = encode(sym.data(), sym.size(), c.alphabet, 15, 256);
     DSQ_CHECK(dense[1] == 0 && sparse[1] == 1, "form bytes %u %u", dense[1], sparse[1]);
-    DSQ_CHECK(sparse.size() - dense.size() == lengths_nbytes(c.alphabet, c.distinct, kLengthsSparse) -
-                                                   lengths_nbytes(c.alphabet, c.distinct, kLengthsDense),
+    DSQ_CHECK(int64_t(sparse.size()) - int64_t(dense.size()) ==
+                  int64_t(lengths_nbytes(c.alphabet, c.distinct, kLengthsSparse)) -
+                      int64_t(lengths_nbytes(c.alphabet, c.distinct, kLengthsDense)),
               "a=%u d=%u: the forms differ only in the lengths", c.alphabet, c.distinct);
     DSQ_CHECK(chosen == (sparse.size() < dense.size() ? sparse : dense), "a=%u d=%u: the shorter form is chosen",
               c.alphabet, c.distinct);
