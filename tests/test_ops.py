@@ -209,6 +209,31 @@ def test_depthwise_int8_static(case):
     assert load(dynamic).layers()[0]["kernel"].startswith("dwconv_f32")
 
 
+# Inputs of >= 2^15 values are quantized by both threads (quantize_parallel): the pieces
+# must give the bytes of one call, and a NaN in any piece still makes the output NaN.
+BIG_INT8_CASES = [
+    ("pointwise_c64_32x32", 64, 48, (1, 1), (1, 1), (0, 0), (1, 1), 1, True, 1, 32, 32, 1),
+    ("dw_c64_32x32", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 64, True, 2, 32, 32, 1),
+    ("dw_c40_29x29_odd_length", 40, 40, (3, 3), (2, 2), (1, 1), (1, 1), 40, False, 0, 29, 29, 1),
+]
+
+
+@pytest.mark.parametrize("case", BIG_INT8_CASES, ids=[c[0] for c in BIG_INT8_CASES])
+def test_int8_static_big_input_split_quantize(case):
+    iq = (0.03, 100.0)
+    data, x, dec = conv_model(case, "int8_channel", input_quant=iq, seed=5)
+    assert x.size >= 1 << 15
+    outs = run_threads(data, x)
+    check_threads(outs, exact=True, what=f"split quantize {case[0]}")
+    xin = fake_quant(x, (np.float32(iq[0]), int(iq[1])))
+    check_close(outs[0], conv_ref(xin, dec, case), what=f"split quantize {case[0]}")
+    for at in (0, x.size // 2 + 7, x.size - 1):  # first piece, second piece, the last value
+        bad = x.copy().reshape(-1)
+        bad[at] = np.nan
+        for t in (1, 2):
+            assert np.isnan(load(data, threads=t).run(bad.reshape(x.shape))).all(), (at, t)
+
+
 def test_conv2d_kernel_names():
     kinds = {}
     for enc in ENCODINGS:

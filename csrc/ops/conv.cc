@@ -343,7 +343,7 @@ class ConvLayer : public Layer {
     if (g.pointwise() && g.groups == 1) {
       // Quantize the rows once (k padded), then split rows and panels over threads.
       uint8_t* qa = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
-      if (!gemm_qu8::quantize(x, M, kg, kg * 4, qa, kp, qp)) return nan_output();
+      if (!quantize_parallel(env, x, M, kg, kg * 4, qa, kp, qp)) return nan_output();
       const size_t threads = env.threads();
       const size_t mr = family == Family::kQu8 ? qu8_uk->mr : q4_uk->mr;
       const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
@@ -485,7 +485,7 @@ class ConvLayer : public Layer {
     const size_t n_in = static_cast<size_t>(xs.numel());
     uint8_t* qx = env.scratch;
     // A non-finite input gives a NaN output, as on the other int8 paths (HARDENING.md).
-    if (!gemm_qu8::quantize(x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) {
+    if (!quantize_parallel(env, x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) {
       std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
       return;
     }

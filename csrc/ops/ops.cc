@@ -88,8 +88,37 @@ std::unique_ptr<Layer> make_layer(const format::Node& node, const format::File& 
 std::vector<float> decode_to_f32(const format::Tensor& t) { return format::decode_dense(t); }
 
 uint64_t min_parallel_macs() {
-  static const uint64_t v = env_uint64("DSQ_MIN_PARALLEL_MACS", uint64_t(1) << 21);
+  static const uint64_t v = env_uint64("DSQ_MIN_PARALLEL_MACS", uint64_t(1) << 18);
   return v;
+}
+
+bool quantize_parallel(const RunEnv& env, const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+                       size_t q_stride, const gemm_qu8::QuantParams& qp) {
+  // ~4 us of quantize on one core here: a spinning worker's hand-off costs well under half.
+  constexpr size_t kMinValues = 1 << 15, kFlatAlign = 64;
+  const size_t threads = env.threads(), total = m * k;
+  if (threads <= 1 || total < kMinValues) return gemm_qu8::quantize(x, m, k, x_stride, q, q_stride, qp);
+  char finite[64];
+  const size_t tasks = std::min<size_t>(threads, sizeof(finite));
+  std::fill(finite, finite + tasks, 1);
+  if (m == 1) {
+    const size_t piece = (k / tasks + kFlatAlign - 1) / kFlatAlign * kFlatAlign;
+    env.pool->parallel_for(tasks, [&](size_t t) {
+      const size_t b = std::min(k, t * piece), e = t + 1 == tasks ? k : std::min(k, (t + 1) * piece);
+      if (b >= e) return;
+      // Pieces before the last are multiples of 64 values: no row padding inside the row.
+      const size_t padded = e == k ? q_stride - b : e - b;
+      if (!gemm_qu8::quantize(x + b, 1, e - b, 0, q + b, padded, qp)) finite[t] = 0;
+    });
+  } else {
+    env.pool->parallel_for(tasks, [&](size_t t) {
+      const size_t b = m * t / tasks, e = m * (t + 1) / tasks;
+      const float* xb = reinterpret_cast<const float*>(reinterpret_cast<const char*>(x) + b * x_stride);
+      if (b < e && !gemm_qu8::quantize(xb, e - b, k, x_stride, q + b * q_stride, q_stride, qp))
+        finite[t] = 0;
+    });
+  }
+  return std::all_of(finite, finite + tasks, [](char f) { return f != 0; });
 }
 
 void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env) {

@@ -8,6 +8,7 @@
 
 #include "base/threadpool.h"
 #include "format/file.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 
 namespace dsq::rt {
 
@@ -90,10 +91,12 @@ struct RunEnv {
   size_t threads() const { return serial ? 1 : pool->threads(); }
 };
 
-// Below this many MACs a conv/linear call runs on the calling thread: waking a worker (a
-// futex wake and a context switch, ~10-30 us here) costs more than the work it would
-// take. DSQ_MIN_PARALLEL_MACS overrides it (the tests set 0 so small layers still exercise
-// the threaded paths).
+// Below this many MACs (default 2^18) a conv/linear call runs on the calling thread: the
+// hand-off to a worker costs a few microseconds even while it spins between layers (a
+// sleeping one: a futex wake, ~10-30 us). 2^18 splits MobileNetV2-CIFAR's 8x8 and 4x4
+// depthwise layers; 2^21 kept them serial (batch 1, 2 threads: 705 -> 540 us; LeNets' layers
+// stay under it). DSQ_MIN_PARALLEL_MACS overrides it (the tests set 0 so small layers still
+// exercise the threaded paths).
 uint64_t min_parallel_macs();
 
 struct WeightInfo {
@@ -207,6 +210,13 @@ float attr_float(const format::Node& n, format::Attr key, size_t i, float dflt);
 bool all_finite(const float* x, size_t n);
 // dst[c][r] = src[r][c] for r < rows, c < cols (strides in elements), in cache blocks.
 void transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows, size_t cols);
+// gemm_qu8::quantize split over the pool's threads when the call is big enough to pay
+// for the hand-off (and the layer is not running serially); the same bytes as one call.
+// m == 1 is one flat row (q_stride = padded_k(k)): it is cut at multiples of 64 values.
+// Returns false when any input is NaN or +-Inf, as quantize().
+bool quantize_parallel(const RunEnv& env, const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
+                       size_t q_stride, const gemm_qu8::QuantParams& qp);
+
 // out[i] = clamp(out[i] + residual[i], lo, hi) for i < n, with the add layer's expression
 // (so a fused add gives the same bits as the separate one), split over the pool.
 void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env);
