@@ -234,6 +234,27 @@ def test_int8_static_big_input_split_quantize(case):
             assert np.isnan(load(data, threads=t).run(bad.reshape(x.shape))).all(), (at, t)
 
 
+@pytest.mark.parametrize("batch", (1, 2))
+def test_depthwise_int8_packed_rows_nan_in_unread_row(batch):
+    """Stride (4, 1): rows 3, 7, 11 and 12 feed no output, so the packed path (which
+    quantizes only the rows its windows read, in one band per thread) checks them for the
+    NaN rule separately; the outputs equal the scalar reference at 1-3 threads."""
+    case = ("dw_s41_c16", 16, 16, (3, 3), (4, 1), (0, 1), (1, 1), 16, True, 0, 13, 8, batch)
+    iq = (0.05, 120.0)
+    data, x, _ = conv_model(case, "int8_channel", input_quant=iq, seed=7)
+    ref = load(data, force_kernel="dwconv_qu8_1__scalar").run(x)
+    for t in (1, 2, 3):
+        m = load(data, threads=t)
+        assert np.array_equal(m.run(x), ref), t
+        for row in (3, 12, 4):  # unread, unread (last), read
+            bad = x.copy()
+            bad[-1, 5, row, 2] = np.inf
+            out = m.run(bad)
+            # the bad sample's output is NaN (at 2+ threads a batch runs in slices, and the
+            # rule covers the slice: docs/HARDENING.md)
+            assert np.isnan(out[-1]).all() and (t > 1 or np.isnan(out).all()), (t, row)
+
+
 def test_conv2d_kernel_names():
     kinds = {}
     for enc in ENCODINGS:

@@ -76,6 +76,9 @@ class ConvLayer : public Layer {
   std::vector<int8_t> dwq_weights;
   std::vector<float> dwq_scale;
   const dwconv_qu8::Ukernel* dwq_uk = nullptr;
+  // 3-tap packed path (dwq_uk->packed, kw 3, dw 1): weights [kh][cout] u32 (dwconv_qu8.h)
+  bool dwq_packed = false;
+  std::vector<uint32_t> dwq_w3;
   std::string decoded_from;  // depthwise with quantized weights: which encoding
   uint64_t weight_read_bytes = 0;
 
@@ -108,11 +111,31 @@ class ConvLayer : public Layer {
     return g.is_linear ? out.numel() / g.cout : out.dims[0] * out.dims[2] * out.dims[3];
   }
 
+  // Depthwise packed path: bands of output rows per image (one per thread), and the most
+  // input rows a band reads.
+  static int64_t packed_bands(int64_t OH, size_t threads) {
+    return std::max<int64_t>(1, std::min<int64_t>(OH, static_cast<int64_t>(std::min<size_t>(threads, kMaxSlots))));
+  }
+  int64_t packed_span(int64_t H, int64_t OH, int64_t bands) const {
+    const int64_t rows = (OH + bands - 1) / bands;
+    return std::min<int64_t>(H, (rows - 1) * g.sh + (g.kh - 1) * g.dh + 1);
+  }
+
   size_t scratch_bytes(const std::vector<Shape>& in, const std::vector<Shape>& out,
                        size_t threads) const override {
     if (family == Family::kDepthwiseF32) return 0;
-    // the input quantized once (u8; a quantize call pads its row to 4 bytes)
-    if (family == Family::kDepthwiseQu8) return (static_cast<size_t>(in[0].numel()) + 63) / 64 * 64 + 64;
+    // the input quantized once (u8; a quantize call pads its row to 4 bytes), then for the
+    // packed path, per task slot, the packed input rows of one band
+    if (family == Family::kDepthwiseQu8) {
+      size_t bytes = (static_cast<size_t>(in[0].numel()) + 63) / 64 * 64 + 64;
+      if (dwq_packed) {  // (a layer running serially uses one slot for a whole image)
+        const int64_t H = in[0].dims[2], OH = out[0].dims[2];
+        const size_t row = static_cast<size_t>(out[0].dims[3] * g.cin) * 4;
+        const size_t split = std::min<size_t>(threads, kMaxSlots) * packed_span(H, OH, packed_bands(OH, threads));
+        bytes += std::max<size_t>(split, static_cast<size_t>(packed_span(H, OH, 1))) * row;
+      }
+      return bytes;
+    }
     threads = std::min<size_t>(threads, kMaxSlots);  // task slots, see run_tasks
     const size_t kg = static_cast<size_t>(g.k_group());
     size_t bytes = 0;
@@ -153,7 +176,7 @@ class ConvLayer : public Layer {
         return std::string(dw_uk->name) + " nhwc" +
                (decoded_from.empty() ? "" : " (weights decoded from " + decoded_from + ")");
       case Family::kDepthwiseQu8:
-        return std::string(dwq_uk->name) + " nhwc (static act quant)";
+        return std::string(dwq_uk->name) + (dwq_packed ? " 3-tap packed rows" : "") + " nhwc (static act quant)";
     }
     if (!g.is_linear && !g.pointwise()) k += implicit_gemm ? " + implicit gemm" : " + im2col";
     if (family == Family::kF32 && !decoded_from.empty()) k += " (weights decoded from " + decoded_from + ")";
@@ -484,12 +507,58 @@ class ConvLayer : public Layer {
     const int64_t OH = ys.dims[2], OW = ys.dims[3];
     const size_t n_in = static_cast<size_t>(xs.numel());
     uint8_t* qx = env.scratch;
+    const dwconv_qu8::Geometry dg{H, W, C, OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, quant.zero, lo, hi};
+    auto nan_output = [&] { std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN()); };
+    const bool fused = dwq_packed && dwq_uk->quant_pack && g.sw == 1;
     // A non-finite input gives a NaN output, as on the other int8 paths (HARDENING.md).
-    if (!quantize_parallel(env, x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) {
-      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+    if (!fused && !quantize_parallel(env, x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) return nan_output();
+    if (dwq_packed) {
+      // One task per band of output rows: it packs the input rows its band reads into its
+      // own slot (a band's halo rows are packed twice) and runs the band, so the packed
+      // rows stay in that core's cache and there is one parallel region.
+      const int64_t bands = packed_bands(OH, env.threads());
+      uint32_t* slots = reinterpret_cast<uint32_t*>(qx + (n_in + 63) / 64 * 64 + 64);
+      const size_t slot_words = static_cast<size_t>(packed_span(H, OH, bands) * OW * C);
+      char finite[kMaxSlots];
+      std::fill(finite, finite + kMaxSlots, 1);
+      auto span = [&](int64_t b, int64_t* oh0, int64_t* oh1, int64_t* lo, int64_t* hi) {
+        *oh0 = OH * b / bands;
+        *oh1 = OH * (b + 1) / bands;
+        *lo = std::max<int64_t>(0, *oh0 * g.sh - g.ph);
+        *hi = std::min<int64_t>(H, (*oh1 - 1) * g.sh - g.ph + (g.kh - 1) * g.dh + 1);
+      };
+      run_tasks(env, static_cast<size_t>(N * bands), [&](size_t task, size_t slot) {
+        const int64_t n = static_cast<int64_t>(task) / bands;
+        int64_t oh0, oh1, lo, hi;
+        span(static_cast<int64_t>(task) % bands, &oh0, &oh1, &lo, &hi);
+        if (oh0 >= oh1) return;
+        uint32_t* band = slots + slot * slot_words;
+        for (int64_t ih = lo; ih < hi; ++ih) {
+          uint32_t* dst = band + (ih - lo) * OW * C;
+          if (!fused) dwq_uk->pack(dg, qx + (n * H + ih) * W * C, dst);
+          else if (!dwq_uk->quant_pack(dg, x + (n * H + ih) * W * C, quant.scale, quant.zero, dst)) finite[slot] = 0;
+        }
+        for (int64_t oh = oh0; oh < oh1; ++oh)
+          dwq_uk->packed(dg, band, lo, dwq_w3.data(), dwq_scale.data(), dw_bias.data(), y + (n * OH + oh) * OW * C, oh);
+      });
+      if (fused) {
+        // Rows no window reads were not quantized: the NaN rule still looks at them.
+        std::vector<char> read(static_cast<size_t>(H), 0);
+        for (int64_t b = 0; b < bands; ++b) {
+          int64_t oh0, oh1, lo, hi;
+          span(b, &oh0, &oh1, &lo, &hi);
+          if (oh0 < oh1)
+            for (int64_t ih = lo; ih < hi; ++ih) read[static_cast<size_t>(ih)] = 1;
+        }
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t ih = 0; ih < H; ++ih)
+            if (!read[static_cast<size_t>(ih)])
+              for (const float* p = x + (n * H + ih) * W * C, *e = p + W * C; p < e; ++p)
+                if (!std::isfinite(*p)) finite[0] = 0;
+        if (!std::all_of(finite, finite + kMaxSlots, [](char f) { return f != 0; })) return nan_output();
+      }
       return;
     }
-    const dwconv_qu8::Geometry dg{H, W, C, OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, quant.zero, lo, hi};
     run_tasks(env, static_cast<size_t>(N * OH), [&](size_t row, size_t) {
       const int64_t n = static_cast<int64_t>(row) / OH, oh = static_cast<int64_t>(row) % OH;
       dwq_uk->fn(dg, qx + n * H * W * C, dwq_weights.data(), dwq_scale.data(), dw_bias.data(),
@@ -615,7 +684,12 @@ std::unique_ptr<Layer> make_conv_or_linear(const format::Node& n, const format::
         layer->dwq_uk = dwconv_qu8::find_ukernel(force.c_str());
         if (!layer->dwq_uk) bad(n, "forced kernel '" + force + "' is not available on this CPU");
       }
-      layer->weight_read_bytes = layer->dwq_weights.size() + layer->dwq_scale.size() * 4;
+      layer->dwq_packed = layer->dwq_uk->packed && g.kw == 3 && g.dw == 1;
+      if (layer->dwq_packed) {  // the packed kernels read [kh][C] u32 weights, not the codes
+        layer->dwq_w3 = dwconv_qu8::pack_weights3(layer->dwq_weights.data(), g.kh, g.cout);
+        std::vector<int8_t>().swap(layer->dwq_weights);
+      }
+      layer->weight_read_bytes = layer->dwq_weights.size() + layer->dwq_w3.size() * 4 + layer->dwq_scale.size() * 4;
       layer->packed_bytes = layer->weight_read_bytes + layer->dw_bias.size() * 4;
       return layer;
     }

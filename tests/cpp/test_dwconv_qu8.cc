@@ -4,6 +4,7 @@
 // counts around the vector widths (SIMD blocks + scalar tail), kernel shapes, strides,
 // paddings, dilations, images smaller than the kernel, zero points 0 / mid / 255, the
 // extreme codes (x 255, w -127) and clamps.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,6 +14,7 @@
 
 #include "check.h"
 #include "kernels/dwconv_qu8/dwconv_qu8.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 
 using namespace dsq;
 using namespace dsq::dwconv_qu8;
@@ -29,6 +31,27 @@ std::vector<float> run_all(const Ukernel& uk, const Geometry& g, int64_t OH, con
                            const std::vector<int8_t>& w, const std::vector<float>& s, const std::vector<float>& b) {
   std::vector<float> y(static_cast<size_t>(OH * g.OW * g.C + 5), -777.f);  // +5: nothing written past
   for (int64_t oh = 0; oh < OH; ++oh) uk.fn(g, x.data(), w.data(), s.data(), b.data(), y.data() + oh * g.OW * g.C, oh);
+  return y;
+}
+
+// The 3-tap packed pair (kw 3, dw 1): pack every image row, then the packed row kernel.
+std::vector<float> run_packed(const Ukernel& uk, const Geometry& g, int64_t OH, const std::vector<uint8_t>& x,
+                              const std::vector<int8_t>& w, const std::vector<float>& s, const std::vector<float>& b) {
+  std::vector<uint32_t> packed(static_cast<size_t>(g.H * g.OW * g.C) + 1, 0xDEADBEEFu);
+  for (int64_t ih = 0; ih < g.H; ++ih) uk.pack(g, x.data() + ih * g.W * g.C, packed.data() + ih * g.OW * g.C);
+  DSQ_CHECK(packed.back() == 0xDEADBEEFu, "%s: pack wrote past the rows", uk.name);
+  const std::vector<uint32_t> w3 = pack_weights3(w.data(), g.kh, g.C);
+  std::vector<float> y(static_cast<size_t>(OH * g.OW * g.C + 5), -777.f);
+  for (int64_t oh = 0; oh < OH; ++oh)
+    uk.packed(g, packed.data(), 0, w3.data(), s.data(), b.data(), y.data() + oh * g.OW * g.C, oh);
+  // A band of rows from first_row on (what a thread packs for its output rows).
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    const int64_t lo = std::max<int64_t>(0, oh * g.sh - g.ph);
+    std::vector<float> yb(static_cast<size_t>(g.OW * g.C));
+    uk.packed(g, packed.data() + lo * g.OW * g.C, lo, w3.data(), s.data(), b.data(), yb.data(), oh);
+    DSQ_CHECK(std::memcmp(yb.data(), y.data() + oh * g.OW * g.C, yb.size() * 4) == 0, "%s: first_row %lld",
+              uk.name, (long long)lo);
+  }
   return y;
 }
 
@@ -52,6 +75,12 @@ int main() {
       {4, 4, 24, 1, 1, 1, 1, 0, 0, 1, 1, 128, -inf, inf, false},
       {6, 7, 48, 7, 7, 1, 1, 3, 3, 1, 1, 128, -inf, inf, false},  // 49 taps: the scalar path
       {11, 10, 32, 3, 3, 2, 2, 0, 0, 1, 1, 64, 0.f, inf, false},  // no padding, stride 2
+      // the 3-tap packed pair: row dilation, tall kernels (the scalar fallback past 8 rows),
+      // paddings wider than a tap, a 2-pixel image, stride 3
+      {9, 8, 20, 3, 3, 1, 1, 2, 1, 2, 1, 90, -inf, inf, false},
+      {12, 6, 16, 9, 3, 1, 1, 4, 1, 1, 1, 130, -inf, inf, false},
+      {4, 2, 35, 3, 3, 1, 1, 1, 2, 1, 1, 250, -inf, inf, false},
+      {10, 11, 18, 3, 3, 3, 3, 1, 1, 1, 1, 5, -1.f, 1.f, false},
   };
   int tested = 0;
   for (const Case& c : cases) {
@@ -90,6 +119,38 @@ int main() {
       DSQ_CHECK(std::memcmp(got.data(), want.data(), got.size() * 4) == 0, "%s differs from the reference (C=%lld)",
                 uk.name, (long long)c.C);
       ++tested;
+      if (!uk.packed || !packed3_applies(g)) continue;
+      const std::vector<float> gp = run_packed(uk, g, OH, x, w, s, b);
+      DSQ_CHECK(std::memcmp(gp.data(), want.data(), gp.size() * 4) == 0,
+                "%s packed differs from the reference (C=%lld k=%lldx%lld s=%lld)", uk.name, (long long)c.C,
+                (long long)c.kh, (long long)c.kw, (long long)c.sw);
+      ++tested;
+      if (!uk.quant_pack || c.sw != 1) continue;
+      // quantize + pack in one pass: the bytes of gemm_qu8::quantize then pack (floats at
+      // exact codes, near ties, out of range; a NaN is reported and packed as code 0).
+      const float qscale = 0.37f;
+      std::vector<float> xf(x.size());
+      for (size_t i = 0; i < xf.size(); ++i) {
+        const int k = static_cast<int>(i % 7);
+        xf[i] = k == 0 ? (rnd_int(-300, 300) + 0.5f) * qscale : k == 1 ? 1e6f : k == 2 ? -1e6f : rnd() * 40.f;
+      }
+      for (int with_nan = 0; with_nan < 2; ++with_nan) {
+        if (with_nan) xf[xf.size() / 2] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<uint8_t> q(gemm_qu8::padded_k(xf.size()));
+        const bool finite_want =
+            gemm_qu8::quantize(xf.data(), 1, xf.size(), 0, q.data(), q.size(), gemm_qu8::QuantParams{qscale, c.zero});
+        std::vector<uint32_t> want_p(static_cast<size_t>(c.H * OW * c.C)), got_p(want_p.size());
+        bool finite_got = true;
+        for (int64_t ih = 0; ih < c.H; ++ih) {
+          pack_row3_scalar(g, q.data() + ih * c.W * c.C, want_p.data() + ih * OW * c.C);
+          finite_got &= uk.quant_pack(g, xf.data() + ih * c.W * c.C, qscale, c.zero, got_p.data() + ih * OW * c.C);
+        }
+        DSQ_CHECK(finite_got == finite_want && finite_got == !with_nan, "%s quant_pack finite flag (nan %d)",
+                  uk.name, with_nan);
+        DSQ_CHECK(want_p == got_p, "%s quant_pack differs from quantize + pack (C=%lld, nan %d)", uk.name,
+                  (long long)c.C, with_nan);
+        ++tested;
+      }
     }
   }
   DSQ_CHECK(isa_supported(best_ukernel().isa), "best supported");

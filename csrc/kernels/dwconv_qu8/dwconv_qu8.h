@@ -31,15 +31,43 @@ struct Geometry {
 using RowFn = void (*)(const Geometry& g, const uint8_t* x, const int8_t* w, const float* scale, const float* bias,
                        float* y, int64_t oh);
 
+// The 3-tap packed form, for kw == 3 and dw == 1: one vpdpbusd sums a kernel row's three
+// taps of 16 channels. Image row ih becomes [OW][C] u32 whose bytes j = 0..2 are
+// x[ih][ow * sw - pw + j][c] (the zero point outside the image) and byte 3 is 0; the
+// weights become [kh][C] u32 the same way (a kernel row's three taps and a 0). A packed
+// row kernel skips kernel rows outside the image, as the row kernels do, and subtracts
+// zero * (the sum of the in-image rows' weights): the padding columns hold the zero point,
+// so each sum equals the reference's and the outputs are bit-identical.
+inline bool packed3_applies(const Geometry& g) { return g.kw == 3 && g.dw == 1; }
+// x_row: image row ih (W x C u8); packed: that row's OW x C u32.
+using PackRowFn = void (*)(const Geometry& g, const uint8_t* x_row, uint32_t* packed);
+// packed: packed image rows from first_row on (OW x C u32 each; every row the output row
+// reads must be there); w3: pack_weights3; y: output row oh.
+using PackedRowFn = void (*)(const Geometry& g, const uint32_t* packed, int64_t first_row, const uint32_t* w3,
+                             const float* scale, const float* bias, float* y, int64_t oh);
+std::vector<uint32_t> pack_weights3(const int8_t* w, int64_t kh, int64_t C);  // w: [kh][3][C]
+// Quantizes image row ih from f32 (W x C; gemm_qu8::quantize's bytes) straight into its
+// packed form; sw == 1 only (then every pixel of the row is read). Returns false when the
+// row holds a NaN or Inf, as quantize does.
+using QuantPackRowFn = bool (*)(const Geometry& g, const float* x_row, float scale, int32_t zero, uint32_t* packed);
+
 struct Ukernel {
   const char* name;  // e.g. "dwconv_qu8_16__avx512"
   Isa isa;
-  RowFn fn;
+  RowFn fn;          // any geometry (a packed variant: its ISA's row kernel)
+  PackRowFn pack = nullptr;       // set on the 3-tap packed variants,
+  PackedRowFn packed = nullptr;   // used where packed3_applies
+  QuantPackRowFn quant_pack = nullptr;  // optional: quantize + pack in one pass (sw == 1)
 };
 
 const std::vector<Ukernel>& all_ukernels();  // references first
 const Ukernel& best_ukernel();                // the highest ISA this CPU runs
 const Ukernel* find_ukernel(const char* name);  // nullptr: unknown or unsupported
+
+// The scalar 3-tap packed pair (the packed variants' reference).
+void pack_row3_scalar(const Geometry& g, const uint8_t* x_row, uint32_t* packed);
+void packed_row3_scalar(const Geometry& g, const uint32_t* packed, int64_t first_row, const uint32_t* w3,
+                        const float* scale, const float* bias, float* y, int64_t oh);
 
 // Channels [c0, c1) of one output row, in scalar code (the reference, and the SIMD
 // variants' channel tail).

@@ -11,6 +11,7 @@
 
 #include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/gemm_qu8/ukernels.h"
+#include "kernels/gemm_qu8/x86_avx512_quantize.h"
 
 namespace dsq::gemm_qu8 {
 namespace {
@@ -52,34 +53,11 @@ void minmax_avx512(const float* x, size_t m, size_t k, size_t x_stride, float* l
 bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                      size_t q_stride, QuantParams p) {
   const size_t kp = padded_k(k);
-  __mmask16 bad = 0;  // NaN / Inf lanes (masked-off lanes load 0)
-  const __m512 scale = _mm512_set1_ps(p.scale);
-  const __m512 zero = _mm512_set1_ps(static_cast<float>(p.zero));
-  const __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_set1_ps(255.0f);
   // x * (1 / scale) instead of x / scale (the division made the loop 1.75x slower): the
   // product rounds to the quotient's integer unless it lies within kNearTie of a half
-  // (ukernels.h); those lanes (rare) take the division. Scales whose reciprocal is not a
-  // normal float always divide.
-  const bool fast = fast_reciprocal_ok(p.scale);
-  const __m512 inv = _mm512_set1_ps(1.0f / p.scale);
-  const __m512 tie_edge = _mm512_set1_ps(0.5f - kNearTie);
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  auto quantize16 = [&](__m512 xv) {
-    bad |= _mm512_fpclass_ps_mask(xv, 0x99);  // QNaN | +Inf | -Inf | SNaN
-    __m512 r;
-    if (fast) {
-      const __m512 v = _mm512_mul_ps(xv, inv);
-      r = _mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION);
-      // |v - nearbyint(v)| (exact), in [0, 0.5]: a near tie when it is about 0.5
-      const __m512 frac = _mm512_and_ps(_mm512_sub_ps(v, r), abs_mask);
-      const __mmask16 redo = _mm512_cmp_ps_mask(frac, tie_edge, _CMP_GT_OQ);
-      if (redo) r = _mm512_mask_roundscale_ps(r, redo, _mm512_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION);
-    } else {
-      r = _mm512_roundscale_ps(_mm512_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION);
-    }
-    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zero), vmin), vmax);
-    return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
-  };
+  // (ukernels.h); those lanes (rare) take the division (x86_avx512_quantize.h).
+  Avx512Quantizer qz(p);
+  auto quantize16 = [&](__m512 xv) { return _mm512_cvtepi32_epi8(qz.codes(xv)); };
   for (size_t i = 0; i < m; ++i) {
     const float* xr = row(x, i, x_stride);
     uint8_t* qr = q + i * q_stride;
@@ -95,7 +73,7 @@ bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_
       _mm_mask_storeu_epi8(qr + j, mo, u8);
     }
   }
-  return bad == 0;
+  return qz.bad == 0;
 }
 
 }  // namespace dsq::gemm_qu8
