@@ -542,19 +542,22 @@ class ConvLayer : public Layer {
           dwq_uk->packed(dg, band, lo, dwq_w3.data(), dwq_scale.data(), dw_bias.data(), y + (n * OH + oh) * OW * C, oh);
       });
       if (fused) {
-        // Rows no window reads were not quantized: the NaN rule still looks at them.
-        std::vector<char> read(static_cast<size_t>(H), 0);
+        // Rows no band reads were not quantized: the NaN rule still looks at them. Band
+        // spans start in order, so the unread rows are the gaps between them and the tail.
+        auto check_rows = [&](int64_t r0, int64_t r1) {
+          for (int64_t n = 0; n < N; ++n)
+            for (const float *p = x + (n * H + r0) * W * C, *e = x + (n * H + r1) * W * C; p < e; ++p)
+              if (!std::isfinite(*p)) finite[0] = 0;
+        };
+        int64_t read_to = 0;
         for (int64_t b = 0; b < bands; ++b) {
           int64_t oh0, oh1, lo, hi;
           span(b, &oh0, &oh1, &lo, &hi);
-          if (oh0 < oh1)
-            for (int64_t ih = lo; ih < hi; ++ih) read[static_cast<size_t>(ih)] = 1;
+          if (oh0 >= oh1 || lo >= hi) continue;
+          if (lo > read_to) check_rows(read_to, lo);
+          read_to = std::max(read_to, hi);
         }
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t ih = 0; ih < H; ++ih)
-            if (!read[static_cast<size_t>(ih)])
-              for (const float* p = x + (n * H + ih) * W * C, *e = p + W * C; p < e; ++p)
-                if (!std::isfinite(*p)) finite[0] = 0;
+        if (read_to < H) check_rows(read_to, H);
         if (!std::all_of(finite, finite + kMaxSlots, [](char f) { return f != 0; })) return nan_output();
       }
       return;

@@ -13,58 +13,52 @@ void dwconv_qu8_16__avx512vnni(const Geometry& g, const uint8_t* x, const int8_t
 
 namespace {
 inline __mmask16 channel_mask(int64_t left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
-}  // namespace
 
-void pack_row3__avx512vnni(const Geometry& g, const uint8_t* x_row, uint32_t* packed) {
-  const int64_t C = g.C;
-  const __m512i zero = _mm512_set1_epi32(g.zero);
-  // Pixel iw's 16 channels zero-extended to 32-bit lanes (the zero point outside the image).
-  auto pixel = [&](int64_t iw, int64_t c, __mmask16 m) {
-    return iw >= 0 && iw < g.W ? _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_maskz_loadu_epi8(m, x_row + iw * C + c))
-                               : zero;
+// Packs one image row: pixel(iw, c, m) gives pixel iw's channels c.. as 32-bit lanes (the
+// zero point outside the image). Each output column is b0 | b1 << 8 | b2 << 16; at sw == 1
+// the window slides one pixel, so each pixel is fetched once (enters as byte 2, leaves
+// after byte 0).
+template <typename Pixel>
+void pack_row(const Geometry& g, uint32_t* packed, Pixel&& pixel) {
+  // Locals: the vector stores may alias anything, so fields of g would be reloaded.
+  const int64_t C = g.C, OW = g.OW, sw = g.sw, pw = g.pw;
+  auto three = [&](int64_t iw, int64_t c, __mmask16 m) {  // ternary logic 0xFE: a | b | c
+    return _mm512_ternarylogic_epi32(pixel(iw, c, m), _mm512_maskz_slli_epi32(0xFFFF, pixel(iw + 1, c, m), 8),
+                                     _mm512_maskz_slli_epi32(0xFFFF, pixel(iw + 2, c, m), 16), 0xFE);
   };
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 m = channel_mask(C - c);
-    const int64_t iw0 = -g.pw;
-    // b0 | b1 << 8 | b2 << 16 (ternary logic 0xFE: a | b | c)
-    __m512i v = _mm512_ternarylogic_epi32(pixel(iw0, c, m), _mm512_maskz_slli_epi32(0xFFFF, pixel(iw0 + 1, c, m), 8),
-                                          _mm512_maskz_slli_epi32(0xFFFF, pixel(iw0 + 2, c, m), 16), 0xFE);
+    __m512i v = three(-pw, c, m);
     _mm512_mask_storeu_epi32(packed + c, m, v);
-    for (int64_t ow = 1; ow < g.OW; ++ow) {
-      const int64_t iw = ow * g.sw - g.pw;
-      if (g.sw == 1) {  // the window slides one pixel: drop byte 0, the new pixel is byte 2
-        v = _mm512_or_si512(_mm512_maskz_srli_epi32(0xFFFF, v, 8), _mm512_maskz_slli_epi32(0xFFFF, pixel(iw + 2, c, m), 16));
-      } else {
-        v = _mm512_ternarylogic_epi32(pixel(iw, c, m), _mm512_maskz_slli_epi32(0xFFFF, pixel(iw + 1, c, m), 8),
-                                      _mm512_maskz_slli_epi32(0xFFFF, pixel(iw + 2, c, m), 16), 0xFE);
+    if (sw == 1) {
+      for (int64_t ow = 1; ow < OW; ++ow) {
+        v = _mm512_or_si512(_mm512_maskz_srli_epi32(0xFFFF, v, 8),
+                            _mm512_maskz_slli_epi32(0xFFFF, pixel(ow - pw + 2, c, m), 16));
+        _mm512_mask_storeu_epi32(packed + ow * C + c, m, v);
       }
-      _mm512_mask_storeu_epi32(packed + ow * C + c, m, v);
+    } else {
+      for (int64_t ow = 1; ow < OW; ++ow) _mm512_mask_storeu_epi32(packed + ow * C + c, m, three(ow * sw - pw, c, m));
     }
   }
+}
+}  // namespace
+
+void pack_row3__avx512vnni(const Geometry& g, const uint8_t* x_row, uint32_t* packed) {
+  const __m512i zero = _mm512_set1_epi32(g.zero);
+  const int64_t W = g.W, C = g.C;
+  pack_row(g, packed, [&](int64_t iw, int64_t c, __mmask16 m) {
+    return iw >= 0 && iw < W ? _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_maskz_loadu_epi8(m, x_row + iw * C + c)) : zero;
+  });
 }
 
 bool quant_pack_row3__avx512vnni(const Geometry& g, const float* x_row, float scale, int32_t zero_point,
                                  uint32_t* packed) {
-  const int64_t C = g.C;
   gemm_qu8::Avx512Quantizer qz(gemm_qu8::QuantParams{scale, zero_point});
   const __m512i zero = _mm512_set1_epi32(zero_point);
-  for (int64_t c = 0; c < C; c += 16) {
-    const __mmask16 m = channel_mask(C - c);
-    auto pixel = [&](int64_t iw) {
-      return iw >= 0 && iw < g.W ? qz.codes(_mm512_maskz_loadu_ps(m, x_row + iw * C + c)) : zero;
-    };
-    // The window slides one pixel per output column (sw == 1): each pixel is quantized
-    // once, enters as byte 2 and leaves after byte 0.
-    const int64_t iw0 = -g.pw;
-    __m512i v = _mm512_ternarylogic_epi32(pixel(iw0), _mm512_maskz_slli_epi32(0xFFFF, pixel(iw0 + 1), 8),
-                                          _mm512_maskz_slli_epi32(0xFFFF, pixel(iw0 + 2), 16), 0xFE);
-    _mm512_mask_storeu_epi32(packed + c, m, v);
-    for (int64_t ow = 1; ow < g.OW; ++ow) {
-      v = _mm512_or_si512(_mm512_maskz_srli_epi32(0xFFFF, v, 8),
-                          _mm512_maskz_slli_epi32(0xFFFF, pixel(ow - g.pw + 2), 16));
-      _mm512_mask_storeu_epi32(packed + ow * C + c, m, v);
-    }
-  }
+  const int64_t W = g.W, C = g.C;
+  pack_row(g, packed, [&](int64_t iw, int64_t c, __mmask16 m) {
+    return iw >= 0 && iw < W ? qz.codes(_mm512_maskz_loadu_ps(m, x_row + iw * C + c)) : zero;
+  });
   return qz.bad == 0;
 }
 
