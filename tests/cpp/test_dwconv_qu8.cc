@@ -55,6 +55,32 @@ std::vector<float> run_packed(const Ukernel& uk, const Geometry& g, int64_t OH, 
   return y;
 }
 
+// u8 output (Geometry::out_u8) of every output row, by the row kernel or the packed pair:
+// the codes and whether any output was NaN / Inf.
+std::vector<uint8_t> run_u8(const Ukernel& uk, bool packed, Geometry g, int64_t OH, const std::vector<uint8_t>& x,
+                            const std::vector<int8_t>& w, const std::vector<float>& s, const std::vector<float>& b,
+                            float out_scale, int32_t out_zero, bool* out_bad) {
+  uint8_t bad = 0;
+  g.out_u8 = true;
+  g.out_scale = out_scale;
+  g.out_zero = out_zero;
+  g.out_bad = &bad;
+  std::vector<uint8_t> y(static_cast<size_t>(OH * g.OW * g.C + 5), 0xA5);  // +5: nothing written past
+  std::vector<uint32_t> p(static_cast<size_t>(g.H * g.OW * g.C));
+  const std::vector<uint32_t> w3 = packed ? pack_weights3(w.data(), g.kh, g.C) : std::vector<uint32_t>();
+  if (packed)
+    for (int64_t ih = 0; ih < g.H; ++ih) uk.pack(g, x.data() + ih * g.W * g.C, p.data() + ih * g.OW * g.C);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    float* row = reinterpret_cast<float*>(y.data() + oh * g.OW * g.C);
+    if (packed) uk.packed(g, p.data(), 0, w3.data(), s.data(), b.data(), row, oh);
+    else uk.fn(g, x.data(), w.data(), s.data(), b.data(), row, oh);
+  }
+  for (size_t i = static_cast<size_t>(OH * g.OW * g.C); i < y.size(); ++i) DSQ_CHECK(y[i] == 0xA5, "%s: u8 past", uk.name);
+  *out_bad = bad != 0;
+  y.resize(static_cast<size_t>(OH * g.OW * g.C));
+  return y;
+}
+
 }  // namespace
 
 int main() {
@@ -126,6 +152,7 @@ int main() {
                 (long long)c.kh, (long long)c.kw, (long long)c.sw);
       ++tested;
       if (!uk.quant_pack || c.sw != 1) continue;
+      ++tested;
       // quantize + pack in one pass: the bytes of gemm_qu8::quantize then pack (floats at
       // exact codes, near ties, out of range; a NaN is reported and packed as code 0).
       const float qscale = 0.37f;
@@ -153,6 +180,54 @@ int main() {
       }
     }
   }
+  // u8 output (activation chaining): every variant, row kernel and packed pair, stores the
+  // code gemm_qu8::quantize gives the float output, and flags a NaN / Inf output. The
+  // output scale puts codes across 0..255 with clamping at both ends; a huge per-channel
+  // scale makes one channel +-Inf.
+  int non_finite_cases = 0;
+  for (const Case& c : cases) {
+    const int64_t OH = out_size(c.H, c.kh, c.sh, c.ph, c.dh), OW = out_size(c.W, c.kw, c.sw, c.pw, c.dw);
+    const Geometry g{c.H, c.W, c.C, OW, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw, c.zero, c.lo, c.hi};
+    std::vector<uint8_t> x(static_cast<size_t>(c.H * c.W * c.C));
+    std::vector<int8_t> w(static_cast<size_t>(c.kh * c.kw * c.C));
+    std::vector<float> s(static_cast<size_t>(c.C)), b(static_cast<size_t>(c.C));
+    for (auto& v : x) v = static_cast<uint8_t>(c.extreme ? 255 : rnd_int(0, 255));
+    for (auto& v : w) v = static_cast<int8_t>(c.extreme ? -127 : rnd_int(-127, 127));
+    for (auto& v : s) v = 1e-3f * (1.f + std::fabs(rnd()));
+    for (auto& v : b) v = rnd();
+    for (int overflow = 0; overflow < 2; ++overflow) {
+      if (overflow) s[static_cast<size_t>(c.C / 2)] = 3e38f;
+      const std::vector<float> want_f = run_all(ref, g, OH, x, w, s, b);
+      const size_t n = static_cast<size_t>(OH * OW * c.C);
+      // Codes past 255 (0.004, 100); the range [lo, hi] inside 0..255 where it is finite
+      // (6 / 255, 0 for [0, 6]; 1 / 255, 127 for [-0.5, 0.5]; the quantizer then skips its
+      // clamps).
+      for (const gemm_qu8::QuantParams oq :
+           {gemm_qu8::QuantParams{0.004f, 100}, gemm_qu8::QuantParams{c.lo < 0 ? 1.f / 255 : 6.f / 255, c.lo < 0 ? 127 : 0}}) {
+      const float out_scale = oq.scale;
+      const int32_t out_zero = oq.zero;
+      std::vector<uint8_t> want(gemm_qu8::padded_k(n));
+      const bool finite = gemm_qu8::quantize(want_f.data(), 1, n, 0, want.data(), want.size(),
+                                             gemm_qu8::QuantParams{out_scale, out_zero});
+      want.resize(n);
+      non_finite_cases += !finite;
+      for (const Ukernel& uk : list) {
+        if (!isa_supported(uk.isa)) continue;
+        for (int packed = 0; packed < 2; ++packed) {
+          if (packed && (!uk.packed || !packed3_applies(g))) continue;
+          bool bad = false;
+          const std::vector<uint8_t> got = run_u8(uk, packed, g, OH, x, w, s, b, out_scale, out_zero, &bad);
+          DSQ_CHECK(got == want, "%s%s u8 output differs from quantize (C=%lld k=%lldx%lld overflow %d)", uk.name,
+                    packed ? " packed" : "", (long long)c.C, (long long)c.kh, (long long)c.kw, overflow);
+          DSQ_CHECK(bad == !finite, "%s%s u8 bad flag %d, want %d (C=%lld)", uk.name, packed ? " packed" : "", bad,
+                    !finite, (long long)c.C);
+          ++tested;
+        }
+      }
+      }
+    }
+  }
+  DSQ_CHECK(non_finite_cases >= 5, "only %d cases overflow to Inf", non_finite_cases);
   DSQ_CHECK(isa_supported(best_ukernel().isa), "best supported");
   DSQ_CHECK(find_ukernel("dwconv_qu8_1__scalar") == &ref && find_ukernel("nope") == nullptr, "find_ukernel");
   std::printf("best: %s, %d variant x case checks\n", best_ukernel().name, tested);

@@ -156,6 +156,130 @@ void test_ukernel(const Ukernel& uk, const Ukernel& ref) {
   }
 }
 
+// u8 output (activation chaining): the code quantize() gives each float output, c_stride
+// bytes per row with nothing written past n; the bad flag set exactly when an output is
+// NaN / Inf (a 1e38 activation scale without a clamp overflows; with a clamp at +-1e30 it
+// gives codes 0 and 255 only). A variant without u8_out refuses it.
+void test_u8_output(const Ukernel& uk, const Ukernel& ref) {
+  int idx = 0, u8_non_finite = 0;
+  for (size_t m : {size_t(1), size_t(3), uk.mr, uk.mr + 5})
+    for (size_t n : {size_t(1), size_t(17), uk.nr, uk.nr + 9})
+      for (size_t k : {size_t(4), size_t(25), size_t(144)})
+        for (int overflow = 0; overflow < 3; ++overflow) {
+          ++idx;
+          Problem pr = make_problem(m, n, k, 77, idx % 2 == 0, overflow ? 0 : idx % 3);
+          if (overflow) pr.ep.a_scale = 1e38f;
+          if (overflow == 2) pr.ep.lo = -1e30f, pr.ep.hi = 1e30f;  // finite, far past the codes
+          const std::vector<float> f = run_full(ref, pr);
+          const QuantParams oq{0.01f, 90};
+          const size_t cs = pr.c_stride / sizeof(float), q_stride = n + 3;
+          std::vector<uint8_t> want(m * q_stride, 0xA5);
+          bool finite = true;
+          for (size_t i = 0; i < m; ++i) {
+            std::vector<uint8_t> row(padded_k(n));
+            finite &= quantize(f.data() + i * cs, 1, n, 0, row.data(), row.size(), oq);
+            std::memcpy(want.data() + i * q_stride, row.data(), n);
+          }
+          u8_non_finite += !finite;
+          PackedWeights w = pack(pr.qw.data(), pr.w_scale.data(), pr.has_bias ? pr.bias.data() : nullptr, pr.n, pr.k,
+                                 uk.nr);
+          std::vector<uint8_t> got(m * q_stride, 0xA5);
+          uint8_t bad = 0;
+          Epilogue ep = pr.ep;
+          ep.out_u8 = true;
+          ep.out_scale = oq.scale;
+          ep.out_zero = oq.zero;
+          ep.out_bad = &bad;
+          bool threw = false;
+          try {
+            run(uk, w, pr.a.data(), pr.a_stride, reinterpret_cast<float*>(got.data()), q_stride, 0, m, 0,
+                w.panel_count(), ep);
+          } catch (const std::invalid_argument&) {
+            threw = true;
+          }
+          DSQ_CHECK(threw == !uk.u8_out, "%s: u8 output %s", uk.name, threw ? "refused" : "accepted");
+          if (threw) return;
+          DSQ_CHECK(got == want, "%s: u8 output differs from quantize (m=%zu n=%zu k=%zu overflow %d)", uk.name, m, n,
+                    k, overflow);
+          DSQ_CHECK((bad != 0) == !finite, "%s: u8 bad flag %d, outputs finite %d", uk.name, bad, finite);
+        }
+  DSQ_CHECK(u8_non_finite >= 8, "%s: only %d u8 cases met an Inf output", uk.name, u8_non_finite);
+}
+
+uint8_t naive_quant(float x, QuantParams p);
+
+// The u8 output epilogues' quantizer (quantize_as_epilogue), branch-free (FMA-corrected
+// quotient) and with its near-tie branch, against naive_quant: values around every
+// half and integer code boundary (a few ulps either side), range ends, and where the range
+// admits them NaN, +-Inf, huge and subnormal values; scales where the FMA form applies and
+// where it must fall back; ranges that skip each clamp.
+void test_epilogue_quantizer() {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float scales[] = {6.f / 255, 0.0173f, 1e-3f, 3.7f, 0x1p-50f, 0x1p-70f, 0x1p90f, 0x1p110f, 1.f / 3};
+  const int32_t zeros[] = {0, 77, 128, 255};
+  const float ranges[][2] = {{-inf, inf}, {0.f, inf}, {0.f, 6.f}, {-0.75f, 2.5f}, {-1e30f, 1e30f}, {-inf, 0.f}};
+  size_t checked = 0, ties = 0;
+  for (const float sc : scales)
+    for (const int32_t zero : zeros)
+      for (const auto& range : ranges) {
+        const float lo = range[0], hi = range[1];
+        std::vector<float> x;
+        for (int k = -300; k <= 300; ++k)
+          for (const float frac : {0.5f, 0.f}) {
+            const float center = (static_cast<float>(k) + frac) * sc;
+            uint32_t b;
+            std::memcpy(&b, &center, 4);
+            for (int d = -4; d <= 4; ++d) {
+              const uint32_t bd = b + static_cast<uint32_t>(d);
+              float v;
+              std::memcpy(&v, &bd, 4);
+              x.push_back(v);
+            }
+          }
+        for (int i = 0; i < 200; ++i) x.push_back(rand_float(-300.f, 300.f) * sc);
+        x.push_back(0.f);
+        x.push_back(-0.f);
+        x.push_back(1e38f);
+        x.push_back(-1e38f);
+        x.push_back(1e-40f);
+        x.push_back(lo);
+        x.push_back(hi);
+        const bool admits_bad = !std::isfinite(lo) || !std::isfinite(hi);
+        if (admits_bad) {
+          x.push_back(std::numeric_limits<float>::quiet_NaN());
+          x.push_back(inf);
+          x.push_back(-inf);
+        }
+        for (float& v : x) {  // the kernels' clamp (vmaxps / vminps: NaN -> lo), but keep the NaNs
+          if (admits_bad && std::isnan(v)) continue;  // of a range that admits them
+          v = v > lo ? v : lo;
+          v = v < hi ? v : hi;
+        }
+        std::vector<uint8_t> want(x.size());
+        bool finite = true;
+        for (size_t i = 0; i < x.size(); ++i) {
+          finite = finite && std::isfinite(x[i]);
+          want[i] = naive_quant(x[i], QuantParams{sc, zero});
+          const float t = std::fabs(x[i] / sc - std::nearbyint(x[i] / sc));
+          ties += t > 0.49f && t < 0.51f;
+        }
+        for (const bool branch_free : {false, true}) {
+          std::vector<uint8_t> got(x.size(), 0xA5);
+          const bool got_finite = quantize_as_epilogue(x.data(), x.size(), got.data(), QuantParams{sc, zero}, lo, hi,
+                                                       branch_free);
+          size_t bad = 0, first = 0;
+          for (size_t i = 0; i < x.size(); ++i)
+            if (got[i] != want[i] && bad++ == 0) first = i;
+          DSQ_CHECK(bad == 0, "epilogue quantizer (branch_free %d) scale %a zero %d range [%g, %g]: %zu codes differ, "
+                    "first x=%a got %d want %d", branch_free, sc, zero, lo, hi, bad, x[first], got[first], want[first]);
+          DSQ_CHECK(!admits_bad || got_finite == finite, "epilogue quantizer finite flag %d, want %d", got_finite, finite);
+          checked += x.size();
+        }
+      }
+  DSQ_CHECK(ties > 100000, "only %zu values near a half", ties);
+  std::printf("epilogue quantizer: %zu values checked\n", checked);
+}
+
 // Sub-ranges of rows and panels write exactly their own outputs.
 void test_subranges(const Ukernel& uk) {
   Problem pr = make_problem(37, 3 * uk.nr + 5, 77, 128, true, 0);
@@ -401,6 +525,7 @@ int main() {
     }
     test_ukernel(uk, ref);
     test_subranges(uk);
+    test_u8_output(uk, ref);
     if (uk.seg_fn) {
       test_segmented(uk, ref);
       std::printf("ok %s segmented\n", uk.name);
@@ -410,11 +535,13 @@ int main() {
   }
   test_best_for();
   test_quantize();
+  test_epilogue_quantizer();
 #if DSQ_X86
   // Every AVX-512 VNNI variant has a segmented twin (the conv layers rely on it).
   for (const Ukernel& uk : list)
     if (uk.isa == Isa::kAvx512Vnni) DSQ_CHECK(uk.seg_fn != nullptr, "%s has no segmented twin", uk.name);
 #endif
+  DSQ_CHECK(ref.u8_out, "the reference writes u8");
   std::printf("%d ukernels tested\n", n_tested);
   DSQ_TEST_MAIN_END();
 }

@@ -11,6 +11,7 @@
 // The quad kernels (spmm_qu8_quad_*) read the same cases with x as quads, plus block-pruned
 // cases (full and partial quads, k cutting the last quad, m tails).
 #include <algorithm>
+#include <limits>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "check.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/spmm_qu8/spmm_qu8.h"
 
 using namespace dsq;
@@ -117,6 +119,51 @@ void check_quad_output(const spmm_qu8::Ukernel& uk, const spmm_qu8::PackedWeight
   DSQ_CHECK(bad == 0, "%s %s: grid + residual, m=%zu: %zu outputs differ", what, uk.name, m, bad);
 }
 
+int u8_non_finite_checks = 0;
+
+// A quad kernel's u8 output (activation chaining): the code gemm_qu8::quantize gives each
+// float output, at pixel(i) * n + r; nothing else written; the bad flag set exactly when an
+// output is NaN / Inf (an epilogue scale of 1e36 without a clamp overflows).
+void check_quad_u8(const spmm_qu8::Ukernel& uk, const spmm_qu8::PackedWeights& w, const Case& c, size_t m,
+                   const uint8_t* xq, size_t qstride, const std::vector<uint8_t>& x, size_t stride, const char* what) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int overflow = 0; overflow < 2; ++overflow) {
+    spmm_qu8::Epilogue ep{37, overflow ? 1e36f : 0.0173f, overflow ? -inf : -0.75f, overflow ? inf : 2.5f};
+    std::vector<float> want(c.n * m);  // pixel-major
+    for (size_t r = 0; r < c.n; ++r) {
+      int64_t sum = 0;
+      for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) sum += c.q[p];
+      for (size_t i = 0; i < m; ++i) {
+        int64_t acc = 0;
+        for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) acc += int64_t(c.q[p]) * x[c.col[p] * stride + i];
+        const float v = std::fma(float(int32_t(acc - ep.a_zero * sum)), ep.a_scale * c.w_scale[r], c.bias[r]);
+        want[i * c.n + r] = v > ep.lo ? (v < ep.hi ? v : ep.hi) : ep.lo;
+      }
+    }
+    // (0.02, 40): [lo, hi] quantizes inside 0..255 (the quantizer skips its clamps); (0.01,
+    // 80): codes past 255 saturate.
+    for (const gemm_qu8::QuantParams oq : {gemm_qu8::QuantParams{0.01f, 80}, gemm_qu8::QuantParams{0.02f, 40}}) {
+    std::vector<uint8_t> want_q(gemm_qu8::padded_k(want.size()));
+    const bool finite = gemm_qu8::quantize(want.data(), 1, want.size(), 0, want_q.data(), want_q.size(), oq);
+    want_q.resize(want.size());
+    uint8_t bad = 0;
+    ep.out_u8 = true;
+    ep.out_scale = oq.scale;
+    ep.out_zero = oq.zero;
+    ep.out_bad = &bad;
+    std::vector<uint8_t> y(m * c.n + 7, 0xA5);
+    spmm_qu8::run(uk, w, m, xq, qstride, reinterpret_cast<float*>(y.data()), c.n, 0, c.n, ep);
+    for (size_t i = m * c.n; i < y.size(); ++i) DSQ_CHECK(y[i] == 0xA5, "%s %s: u8 past the output", what, uk.name);
+    y.resize(m * c.n);
+    DSQ_CHECK(y == want_q, "%s %s: u8 output differs from quantize (n=%zu k=%zu m=%zu overflow %d)", what, uk.name,
+              c.n, c.k, m, overflow);
+    DSQ_CHECK((bad != 0) == !finite, "%s %s: u8 bad flag %d, outputs finite %d (overflow %d)", what, uk.name, bad,
+              finite, overflow);
+    u8_non_finite_checks += !finite;
+    }
+  }
+}
+
 void check_case(const Case& c, size_t m, bool extremes, const char* what) {
   spmm_qu8::PackedWeights w =
       spmm_qu8::pack(c.n, c.k, c.row_ptr.data(), c.col.data(), c.q.data(), c.w_scale.data(), c.bias.data(), true);
@@ -152,6 +199,7 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
     if (!isa_supported(uk.isa) || !spmm_qu8::compatible(uk, w, m)) continue;
     if (uk.layout == spmm_qu8::Layout::kQuads) {
       check_quad_output(uk, w, c, m, xq.data(), qstride, ep, want, what);
+      check_quad_u8(uk, w, c, m, xq.data(), qstride, x, stride, what);
       continue;
     }
     const uint8_t* xa = x.data();
@@ -390,5 +438,6 @@ int main() {
     bench_tiles(300, 784, 0.1, true);  // block-pruned: full quads
     bench_tiles(4096, 4096, 0.1);
   }
+  DSQ_CHECK(u8_non_finite_checks >= 4, "only %d u8 checks met an Inf output", u8_non_finite_checks);
   DSQ_TEST_MAIN_END();
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/cpu.h"
+#include "kernels/gemm_qu8/ukernels.h"
 
 namespace dsq::dwconv_qu8 {
 
@@ -24,10 +25,29 @@ struct Geometry {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
   int32_t zero;     // the activations' zero point
   float lo, hi;     // fused activation as a clamp range
+  // u8 output (activation chaining): when out_u8 is set, y points at bytes, not floats,
+  // and each output is stored as the code gemm_qu8::quantize gives its float for
+  // (out_scale, out_zero), the next layer's input quantization; a NaN or Inf output sets
+  // *out_bad = 1 (its code is still written as quantize defines it).
+  bool out_u8 = false;
+  float out_scale = 1.f;
+  int32_t out_zero = 0;
+  uint8_t* out_bad = nullptr;
 };
 
+// Stores output element i of a row (a float, or its code under g.out_u8): the scalar
+// epilogue store of every variant.
+inline void store_output(const Geometry& g, float* y, int64_t i, float v) {
+  if (!g.out_u8) {
+    y[i] = v;
+    return;
+  }
+  if (!gemm_qu8::is_finite_bits(v)) *g.out_bad = 1;
+  reinterpret_cast<uint8_t*>(y)[i] = gemm_qu8::quantize_scalar(v, g.out_scale, static_cast<float>(g.out_zero));
+}
+
 // x: one image (H x W x C) u8; w: [kh][kw][C] int8; scale: [C] (activation scale x the
-// channel's weight scale); bias: [C]; y: output row oh (OW x C).
+// channel's weight scale); bias: [C]; y: output row oh (OW x C; bytes under g.out_u8).
 using RowFn = void (*)(const Geometry& g, const uint8_t* x, const int8_t* w, const float* scale, const float* bias,
                        float* y, int64_t oh);
 

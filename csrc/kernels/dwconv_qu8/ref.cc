@@ -14,7 +14,6 @@ namespace dsq::dwconv_qu8 {
 void row_channels(const Geometry& g, const uint8_t* x, const int8_t* w, const float* scale, const float* bias,
                   float* y, int64_t oh, int64_t c0, int64_t c1) {
   for (int64_t ow = 0; ow < g.OW; ++ow) {
-    float* yp = y + ow * g.C;
     for (int64_t c = c0; c < c1; ++c) {
       int32_t acc = 0, wsum = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
@@ -30,7 +29,7 @@ void row_channels(const Geometry& g, const uint8_t* x, const int8_t* w, const fl
       }
       float v = std::fma(static_cast<float>(acc - g.zero * wsum), scale[c], bias[c]);
       v = v > g.lo ? v : g.lo;  // vmaxps / vminps operand order
-      yp[c] = v < g.hi ? v : g.hi;
+      store_output(g, y, ow * g.C + c, v < g.hi ? v : g.hi);
     }
   }
 }
@@ -76,7 +75,7 @@ void packed_row3_scalar(const Geometry& g, const uint32_t* packed, int64_t first
       }
       float v = std::fma(static_cast<float>(acc - g.zero * wsum), scale[c], bias[c]);
       v = v > g.lo ? v : g.lo;
-      y[ow * g.C + c] = v < g.hi ? v : g.hi;
+      store_output(g, y, ow * g.C + c, v < g.hi ? v : g.hi);
     }
 }
 

@@ -2,10 +2,33 @@
 // lanes, aarch64 NEON 8 lanes); included by the per-ISA files with their Vec.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/dwconv_qu8/dwconv_qu8.h"
 
 namespace dsq::dwconv_qu8 {
+
+// The u8 output of L results (Geometry::out_u8): Vec::Codes quantizes in registers where
+// the vector type has one; otherwise the lanes go through an array to the scalar store
+// (the same bytes).
+template <typename Vec, typename = void>
+struct OutputCodes {
+  explicit OutputCodes(const Geometry& g) : g_(g) {}
+  void store(uint8_t* p, typename Vec::FReg v) {
+    float lanes[Vec::kLanes];
+    Vec::fstore(lanes, v);
+    for (int64_t i = 0; i < Vec::kLanes; ++i) {
+      if (!gemm_qu8::is_finite_bits(lanes[i])) *g_.out_bad = 1;
+      p[i] = gemm_qu8::quantize_scalar(lanes[i], g_.out_scale, static_cast<float>(g_.out_zero));
+    }
+  }
+  void finish() {}
+  const Geometry& g_;
+};
+template <typename Vec>
+struct OutputCodes<Vec, std::void_t<typename Vec::Codes>> : Vec::Codes {
+  explicit OutputCodes(const Geometry& g) : Vec::Codes(g) {}
+};
 
 // Per channel block the kh x kw weights (up to kMaxTaps, sign-extended to 32-bit lanes)
 // stay in registers while the row's output pixels stream past. Each tap is one
@@ -38,6 +61,8 @@ inline void row_kernel(const Geometry& g, const uint8_t* x, const int8_t* w, con
   const FReg lo = Vec::fset1(g.lo), hi = Vec::fset1(g.hi);
   const int64_t c_full = C / L * L;
   IReg wv[kMaxTaps];
+  OutputCodes<Vec> codes(g);
+  uint8_t* const yq = reinterpret_cast<uint8_t*>(y);
   for (int64_t c = 0; c < c_full; c += L) {
     for (int64_t t = 0; t < taps; ++t) wv[t] = Vec::load_w(w + t * C + c);
     IReg wsum_rows = Vec::izero();  // interior columns: every tap of rows i0..i1
@@ -85,10 +110,12 @@ inline void row_kernel(const Geometry& g, const uint8_t* x, const int8_t* w, con
         }
         corr = Vec::mullo(wsum, zero);
       }
-      const FReg v = Vec::fma(Vec::to_float(Vec::sub(acc, corr)), sv, bv);
-      Vec::fstore(y + ow * C + c, Vec::fmin(Vec::fmax(v, lo), hi));
+      const FReg v = Vec::fmin(Vec::fmax(Vec::fma(Vec::to_float(Vec::sub(acc, corr)), sv, bv), lo), hi);
+      if (g.out_u8) codes.store(yq + ow * C + c, v);
+      else Vec::fstore(y + ow * C + c, v);
     }
   }
+  codes.finish();
   if (c_full < C) row_channels(g, x, w, scale, bias, y, oh, c_full, C);
 }
 

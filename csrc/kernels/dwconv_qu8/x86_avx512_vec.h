@@ -5,13 +5,30 @@
 
 #include <cstdint>
 
+#include "kernels/dwconv_qu8/dwconv_qu8.h"
+#include "kernels/gemm_qu8/x86_avx512_quantize.h"
+
 namespace dsq::dwconv_qu8 {
+
+// u8 output codes of 16 results, quantized in registers (gemm_qu8::quantize's bytes).
+struct Avx512Codes {
+  explicit Avx512Codes(const Geometry& g)
+      : q(gemm_qu8::prepare_out_quant(gemm_qu8::QuantParams{g.out_scale, g.out_zero}, g.lo, g.hi), /*branch_free=*/true),
+        bad(g.out_bad) {}
+  void store(uint8_t* p, __m512 v, __mmask16 m = 0xFFFF) { _mm_mask_storeu_epi8(p, m, q.bytes(v)); }
+  void finish() {
+    if (q.bad) *bad = 1;
+  }
+  gemm_qu8::Avx512Quantizer q;
+  uint8_t* bad;
+};
 
 template <bool kVnni>
 struct Avx512Vec {
   static constexpr int64_t kLanes = 16;
   using IReg = __m512i;
   using FReg = __m512;
+  using Codes = Avx512Codes;
   // The maskz forms (all lanes) compile to the same vpmovzxbd / vpmovsxbd; GCC 12 warns
   // about the plain forms' undefined pass-through operand.
   static IReg load_x(const uint8_t* p) {

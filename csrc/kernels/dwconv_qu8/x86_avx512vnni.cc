@@ -75,6 +75,9 @@ void packed_row3__avx512vnni(const Geometry& g, const uint32_t* packed, int64_t 
     packed_row3_scalar(g, packed, first_row, w3, scale, bias, y, oh);
     return;
   }
+  const bool out_u8 = g.out_u8;
+  Avx512Codes codes(g);
+  uint8_t* const yq = reinterpret_cast<uint8_t*>(y);
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 m = channel_mask(C - c);
     __m512i wv[kMaxRows];
@@ -92,10 +95,13 @@ void packed_row3__avx512vnni(const Geometry& g, const uint32_t* packed, int64_t 
     for (int64_t ow = 0; ow < g.OW; ++ow) {
       __m512i acc = _mm512_setzero_si512();
       for (int64_t r = 0; r < n; ++r) acc = _mm512_dpbusd_epi32(acc, _mm512_maskz_loadu_epi32(m, rows[r] + ow * C), wv[r]);
-      const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, corr)), sv, bv);
-      _mm512_mask_storeu_ps(y + ow * C + c, m, _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+      const __m512 v = _mm512_min_ps(
+          _mm512_max_ps(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, corr)), sv, bv), lo), hi);
+      if (out_u8) codes.store(yq + ow * C + c, v, m);
+      else _mm512_mask_storeu_ps(y + ow * C + c, m, v);
     }
   }
+  codes.finish();
 }
 
 }  // namespace dsq::dwconv_qu8

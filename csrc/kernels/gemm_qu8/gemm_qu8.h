@@ -30,6 +30,29 @@ struct PackedWeights {
   size_t panel_count() const { return (n + nr - 1) / nr; }
 };
 
+// Per-tensor quantization of activations (u8 = clamp(nearbyint(x / scale) + zero, 0, 255)).
+struct QuantParams {
+  float scale;
+  int32_t zero;
+};
+
+// The scalars of a SIMD quantizer for values known to lie in [lo, hi] (a fused
+// activation's clamp): prepared once per call, not per tile (x86_avx512_quantize.h).
+struct OutQuant {
+  float scale = 1.f, inv = 1.f;
+  int32_t zero = 0;
+  bool fast = true;        // x * inv, with near ties divided, gives x / scale's codes
+  bool check_bad = true;   // the range admits NaN / Inf
+  bool clamp_low = true;   // codes below 0 possible
+  bool clamp_high = true;  // codes past 255 possible
+  // The scale admits the branch-free quotient: x * inv plus two exact-remainder
+  // corrections (Markstein: the correctly rounded x / scale when 2^-60 <= scale <= 2^100),
+  // on inputs clamped to +-x_max (= 2^25 scale, past which every code saturates).
+  bool exact_fma_ok = false;
+  float x_max = 0.f;
+};
+OutQuant prepare_out_quant(QuantParams p, float lo, float hi);
+
 struct Epilogue {
   int32_t a_zero;
   float a_scale;
@@ -40,6 +63,15 @@ struct Epilogue {
   bool has_residual = false;
   ptrdiff_t residual_offset = 0;
   float res_lo = 0.f, res_hi = 0.f;
+  // run() / run_segmented() on a variant with u8_out only, without a residual: u8 output (activation
+  // chaining). c then points at bytes (c_stride bytes per row, one per column) holding the
+  // code quantize() gives each output for (out_scale, out_zero); a NaN or Inf output sets
+  // *out_bad = 1.
+  bool out_u8 = false;
+  float out_scale = 1.f;
+  int32_t out_zero = 0;
+  uint8_t* out_bad = nullptr;
+  OutQuant out_prepared;  // filled by run() / run_segmented() from the fields above
 };
 
 // m x n_valid tile (m <= mr, n_valid <= nr). a: u8 rows of k_padded bytes, a_stride in
@@ -63,6 +95,7 @@ struct Ukernel {
   size_t nr;
   UkernelFn fn;
   SegUkernelFn seg_fn = nullptr;  // the segmented twin, where the variant has one
+  bool u8_out = false;            // writes Epilogue::out_u8 codes (the scalar and VNNI variants)
 };
 
 const std::vector<Ukernel>& all_ukernels();
@@ -78,6 +111,8 @@ const Ukernel* find_ukernel(const char* name);
 PackedWeights pack(const int8_t* qw, const float* w_scale, const float* bias, size_t n,
                    size_t k, size_t nr);
 
+// Throws std::invalid_argument for a residual (run_segmented has it) or a u8 output on a
+// variant without u8_out.
 void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride,
          float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
          size_t p_end, const Epilogue& ep);
@@ -91,11 +126,6 @@ void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, 
 // True when run_segmented can run uk on w with `segs` segments.
 bool segmented_ok(const Ukernel& uk, const PackedWeights& w, size_t segs);
 
-// Dynamic per-tensor quantization of activations.
-struct QuantParams {
-  float scale;
-  int32_t zero;
-};
 // Range of an m x k float block (row stride in bytes); includes 0 in the range.
 void minmax(const float* x, size_t m, size_t k, size_t x_stride, float* lo, float* hi);
 QuantParams choose_params(float lo, float hi);  // asymmetric u8 over [lo, hi]
@@ -105,5 +135,9 @@ QuantParams choose_params(float lo, float hi);  // asymmetric u8 over [lo, hi]
 // separate scan for the NaN-output rule of the int8 layers (docs/HARDENING.md).
 bool quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
               size_t q_stride, QuantParams p);
+// The u8 output epilogues' quantizer (both of its forms) over n values lying in [lo, hi],
+// for tests: quantize()'s bytes. Returns false when a value is NaN or Inf (where the
+// range admits them). AVX-512 when the CPU has it, else the scalar definition.
+bool quantize_as_epilogue(const float* x, size_t n, uint8_t* q, QuantParams p, float lo, float hi, bool branch_free);
 
 }  // namespace dsq::gemm_qu8

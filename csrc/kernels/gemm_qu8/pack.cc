@@ -7,6 +7,7 @@
 // vpdpbusd consumes: 16 columns x 4 k per 64-byte zmm load.
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <stdexcept>
 
 #include "kernels/gemm_qu8/gemm_qu8.h"
@@ -51,10 +52,13 @@ PackedWeights pack(const int8_t* qw, const float* w_scale, const float* bias, si
 
 void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride,
          float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
-         size_t p_end, const Epilogue& ep) {
+         size_t p_end, const Epilogue& ep_in) {
   if (uk.nr != w.nr) throw std::invalid_argument("gemm_qu8::run: ukernel nr != packed nr");
-  if (ep.has_residual) throw std::invalid_argument("gemm_qu8::run: a fused residual needs run_segmented");
-  const size_t mr = uk.mr, nr = w.nr;
+  if (ep_in.has_residual) throw std::invalid_argument("gemm_qu8::run: a fused residual needs run_segmented");
+  if (ep_in.out_u8 && !uk.u8_out) throw std::invalid_argument(std::string("gemm_qu8::run: ") + uk.name + " has no u8 output");
+  Epilogue ep = ep_in;
+  if (ep.out_u8) ep.out_prepared = prepare_out_quant(QuantParams{ep.out_scale, ep.out_zero}, ep.lo, ep.hi);
+  const size_t mr = uk.mr, nr = w.nr, out_bytes = ep.out_u8 ? 1 : 4;
   // Panel-outer: one panel stays in L1/L2 while every row tile of A streams past it.
   for (size_t p = p_begin; p < p_end; ++p) {
     const size_t n0 = p * nr;
@@ -62,8 +66,8 @@ void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_s
     for (size_t m0 = m_begin; m0 < m_end; m0 += mr) {
       const size_t mt = m_end - m0 < mr ? m_end - m0 : mr;
       uk.fn(mt, a + m0 * a_stride, a_stride, w, p,
-            reinterpret_cast<float*>(reinterpret_cast<char*>(c) + m0 * c_stride) + n0,
-            c_stride, n_valid, ep);
+            reinterpret_cast<float*>(reinterpret_cast<char*>(c) + m0 * c_stride + n0 * out_bytes), c_stride, n_valid,
+            ep);
     }
   }
 }
@@ -74,19 +78,44 @@ bool segmented_ok(const Ukernel& uk, const PackedWeights& w, size_t segs) {
 
 void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_stride, size_t segs,
                    size_t seg_stride, float* c, size_t c_stride, size_t m_begin, size_t m_end, size_t p_begin,
-                   size_t p_end, const Epilogue& ep) {
+                   size_t p_end, const Epilogue& ep_in) {
   if (!segmented_ok(uk, w, segs))
     throw std::invalid_argument("gemm_qu8::run_segmented: no segmented twin, or k does not split into segments");
-  const size_t mr = uk.mr, nr = w.nr;
+  if (ep_in.out_u8 && (ep_in.has_residual || !uk.u8_out))
+    throw std::invalid_argument("gemm_qu8::run_segmented: a u8 output needs a u8_out variant and no residual");
+  Epilogue ep = ep_in;
+  if (ep.out_u8) ep.out_prepared = prepare_out_quant(QuantParams{ep.out_scale, ep.out_zero}, ep.lo, ep.hi);
+  const size_t mr = uk.mr, nr = w.nr, out_bytes = ep.out_u8 ? 1 : 4;
   for (size_t p = p_begin; p < p_end; ++p) {
     const size_t n0 = p * nr;
     const size_t n_valid = w.n - n0 < nr ? w.n - n0 : nr;
     for (size_t m0 = m_begin; m0 < m_end; m0 += mr) {
       const size_t mt = m_end - m0 < mr ? m_end - m0 : mr;
       uk.seg_fn(mt, a + m0 * a_stride, a_stride, segs, seg_stride, w, p,
-                reinterpret_cast<float*>(reinterpret_cast<char*>(c) + m0 * c_stride) + n0, c_stride, n_valid, ep);
+                reinterpret_cast<float*>(reinterpret_cast<char*>(c) + m0 * c_stride + n0 * out_bytes), c_stride,
+                n_valid, ep);
     }
   }
+}
+
+OutQuant prepare_out_quant(QuantParams p, float lo, float hi) {
+  OutQuant o;
+  o.scale = p.scale;
+  o.inv = 1.0f / p.scale;
+  o.zero = p.zero;
+  o.fast = fast_reciprocal_ok(p.scale);
+  o.exact_fma_ok = p.scale >= 0x1p-60f && p.scale <= 0x1p100f;
+  o.x_max = 0x1p25f * p.scale;
+  const bool finite = std::isfinite(lo) && std::isfinite(hi) && lo <= hi;
+  o.check_bad = !finite;
+  if (finite) {
+    // The extreme codes either form of the quotient can give (both monotonic in x).
+    const float lo_q = std::fmin(std::nearbyint(lo * o.inv), std::nearbyint(lo / p.scale));
+    const float hi_q = std::fmax(std::nearbyint(hi * o.inv), std::nearbyint(hi / p.scale));
+    o.clamp_low = !(lo_q + static_cast<float>(p.zero) >= 0.0f);
+    o.clamp_high = !(hi_q + static_cast<float>(p.zero) <= 255.0f);
+  }
+  return o;
 }
 
 const std::vector<Ukernel>& all_ukernels() {
@@ -99,6 +128,7 @@ const std::vector<Ukernel>& all_ukernels() {
 #if DSQ_X86
     for (Ukernel& uk : l) uk.seg_fn = avx512vnni_segmented(uk.fn);
 #endif
+    for (Ukernel& uk : l) uk.u8_out = uk.isa == Isa::kScalar || uk.isa == Isa::kAvx512Vnni;
     return l;
   }();
   return list;
@@ -151,6 +181,18 @@ bool quantize(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
   if (isa_supported(Isa::kAvx2)) return quantize_avx2(x, m, k, x_stride, q, q_stride, p);
 #endif
   return quantize_scalar_rows(x, m, k, x_stride, q, q_stride, p);
+}
+
+bool quantize_as_epilogue(const float* x, size_t n, uint8_t* q, QuantParams p, float lo, float hi, bool branch_free) {
+#if DSQ_X86
+  if (isa_supported(Isa::kAvx512)) return quantize_as_epilogue_avx512(x, n, q, p, lo, hi, branch_free);
+#endif
+  bool finite = true;
+  for (size_t i = 0; i < n; ++i) {
+    finite = finite && is_finite_bits(x[i]);
+    q[i] = quantize_scalar(x[i], p.scale, static_cast<float>(p.zero));
+  }
+  return finite;
 }
 
 }  // namespace dsq::gemm_qu8

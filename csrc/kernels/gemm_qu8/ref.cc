@@ -29,10 +29,16 @@ void gemm_qu8_1x8__scalar(size_t m, const uint8_t* a, size_t a_stride,
       }
       b += kNr * kKr;
     }
-    float* cr = reinterpret_cast<float*>(reinterpret_cast<char*>(c) + i * c_stride);
+    char* cr = reinterpret_cast<char*>(c) + i * c_stride;
     for (size_t j = 0; j < n_valid; ++j) {
       const float scale = ep.a_scale * w_scale[j];
-      cr[j] = epilogue_scalar(acc[j], ep.a_zero, colsum[j], scale, bias[j], ep.lo, ep.hi);
+      const float v = epilogue_scalar(acc[j], ep.a_zero, colsum[j], scale, bias[j], ep.lo, ep.hi);
+      if (!ep.out_u8) {
+        reinterpret_cast<float*>(cr)[j] = v;
+        continue;
+      }
+      if (!is_finite_bits(v)) *ep.out_bad = 1;
+      reinterpret_cast<uint8_t*>(cr)[j] = quantize_scalar(v, ep.out_scale, static_cast<float>(ep.out_zero));
     }
   }
 }

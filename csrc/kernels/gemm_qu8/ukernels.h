@@ -72,6 +72,8 @@ bool quantize_avx2(const float* x, size_t m, size_t k, size_t x_stride, uint8_t*
                    size_t q_stride, QuantParams p);
 void minmax_avx512(const float* x, size_t m, size_t k, size_t x_stride, float* lo,
                    float* hi);
+bool quantize_as_epilogue_avx512(const float* x, size_t n, uint8_t* q, QuantParams p, float lo, float hi,
+                                 bool branch_free);
 bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_t* q,
                      size_t q_stride, QuantParams p);
 #endif

@@ -57,7 +57,7 @@ bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_
   // product rounds to the quotient's integer unless it lies within kNearTie of a half
   // (ukernels.h); those lanes (rare) take the division (x86_avx512_quantize.h).
   Avx512Quantizer qz(p);
-  auto quantize16 = [&](__m512 xv) { return _mm512_cvtepi32_epi8(qz.codes(xv)); };
+  auto quantize16 = [&](__m512 xv) { return qz.bytes(xv); };
   for (size_t i = 0; i < m; ++i) {
     const float* xr = row(x, i, x_stride);
     uint8_t* qr = q + i * q_stride;
@@ -72,6 +72,19 @@ bool quantize_avx512(const float* x, size_t m, size_t k, size_t x_stride, uint8_
       const __m128i u8 = _mm_maskz_mov_epi8(mk, quantize16(_mm512_maskz_loadu_ps(mk, xr + j)));  // padding 0
       _mm_mask_storeu_epi8(qr + j, mo, u8);
     }
+  }
+  return qz.bad == 0;
+}
+
+bool quantize_as_epilogue_avx512(const float* x, size_t n, uint8_t* q, QuantParams p, float lo, float hi,
+                                 bool branch_free) {
+  Avx512Quantizer qz(prepare_out_quant(p, lo, hi), branch_free);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), qz.bytes(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    // Masked-off lanes load lo (inside the range, as an epilogue's masked lanes are).
+    _mm_mask_storeu_epi8(q + i, m, qz.bytes(_mm512_mask_loadu_ps(_mm512_set1_ps(std::isfinite(lo) ? lo : 0.f), m, x + i)));
   }
   return qz.bad == 0;
 }

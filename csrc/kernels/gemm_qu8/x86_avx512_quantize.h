@@ -1,10 +1,16 @@
-// The AVX-512 quantize of 16 floats, shared by gemm_qu8's quantize_avx512 and the depthwise
-// int8 family's fused quantize + pack (the same bytes by construction). Same operations
-// as quantize_scalar: x * (1 / scale) rounded in the current mode, with lanes near a tie
-// (and scales whose reciprocal is not a normal float) divided instead, + zero in float,
-// max(., 0) then min(., 255) (NaN -> 0), truncating conversion of an integer value.
+// The AVX-512 quantize of 16 floats, shared by gemm_qu8's quantize_avx512, the depthwise
+// int8 family's fused quantize + pack and the int8 kernels' u8 output epilogues (the same
+// bytes by construction). Same operations as quantize_scalar: x * (1 / scale) rounded in
+// the current mode, with lanes near a tie (and scales whose reciprocal is not a normal
+// float) divided instead, + zero in float, max(., 0) then min(., 255) (NaN -> 0),
+// truncating conversion of an integer value. Values known to lie in [lo, hi] (a fused
+// activation's clamp; prepare_out_quant) skip what cannot change a code: the NaN / Inf
+// check when lo and hi are finite, and each clamp whose end of the range already
+// quantizes inside [0, 255] (a ReLU6 output quantized over [0, 6]: 3 of 11 vector ops).
 #pragma once
 #include <immintrin.h>
+
+#include <cmath>
 
 #include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/gemm_qu8/ukernels.h"
@@ -12,21 +18,43 @@
 namespace dsq::gemm_qu8 {
 
 struct Avx512Quantizer {
-  explicit Avx512Quantizer(QuantParams p)
-      : scale(_mm512_set1_ps(p.scale)),
-        zero(_mm512_set1_ps(static_cast<float>(p.zero))),
+  // o: prepare_out_quant's scalars (cheap: broadcasts only, for a kernel's tile).
+  // branch_free: the quotient by FMA corrections (OutQuant::exact_fma_ok) instead of a
+  // branch to a division on near ties. For epilogues at the end of long dependency chains
+  // (a GEMM's, a depthwise row's), where that branch mispredicts dearly; loops with short
+  // chains are faster with the branch (two FMAs fewer per vector).
+  Avx512Quantizer(const OutQuant& o, bool branch_free)
+      : scale(_mm512_set1_ps(o.scale)),
+        zero(_mm512_set1_ps(static_cast<float>(o.zero))),
         vmin(_mm512_setzero_ps()),
         vmax(_mm512_set1_ps(255.0f)),
-        fast(fast_reciprocal_ok(p.scale)),
-        inv(_mm512_set1_ps(1.0f / p.scale)),
+        fast(o.fast),
+        inv(_mm512_set1_ps(o.inv)),
         tie_edge(_mm512_set1_ps(0.5f - kNearTie)),
-        abs_mask(_mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff))) {}
+        abs_mask(_mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff))),
+        x_max(_mm512_set1_ps(o.x_max)),
+        x_min(_mm512_set1_ps(-o.x_max)),
+        check_bad(o.check_bad),
+        clamp_low(o.clamp_low),
+        clamp_high(o.clamp_high),
+        exact_fma(branch_free && o.exact_fma_ok),
+        clamp_x(exact_fma && (o.clamp_low || o.clamp_high)) {}
+  // The quantize passes (any value).
+  explicit Avx512Quantizer(QuantParams p) : Avx512Quantizer(prepare_out_quant(p, -INFINITY, INFINITY), false) {}
 
-  // The 16 codes as 32-bit lanes (0..255); NaN / Inf lanes are noted in `bad`.
+  // The 16 codes as 32-bit lanes (0..255); NaN / Inf lanes are noted in `bad` unless the
+  // range rules them out.
   __m512i codes(__m512 xv) {
-    bad |= _mm512_fpclass_ps_mask(xv, 0x99);  // QNaN | +Inf | -Inf | SNaN
+    if (check_bad) bad |= _mm512_fpclass_ps_mask(xv, 0x99);  // QNaN | +Inf | -Inf | SNaN
     __m512 r;
-    if (fast) {
+    if (exact_fma) {
+      // NaN -> -x_max (max's second operand) -> code 0, as the reference.
+      const __m512 x = clamp_x ? _mm512_min_ps(_mm512_max_ps(xv, x_min), x_max) : xv;
+      __m512 q = _mm512_mul_ps(x, inv);
+      q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, scale, x), inv, q);  // exact remainder x - q * scale
+      q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, scale, x), inv, q);  // now RN(x / scale)
+      r = _mm512_roundscale_ps(q, _MM_FROUND_CUR_DIRECTION);
+    } else if (fast) {
       const __m512 v = _mm512_mul_ps(xv, inv);
       r = _mm512_roundscale_ps(v, _MM_FROUND_CUR_DIRECTION);
       // |v - nearbyint(v)| (exact), in [0, 0.5]: a near tie when it is about 0.5
@@ -36,16 +64,21 @@ struct Avx512Quantizer {
     } else {
       r = _mm512_roundscale_ps(_mm512_div_ps(xv, scale), _MM_FROUND_CUR_DIRECTION);
     }
-    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zero), vmin), vmax);
+    __m512 v = _mm512_add_ps(r, zero);
+    if (clamp_low) v = _mm512_max_ps(v, vmin);
+    if (clamp_high) v = _mm512_min_ps(v, vmax);
     return _mm512_cvttps_epi32(v);
   }
+  // The 16 codes as bytes.
+  __m128i bytes(__m512 xv) { return _mm512_cvtepi32_epi8(codes(xv)); }
 
   __mmask16 bad = 0;  // NaN / Inf lanes seen (masked-off lanes load 0)
 
  private:
   __m512 scale, zero, vmin, vmax;
   bool fast;
-  __m512 inv, tie_edge, abs_mask;
+  __m512 inv, tie_edge, abs_mask, x_max, x_min;
+  bool check_bad, clamp_low, clamp_high, exact_fma, clamp_x;
 };
 
 }  // namespace dsq::gemm_qu8

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/gemm_qu8/ukernels.h"
 #include "kernels/spmm_qu8/spmm_qu8.h"
 
 namespace dsq::spmm_qu8 {
@@ -84,7 +85,7 @@ void spmm_qu8_quad_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x,
       if (g % ep.grid_w >= ep.out_w) continue;
       pixel = g / ep.grid_w * ep.out_w + g % ep.grid_w;
     }
-    float* yp = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + pixel * ys);
+    char* yp = reinterpret_cast<char*>(y) + pixel * ys;
     const float* rp = ep.residual ? reinterpret_cast<const float*>(reinterpret_cast<const char*>(ep.residual) + pixel * ys)
                                   : nullptr;
     for (size_t n = n_begin; n < n_end; ++n) {
@@ -99,7 +100,12 @@ void spmm_qu8_quad_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x,
       v = v > ep.lo ? v : ep.lo;
       v = v < ep.hi ? v : ep.hi;
       if (rp) v = std::min(std::max(v + rp[n], ep.res_lo), ep.res_hi);  // add_residual's expression
-      yp[n] = v;
+      if (!ep.out_u8) {
+        reinterpret_cast<float*>(yp)[n] = v;
+        continue;
+      }
+      if (!gemm_qu8::is_finite_bits(v)) *ep.out_bad = 1;
+      reinterpret_cast<uint8_t*>(yp)[n] = gemm_qu8::quantize_scalar(v, ep.out_scale, static_cast<float>(ep.out_zero));
     }
   }
 }

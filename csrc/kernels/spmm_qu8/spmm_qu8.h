@@ -110,6 +110,14 @@ struct Epilogue {
   // residual laid out as y_t (a fused residual add).
   const float* residual = nullptr;
   float res_lo = 0.f, res_hi = 0.f;
+  // Quad kernels only, without a residual: u8 output (activation chaining). y_t then
+  // points at bytes (row n of pixel p at y_t + p * y_stride + n) holding the code
+  // gemm_qu8::quantize gives each output for (out_scale, out_zero); a NaN or Inf output
+  // sets *out_bad = 1.
+  bool out_u8 = false;
+  float out_scale = 1.f;
+  int32_t out_zero = 0;
+  uint8_t* out_bad = nullptr;
 };
 
 // row_ptr u32[n + 1], col u32[nnz] (< k, sorted within rows), q int8[nnz], w_scale f32[n],

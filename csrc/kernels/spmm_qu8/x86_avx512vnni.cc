@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/gemm_qu8/x86_avx512_quantize.h"
 #include "kernels/spmm_qu8/spmm_qu8.h"
 
 namespace dsq::spmm_qu8 {
@@ -115,6 +116,22 @@ inline void transpose16(__m512 r[16]) {
 
 namespace {
 
+// u8 output codes (Epilogue::out_u8), quantized in registers (gemm_qu8::quantize's bytes).
+struct QuadCodes {
+  // Outputs lie in [lo, hi] (no residual with a u8 output).
+  explicit QuadCodes(const Epilogue& ep)
+      : q(gemm_qu8::prepare_out_quant(gemm_qu8::QuantParams{ep.out_scale, ep.out_zero},
+                                      ep.residual ? -INFINITY : ep.lo, ep.residual ? INFINITY : ep.hi),
+          /*branch_free=*/false),  // after the tile transpose: short chains
+        bad(ep.out_bad) {}
+  void store(uint8_t* p, __m512 v, __mmask16 m) { _mm_mask_storeu_epi8(p, m, q.bytes(v)); }
+  void finish() {
+    if (q.bad) *bad = 1;
+  }
+  gemm_qu8::Avx512Quantizer q;
+  uint8_t* bad;
+};
+
 // Lanes m0 .. m0 + 16 NB - 1 (the last block under `last`) of rows [n_begin, n_end), in
 // groups of 16 rows: each row's quads accumulate into NB zmm (NB independent vpdpbusd
 // chains), its epilogued outputs go to a 16 x 16 NB tile on the stack (L1), and then each
@@ -143,6 +160,7 @@ void quad_tile(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, s
     }
   }
   alignas(64) float tile[16][16 * NB];
+  QuadCodes codes(ep);
   for (size_t n0 = n_begin; n0 < n_end; n0 += 16) {
     const size_t rows = std::min<size_t>(16, n_end - n0);
     for (size_t j = 0; j < rows; ++j) {
@@ -172,6 +190,10 @@ void quad_tile(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, s
       for (size_t i = 0; i < block_lanes; ++i) {
         const size_t lane = 16 * b + i;
         if (!keep[lane]) continue;
+        if (ep.out_u8) {
+          codes.store(reinterpret_cast<uint8_t*>(y) + pixel[lane] * ys + n0, v[i], row_mask);
+          continue;
+        }
         float* out = reinterpret_cast<float*>(reinterpret_cast<char*>(y) + pixel[lane] * ys) + n0;
         __m512 o = v[i];
         if (ep.residual) {
@@ -183,6 +205,7 @@ void quad_tile(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, s
       }
     }
   }
+  codes.finish();
 }
 
 }  // namespace
