@@ -194,6 +194,25 @@ class ConvLayer : public Layer {
     return static_quant || (family != Family::kQu8 && family != Family::kQ4);
   }
 
+  // u8 chaining: the depthwise int8 layers read their input as u8 as it is and write u8
+  // from their kernels' epilogue; so do the dense int8 pointwise GEMM (u8 rows read in
+  // place when they need no padding: cin a multiple of 4) and the implicit-GEMM kxk conv
+  // (u8 rows copied into its padded input; not with padded channels).
+  bool takes_u8_input(const std::vector<Shape>&, const std::vector<Shape>&,
+                      gemm_qu8::QuantParams* q) const override {
+    const bool ok = static_quant && (family == Family::kDepthwiseQu8 ||
+                                     (family == Family::kQu8 && g.pointwise() && g.groups == 1 &&
+                                      gemm_qu8::padded_k(static_cast<size_t>(g.k_group())) ==
+                                          static_cast<size_t>(g.k_group())) ||
+                                     (family == Family::kQu8 && implicit_gemm && implicit_cin == g.cin));
+    if (ok) *q = quant;
+    return ok;
+  }
+  bool gives_u8_output(const std::vector<Shape>&, const std::vector<Shape>&) const override {
+    return family == Family::kDepthwiseQu8 ||
+           (family == Family::kQu8 && (implicit_gemm || (g.pointwise() && g.groups == 1)) && qu8_uk->u8_out);
+  }
+
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& run_env) const override {
     RunEnv env = run_env;
@@ -344,7 +363,7 @@ class ConvLayer : public Layer {
     // wrong outputs. Instead the whole output is NaN (docs/HARDENING.md): quantize()
     // reports non-finite inputs while it reads them (choose_params copes with any range).
     auto nan_output = [&] {
-      std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+      rt::nan_output(y, static_cast<size_t>(ys.numel()), env);
       return false;
     };
     gemm_qu8::QuantParams qp = quant;
@@ -365,23 +384,39 @@ class ConvLayer : public Layer {
     const size_t panels = family == Family::kQu8 ? qu8_w[0].panel_count() : q4_w[0].panel_count();
     if (g.pointwise() && g.groups == 1) {
       // Quantize the rows once (k padded), then split rows and panels over threads.
-      uint8_t* qa = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
-      if (!quantize_parallel(env, x, M, kg, kg * 4, qa, kp, qp)) return nan_output();
+      const uint8_t* qa = env.in_u8;  // chained: the codes as they are (kp == kg)
+      if (qa && env.in_bad) return nan_output();
+      if (!qa) {
+        uint8_t* q = scratch + (static_cast<size_t>(xs.numel()) + 63) / 64 * 64;
+        if (!quantize_parallel(env, x, M, kg, kg * 4, q, kp, qp)) return nan_output();
+        qa = q;
+      }
       const size_t threads = env.threads();
       const size_t mr = family == Family::kQu8 ? qu8_uk->mr : q4_uk->mr;
       const size_t m_blocks = (static_cast<size_t>(M) + mr - 1) / mr;
       const size_t p_tasks = std::min(panels, threads * 4);
       const size_t m_tasks = std::min(m_blocks, std::max<size_t>(1, threads * 4 / std::max<size_t>(1, p_tasks)));
       const size_t tasks = threads <= 1 ? 1 : m_tasks * p_tasks;
-      if (tasks <= 1) {
-        gemm(0, qa, kp, 0, M, 0, panels, y);
-        return false;
-      }
-      env.pool->parallel_for(tasks, [&](size_t t) {
-        const size_t mt = t % m_tasks, pt = t / m_tasks;
-        const size_t mb = m_blocks * mt / m_tasks * mr, me = std::min<size_t>(M, m_blocks * (mt + 1) / m_tasks * mr);
-        gemm(0, qa, kp, mb, me, panels * pt / p_tasks, panels * (pt + 1) / p_tasks, y);
-      });
+      // Chained output (dense int8 only): u8 codes, cout bytes per row; each task slot
+      // notes the NaN / Inf outputs it met in its own byte.
+      uint8_t bad[kMaxSlots] = {};
+      auto part = [&](size_t t, size_t slot) {  // task t of tasks; one task: everything
+        const size_t mt = t % m_tasks, pt = t / m_tasks, m_parts = tasks <= 1 ? 1 : m_tasks;
+        const size_t p_parts = tasks <= 1 ? 1 : p_tasks;
+        const size_t mb = m_blocks * mt / m_parts * mr, me = std::min<size_t>(M, m_blocks * (mt + 1) / m_parts * mr);
+        const size_t pb = panels * pt / p_parts, pe = panels * (pt + 1) / p_parts;
+        if (!env.out_u8) return gemm(0, qa, kp, mb, me, pb, pe, y);
+        gemm_qu8::Epilogue eq = ep;
+        eq.out_u8 = true;
+        eq.out_scale = env.out_quant.scale;
+        eq.out_zero = env.out_quant.zero;
+        eq.out_bad = bad + slot;
+        gemm_qu8::run(*qu8_uk, qu8_w[0], qa, kp, reinterpret_cast<float*>(env.out_u8), static_cast<size_t>(g.cout), mb,
+                      me, pb, pe, eq);
+      };
+      if (tasks <= 1) part(0, 0);
+      else env.pool->parallel_chunks(tasks, std::min<size_t>(threads, kMaxSlots), part);
+      if (env.out_u8) *env.out_bad = std::any_of(bad, bad + kMaxSlots, [](uint8_t b) { return b != 0; });
       return false;
     }
     if (implicit_gemm) return run_implicit(x, xs, y, ys, qp, ep, env) || nan_output();
@@ -436,6 +471,10 @@ class ConvLayer : public Layer {
       for (size_t r = r0; r < r1; ++r) {
         const int64_t n = static_cast<int64_t>(r) / H, h = static_cast<int64_t>(r) % H;
         uint8_t* dst = xp + ((n * Hp + h + g.ph) * Wp + g.pw) * C;
+        if (env.in_u8) {  // chained: the row's codes as they are
+          std::memcpy(dst, env.in_u8 + r * row_len, row_len);
+          continue;
+        }
         // Padded channels: one quantize row per pixel, cin values then zeros up to C (the
         // weights of those channels are 0).
         const bool ok = padded_channels
@@ -445,6 +484,7 @@ class ConvLayer : public Layer {
         if (!ok) finite[slot] = 0;
       }
     };
+    if (env.in_u8 && env.in_bad) return false;
     if (!padded_channels && row_len % gemm_qu8::kKr != 0) {
       quantize_rows(0, in_rows, 0);
     } else {
@@ -478,17 +518,29 @@ class ConvLayer : public Layer {
       eps.res_lo = env.residual_lo;
       eps.res_hi = env.residual_hi;
     }
-    run_tasks(env, chunks, [&](size_t chunk, size_t) {
+    // Chained output: u8 codes, cout bytes per pixel; each task slot notes the NaN / Inf
+    // outputs it met in its own byte.
+    uint8_t bad[kMaxSlots] = {};
+    run_tasks(env, chunks, [&](size_t chunk, size_t slot) {
+      gemm_qu8::Epilogue ept = eps;
+      if (env.out_u8) {
+        ept.out_u8 = true;
+        ept.out_scale = env.out_quant.scale;
+        ept.out_zero = env.out_quant.zero;
+        ept.out_bad = bad + slot;
+      }
       const size_t r_end = std::min(out_rows, (chunk + 1) * rows_per_task);
       for (size_t r = chunk * rows_per_task; r < r_end; ++r) {
         const int64_t n = static_cast<int64_t>(r) / OH, oh = static_cast<int64_t>(r) % OH;
         const uint8_t* a = xp + (n * Hp + oh * g.sh) * Wp * C;
-        float* yr = y + r * OW * g.cout;
+        float* yr = env.out_u8 ? reinterpret_cast<float*>(env.out_u8 + r * OW * g.cout) : y + r * OW * g.cout;
         gemm_qu8::run_segmented(*qu8_uk, w, a, static_cast<size_t>(g.sw * C), static_cast<size_t>(g.kh),
-                                static_cast<size_t>(g.dh) * row_bytes, yr, c_stride, 0,
-                                static_cast<size_t>(OW), 0, panels, eps);
+                                static_cast<size_t>(g.dh) * row_bytes, yr,
+                                env.out_u8 ? static_cast<size_t>(g.cout) : c_stride, 0, static_cast<size_t>(OW), 0,
+                                panels, ept);
       }
     });
+    if (env.out_u8) *env.out_bad = std::any_of(bad, bad + kMaxSlots, [](uint8_t b) { return b != 0; });
     return true;
   }
 
@@ -507,17 +559,41 @@ class ConvLayer : public Layer {
     const int64_t OH = ys.dims[2], OW = ys.dims[3];
     const size_t n_in = static_cast<size_t>(xs.numel());
     uint8_t* qx = env.scratch;
-    const dwconv_qu8::Geometry dg{H, W, C, OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, quant.zero, lo, hi};
-    auto nan_output = [&] { std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN()); };
-    const bool fused = dwq_packed && dwq_uk->quant_pack && g.sw == 1;
+    dwconv_qu8::Geometry dg{H, W, C, OW, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, quant.zero, lo, hi};
+    // Chained output: each task slot notes the NaN / Inf outputs it met in its own byte.
+    uint8_t bad[kMaxSlots] = {};
+    if (env.out_u8) {
+      dg.out_u8 = true;
+      dg.out_scale = env.out_quant.scale;
+      dg.out_zero = env.out_quant.zero;
+      *env.out_bad = 0;
+    }
+    auto geometry = [&](size_t slot) {
+      dwconv_qu8::Geometry gs = dg;
+      gs.out_bad = bad + slot;
+      return gs;
+    };
+    auto out_row = [&](int64_t r) {  // output row r of the batch (bytes when chained)
+      return env.out_u8 ? reinterpret_cast<float*>(env.out_u8 + r * OW * C) : y + r * OW * C;
+    };
+    auto nan_output = [&] { rt::nan_output(y, static_cast<size_t>(ys.numel()), env); };
+    auto finish = [&] {
+      if (env.out_u8 && std::any_of(bad, bad + kMaxSlots, [](uint8_t b) { return b != 0; })) *env.out_bad = 1;
+    };
+    const bool fused = dwq_packed && dwq_uk->quant_pack && g.sw == 1 && !env.in_u8;
     // A non-finite input gives a NaN output, as on the other int8 paths (HARDENING.md).
-    if (!fused && !quantize_parallel(env, x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) return nan_output();
+    if (env.in_u8) {
+      if (env.in_bad) return nan_output();
+      qx = const_cast<uint8_t*>(env.in_u8);  // read only
+    } else if (!fused && !quantize_parallel(env, x, 1, n_in, 0, qx, gemm_qu8::padded_k(n_in), quant)) {
+      return nan_output();
+    }
     if (dwq_packed) {
       // One task per band of output rows: it packs the input rows its band reads into its
       // own slot (a band's halo rows are packed twice) and runs the band, so the packed
       // rows stay in that core's cache and there is one parallel region.
       const int64_t bands = packed_bands(OH, env.threads());
-      uint32_t* slots = reinterpret_cast<uint32_t*>(qx + (n_in + 63) / 64 * 64 + 64);
+      uint32_t* slots = reinterpret_cast<uint32_t*>(env.scratch + (n_in + 63) / 64 * 64 + 64);
       const size_t slot_words = static_cast<size_t>(packed_span(H, OH, bands) * OW * C);
       char finite[kMaxSlots];
       std::fill(finite, finite + kMaxSlots, 1);
@@ -538,8 +614,9 @@ class ConvLayer : public Layer {
           if (!fused) dwq_uk->pack(dg, qx + (n * H + ih) * W * C, dst);
           else if (!dwq_uk->quant_pack(dg, x + (n * H + ih) * W * C, quant.scale, quant.zero, dst)) finite[slot] = 0;
         }
+        const dwconv_qu8::Geometry gs = geometry(slot);
         for (int64_t oh = oh0; oh < oh1; ++oh)
-          dwq_uk->packed(dg, band, lo, dwq_w3.data(), dwq_scale.data(), dw_bias.data(), y + (n * OH + oh) * OW * C, oh);
+          dwq_uk->packed(gs, band, lo, dwq_w3.data(), dwq_scale.data(), dw_bias.data(), out_row(n * OH + oh), oh);
       });
       if (fused) {
         // Rows no band reads were not quantized: the NaN rule still looks at them. Band
@@ -560,13 +637,14 @@ class ConvLayer : public Layer {
         if (read_to < H) check_rows(read_to, H);
         if (!std::all_of(finite, finite + kMaxSlots, [](char f) { return f != 0; })) return nan_output();
       }
-      return;
+      return finish();
     }
-    run_tasks(env, static_cast<size_t>(N * OH), [&](size_t row, size_t) {
+    run_tasks(env, static_cast<size_t>(N * OH), [&](size_t row, size_t slot) {
       const int64_t n = static_cast<int64_t>(row) / OH, oh = static_cast<int64_t>(row) % OH;
-      dwq_uk->fn(dg, qx + n * H * W * C, dwq_weights.data(), dwq_scale.data(), dw_bias.data(),
-                 y + (n * OH + oh) * OW * C, oh);
+      dwq_uk->fn(geometry(slot), qx + n * H * W * C, dwq_weights.data(), dwq_scale.data(), dw_bias.data(),
+                 out_row(n * OH + oh), oh);
     });
+    finish();
   }
 };
 

@@ -135,6 +135,11 @@ void add_residual(float* out, const float* residual, size_t n, float lo, float h
   }
 }
 
+void nan_output(float* y, size_t n, const RunEnv& env) {
+  if (env.out_u8) *env.out_bad = 1;
+  else std::fill(y, y + n, std::numeric_limits<float>::quiet_NaN());
+}
+
 bool all_finite(const float* x, size_t n) {
   // Exponent bits all ones = Inf or NaN. Integer compares OR-ed over a block vectorize
   // (a std::isfinite loop with an early exit does not); the early exit is per block.

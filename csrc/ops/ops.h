@@ -88,6 +88,17 @@ struct RunEnv {
   float residual_lo = 0.f, residual_hi = 0.f;
   // Set by a layer for a call too small to pay for waking the pool's workers.
   bool serial = false;
+  // u8 activation chaining (planned by the Model, see Layer::takes_u8_input): input 0
+  // arrives as in_u8, the codes of the layer's own static input quantization in the f32
+  // tensor's memory order; in_bad: its producer met a NaN or Inf (the NaN-output rule).
+  const uint8_t* in_u8 = nullptr;
+  bool in_bad = false;
+  // Output 0 goes to out_u8 as codes of out_quant (the reader's input quantization, the
+  // bytes gemm_qu8::quantize would give); the layer sets *out_bad to 1 when any output is
+  // NaN or Inf (or the whole output would be NaN), else to 0.
+  uint8_t* out_u8 = nullptr;
+  gemm_qu8::QuantParams out_quant{1.f, 0};
+  uint8_t* out_bad = nullptr;
   size_t threads() const { return serial ? 1 : pool->threads(); }
 };
 
@@ -118,9 +129,10 @@ enum class Decode { kLoad = 0, kStream = 1 };
 constexpr uint64_t kDefaultMaxMemory = sizeof(size_t) >= 8 ? uint64_t(16) << 30 : uint64_t(1) << 30;
 
 // force_kernel values that are test switches, not kernel names: "im2col" (convs keep the
-// im2col path) and "unfused" (no residual add is folded into its producer).
+// im2col path), "unfused" (no residual add is folded into its producer) and "unchained"
+// (every activation stays f32 between layers: no u8 chaining).
 inline bool is_path_switch(const std::string& force_kernel) {
-  return force_kernel == "im2col" || force_kernel == "unfused";
+  return force_kernel == "im2col" || force_kernel == "unfused" || force_kernel == "unchained";
 }
 
 struct LoadOptions {
@@ -148,6 +160,15 @@ class Layer {
                    const std::vector<float*>& out, const std::vector<Shape>& out_shapes,
                    const RunEnv& env) const = 0;
   virtual Cost cost(const std::vector<Shape>& in, const std::vector<Shape>& out) const;
+  // u8 activation chaining: true when run() can read input 0 as u8 codes (RunEnv::in_u8)
+  // for these shapes; *q is then the input quantization the codes must use.
+  virtual bool takes_u8_input(const std::vector<Shape>& in, const std::vector<Shape>& out,
+                              gemm_qu8::QuantParams* q) const {
+    return false;
+  }
+  // True when run() can write output 0 as u8 codes (RunEnv::out_u8) for these shapes,
+  // quantizing in its kernels' epilogue.
+  virtual bool gives_u8_output(const std::vector<Shape>& in, const std::vector<Shape>& out) const { return false; }
   // The kernel this layer runs (shown by summary/inspect).
   virtual std::string kernel() const { return "ref"; }
   // True when run() honours RunEnv::residual (a following same-shape add folded into
@@ -222,5 +243,8 @@ bool quantize_parallel(const RunEnv& env, const float* x, size_t m, size_t k, si
 void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env);
 // Fused activation as a clamp range.
 void activation_range(int64_t activation, float* lo, float* hi);
+// A layer's all-NaN output (the NaN-output rule of the int8 layers, docs/HARDENING.md):
+// n NaNs at y, or under u8 chaining the poison flag its reader turns into NaNs again.
+void nan_output(float* y, size_t n, const RunEnv& env);
 
 }  // namespace dsq::rt

@@ -270,6 +270,27 @@ class SparseLayer : public Layer {
     return lo == -std::numeric_limits<float>::infinity() && hi == std::numeric_limits<float>::infinity();
   }
 
+  // u8 chaining on the int8 quad paths: a pointwise layer's chunks of pixels (not the
+  // batch-1 row tiles), which read u8 rows in place when they need no padding (cin a
+  // multiple of 4), and the direct conv on quads, which reads the u8 image; both write u8
+  // from the quad kernels' epilogue.
+  bool quad_u8_path(const Shape& xs, const Shape& ys) const {
+    if (!int8 || stream || !q_quad_uk) return false;
+    if (pointwise())
+      return !(rows_of(ys) == 1 && q_spmv_uk) &&
+             gemm_qu8::padded_k(static_cast<size_t>(k())) == static_cast<size_t>(k());
+    return use_int8_direct(xs, ys) && quad_direct();
+  }
+  bool takes_u8_input(const std::vector<Shape>& in, const std::vector<Shape>& out,
+                      gemm_qu8::QuantParams* q) const override {
+    const bool ok = static_quant && quad_u8_path(in[0], out[0]);
+    if (ok) *q = quant;
+    return ok;
+  }
+  bool gives_u8_output(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
+    return quad_u8_path(in[0], out[0]);
+  }
+
   void run(const std::vector<const float*>& in, const std::vector<Shape>& in_shapes,
            const std::vector<float*>& out, const std::vector<Shape>& out_shapes, const RunEnv& env) const override {
     // The quad kernels and the direct conv paths add env.residual while each output is in
@@ -354,7 +375,8 @@ class SparseLayer : public Layer {
     // As the dense int8 layers: one scale serves the whole input, so a NaN or Inf would
     // turn into finite wrong outputs; the output is NaN instead (docs/HARDENING.md). The
     // paths learn it from quantize() as they read the input.
-    if (!run_int8_finite(x, xs, ys, y, M, env)) std::fill(y, y + ys.numel(), std::numeric_limits<float>::quiet_NaN());
+    if (env.out_u8) *env.out_bad = 0;
+    if (!run_int8_finite(x, xs, ys, y, M, env)) nan_output(y, static_cast<size_t>(ys.numel()), env);
   }
 
   // Returns false when the input holds a NaN or Inf (the outputs are then garbage).
@@ -398,6 +420,8 @@ class SparseLayer : public Layer {
     auto a64 = [](size_t b) { return (b + 63) / 64 * 64; };
     char finite[64];  // per slot
     std::fill(finite, finite + 64, 1);
+    uint8_t bad[64] = {};  // chained output: NaN / Inf outputs met, per slot or part
+    if (env.in_u8 && env.in_bad) return false;
     // One chunk: quantize + transpose its activations, then output rows [n0, n1).
     auto prepare = [&](size_t chunk, uint8_t* base, size_t slot) {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
@@ -410,7 +434,11 @@ class SparseLayer : public Layer {
         im2col(x, xs, ys, m0, static_cast<int64_t>(rows), patches);
         a = patches;
       }
-      if (!gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp)) finite[slot] = 0;
+      if (env.in_u8) {
+        qa = const_cast<uint8_t*>(env.in_u8) + static_cast<size_t>(m0) * kp;  // chained: read only (kp == k)
+      } else if (!gemm_qu8::quantize(a, rows, kk, kk * 4, qa, kp, qp)) {
+        finite[slot] = 0;
+      }
       if (q_quad_uk) {  // (rows, k / 4) -> (k / 4, rows) quads of 4 bytes: a 32-bit transpose
         transpose(reinterpret_cast<const float*>(qa), kp / 4, reinterpret_cast<float*>(qa_t), kChunk, rows, kp / 4);
         return;
@@ -418,7 +446,7 @@ class SparseLayer : public Layer {
       for (size_t r = 0; r < rows; ++r)  // (rows, k) -> (k, rows) bytes
         for (size_t c = 0; c < kk; ++c) qa_t[c * kChunk + r] = qa[r * kp + c];
     };
-    auto compute = [&](size_t chunk, const uint8_t* base, size_t n0, size_t n1) {
+    auto compute = [&](size_t chunk, const uint8_t* base, size_t n0, size_t n1, uint8_t* bad_flag) {
       const size_t rows = static_cast<size_t>(std::min<int64_t>(kChunk, M - static_cast<int64_t>(chunk * kChunk)));
       const uint8_t* qa_t = base + a64(pointwise() ? 0 : kChunk * kk * 4) + a64(kChunk * kp);
       float* y_t = reinterpret_cast<float*>(const_cast<uint8_t*>(qa_t) + a64(kp * kChunk));
@@ -428,12 +456,25 @@ class SparseLayer : public Layer {
         eq.residual = env.residual ? env.residual + m0 * static_cast<size_t>(cout) : nullptr;
         eq.res_lo = env.residual_lo;
         eq.res_hi = env.residual_hi;
+        if (env.out_u8) {  // chained: u8 codes, cout bytes per pixel
+          eq.out_u8 = true;
+          eq.out_scale = env.out_quant.scale;
+          eq.out_zero = env.out_quant.zero;
+          eq.out_bad = bad_flag;
+          spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad,
+                        reinterpret_cast<float*>(env.out_u8 + m0 * static_cast<size_t>(cout)), static_cast<size_t>(cout),
+                        n0, n1, eq);
+          return;
+        }
         spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad, y + m0 * static_cast<size_t>(cout),
                       static_cast<size_t>(cout) * 4, n0, n1, eq);
         return;
       }
       const spmm_qu8::Ukernel& uk = rows >= kQu8MinM ? *q_uk : *q_small_uk;
       spmm_qu8::run(uk, qw, rows, qa_t, kChunk, y_t, kChunk * 4, n0, n1, ep);
+    };
+    auto note_bad = [&] {
+      if (env.out_u8 && std::any_of(bad, bad + 64, [](uint8_t b) { return b != 0; })) *env.out_bad = 1;
     };
     auto finish = [&](size_t chunk, const uint8_t* base) {
       if (q_quad_uk) return;  // written in place
@@ -459,19 +500,21 @@ class SparseLayer : public Layer {
       for (size_t c = 0; c < chunks; ++c) {
         uint8_t* base = env.scratch;
         prepare(c, base, 0);
-        env.pool->parallel_for(parts, [&](size_t t) { compute(c, base, bounds[t], bounds[t + 1]); });
+        env.pool->parallel_for(parts, [&](size_t t) { compute(c, base, bounds[t], bounds[t + 1], bad + t); });
         finish(c, base);
       }
+      note_bad();
       return finite[0] != 0;
     }
     const size_t slots = std::min<size_t>(chunks, threads);
     auto do_chunk = [&](size_t chunk, size_t slot) {
       uint8_t* base = env.scratch + slot * q8_slot_bytes();
       prepare(chunk, base, slot);
-      compute(chunk, base, 0, qw.n);
+      compute(chunk, base, 0, qw.n, bad + slot);
       finish(chunk, base);
     };
     env.pool->parallel_chunks(chunks, slots, do_chunk);
+    note_bad();
     return std::all_of(finite, finite + 64, [](char f) { return f != 0; });
   }
 
@@ -792,6 +835,8 @@ class SparseLayer : public Layer {
     const uint32_t zero4 = uint32_t(qp.zero) * 0x01010101u;
     char finite[64];  // per slot
     std::fill(finite, finite + 64, 1);
+    uint8_t bad[64] = {};  // chained output: NaN / Inf outputs met, per slot or part
+    if (env.in_u8 && env.in_bad) return false;
     auto build_plane = [&](int64_t n, uint8_t* xp_bytes, uint8_t* qimg, size_t slot) {
       uint32_t* xp = reinterpret_cast<uint32_t*>(xp_bytes);
       for (size_t q = 0; q < quads_in; ++q) {  // the zero-point border of each quad plane
@@ -806,7 +851,9 @@ class SparseLayer : public Layer {
       }
       std::fill(xp + quads_in * d.plane, xp + quads_in * d.plane + kPlanePad, 0u);
       const size_t img = h * wd * c_in;
-      if (!gemm_qu8::quantize(x + static_cast<size_t>(n) * img, 1, img, 0, qimg, gemm_qu8::padded_k(img), qp))
+      if (env.in_u8)  // chained: the image's codes as they are (read only)
+        qimg = const_cast<uint8_t*>(env.in_u8) + static_cast<size_t>(n) * img;
+      else if (!gemm_qu8::quantize(x + static_cast<size_t>(n) * img, 1, img, 0, qimg, gemm_qu8::padded_k(img), qp))
         finite[slot] = 0;
       for (size_t r = 0; r < h; ++r)  // (pixels, quads) -> (quads, pixels) 32-bit words
         transpose(reinterpret_cast<const float*>(qimg + r * wd * c_in), quads_in,
@@ -814,7 +861,7 @@ class SparseLayer : public Layer {
     };
     const size_t img_out = static_cast<size_t>(OH * OW) * c_out;
     schedule_direct(env, N, d, [&](int64_t n, size_t slot) { build_plane(n, plane_of(slot), qimg_of(slot), slot); },
-                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t) {
+                    [&](int64_t n, size_t ps, size_t g0, size_t g1, size_t ws) {
                       // Grid columns straight into image n's NHWC output (padding columns dropped).
                       spmm_qu8::Epilogue eq = ep;
                       eq.grid_base = g0;
@@ -823,9 +870,20 @@ class SparseLayer : public Layer {
                       eq.residual = env.residual ? env.residual + static_cast<size_t>(n) * img_out : nullptr;
                       eq.res_lo = env.residual_lo;
                       eq.res_hi = env.residual_hi;
+                      if (env.out_u8) {  // chained: u8 codes, c_out bytes per pixel
+                        eq.out_u8 = true;
+                        eq.out_scale = env.out_quant.scale;
+                        eq.out_zero = env.out_quant.zero;
+                        eq.out_bad = bad + ws;
+                        spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1,
+                                      reinterpret_cast<float*>(env.out_u8 + static_cast<size_t>(n) * img_out), c_out, 0,
+                                      qw.n, eq);
+                        return;
+                      }
                       spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1,
                                     y + static_cast<size_t>(n) * img_out, c_out * 4, 0, qw.n, eq);
                     });
+    if (env.out_u8 && std::any_of(bad, bad + 64, [](uint8_t b) { return b != 0; })) *env.out_bad = 1;
     return std::all_of(finite, finite + 64, [](char f) { return f != 0; });
   }
 

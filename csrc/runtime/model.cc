@@ -33,6 +33,15 @@ void transpose_batch(const float* x, float* y, int64_t N, int64_t rows, int64_t 
 
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
+// Arena bytes of value v: u8 codes and their flag byte, or f32.
+size_t value_bytes(const Plan& plan, size_t v) {
+  const size_t n = static_cast<size_t>(plan.value_shapes[v].numel());
+  return plan.value_u8.size() > v && plan.value_u8[v] ? align64(n) + 64 : align64(n * 4);
+}
+size_t value_flag_offset(const Plan& plan, size_t v) {
+  return static_cast<size_t>(plan.value_offset[v]) + align64(static_cast<size_t>(plan.value_shapes[v].numel()));
+}
+
 // Per activation tensor. On 32-bit targets (armv7) the byte size must fit size_t:
 // 2^28 floats = 1 GiB, so numel * 4 and the arena offsets below cannot wrap.
 constexpr int64_t kMaxElements = sizeof(size_t) >= 8 ? int64_t(1) << 36 : int64_t(1) << 28;
@@ -83,6 +92,7 @@ void Model::init(const format::File& file, const LoadOptions& options) {
   for (uint32_t v : graph_.outputs) outputs_.push_back({graph_.values[v], {}});
   decode_ = options.decode;
   fuse_residual_ = options.force_kernel != "unfused";
+  chain_u8_ = options.force_kernel != "unchained";
   // Before anything is unpacked: the streams once entropy-decoded are a lower bound of
   // what the packed weights take, so a small Huffman-coded file that expands past the
   // limit is refused before it allocates.
@@ -192,6 +202,7 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes, size_t threads) co
     plan.total_cost.add(plan.node_cost[i]);
   }
   plan_residual_adds(plan);
+  plan_u8_chains(plan);
   // Liveness: a value lives from the node that makes it to its last reader; graph
   // outputs live to the end. Graph inputs of rank != 4 are read in place from the
   // caller's buffer; rank-4 inputs are converted to NHWC into the arena first.
@@ -214,7 +225,7 @@ Plan Model::make_plan(const std::vector<Shape>& input_shapes, size_t threads) co
   };
   std::vector<Placed> placed;
   auto place = [&](uint32_t v) {
-    const size_t bytes = align64(static_cast<size_t>(plan.value_shapes[v].numel()) * 4);
+    const size_t bytes = value_bytes(plan, v);
     std::vector<std::pair<size_t, size_t>> busy;
     for (const auto& p : placed)
       if (p.first <= last[v] && first[v] <= p.last) busy.push_back({p.offset, p.offset + p.bytes});
@@ -339,15 +350,27 @@ void Model::run_graph(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTab
     if (plan.fused_away[i]) continue;  // done by its producer
     for (size_t k = 0; k < node.inputs.size(); ++k) in[k] = ptr[node.inputs[k]];
     for (size_t k = 0; k < node.outputs.size(); ++k) out[k] = const_cast<float*>(ptr[node.outputs[k]]);
+    RunEnv chained = env;
+    if (plan.node_u8_in[i] >= 0) {
+      const size_t v = static_cast<size_t>(plan.node_u8_in[i]);
+      chained.in_u8 = arena + plan.value_offset[v];
+      chained.in_bad = arena[value_flag_offset(plan, v)] != 0;
+    }
+    if (plan.node_u8_out[i] >= 0) {
+      const size_t v = static_cast<size_t>(plan.node_u8_out[i]);
+      chained.out_u8 = arena + plan.value_offset[v];
+      chained.out_quant = plan.value_quant[v];
+      chained.out_bad = arena + value_flag_offset(plan, v);
+    }
     if (plan.residual_add[i] >= 0) {
       const int64_t j = plan.residual_add[i];
       out[0] = const_cast<float*>(ptr[graph_.nodes[j].outputs[0]]);
-      RunEnv fused = env;
+      RunEnv fused = chained;
       fused.residual = ptr[plan.residual_value[i]];
       layers_[j]->residual_add_range(&fused.residual_lo, &fused.residual_hi);
       layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], fused);
     } else {
-      layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], env);
+      layers_[i]->run(in, plan.node_in_shapes[i], out, plan.node_out_shapes[i], chained);
     }
     node_skipped[i] += skipped_macs - skipped_before;
   }
@@ -506,6 +529,42 @@ void Model::plan_residual_adds(Plan& plan) const {
   }
 }
 
+void Model::plan_u8_chains(Plan& plan) const {
+  const size_t n = layers_.size(), nv = graph_.values.size();
+  plan.value_u8.assign(nv, false);
+  plan.value_quant.assign(nv, gemm_qu8::QuantParams{1.f, 0});
+  plan.node_u8_out.assign(n, -1);
+  plan.node_u8_in.assign(n, -1);
+  if (!chain_u8_) return;
+  std::vector<int64_t> producer(nv, -1), reader(nv, -1), readers(nv, 0);
+  for (size_t i = 0; i < n; ++i) {
+    for (uint32_t v : graph_.nodes[i].outputs) producer[v] = static_cast<int64_t>(i);
+    for (uint32_t v : graph_.nodes[i].inputs) ++readers[v], reader[v] = static_cast<int64_t>(i);
+  }
+  for (uint32_t v : graph_.outputs) ++readers[v];
+  for (size_t v = 0; v < nv; ++v) {
+    const int64_t i = producer[v], j = reader[v];
+    if (i < 0 || j < 0 || readers[v] != 1 || plan.fused_away[i] || plan.fused_away[j]) continue;
+    // The producer writes one plain output (no folded add); the reader takes it as its
+    // only input.
+    if (graph_.nodes[i].outputs.size() != 1 || plan.residual_add[i] >= 0) continue;
+    if (graph_.nodes[j].inputs.size() != 1 || graph_.nodes[j].inputs[0] != v) continue;
+    gemm_qu8::QuantParams q;
+    if (!layers_[j]->takes_u8_input(plan.node_in_shapes[j], plan.node_out_shapes[j], &q)) continue;
+    if (!layers_[i]->gives_u8_output(plan.node_in_shapes[i], plan.node_out_shapes[i])) continue;
+    plan.value_u8[v] = true;
+    plan.value_quant[v] = q;
+    plan.node_u8_out[i] = static_cast<int64_t>(v);
+    plan.node_u8_in[j] = static_cast<int64_t>(v);
+    // One byte per element crosses the edge instead of four, written and read once.
+    const uint64_t saved = 3 * static_cast<uint64_t>(plan.value_shapes[v].numel());
+    for (const int64_t k : {i, j}) {
+      plan.node_cost[k].activation_bytes -= saved;
+      plan.total_cost.activation_bytes -= saved;
+    }
+  }
+}
+
 std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) const {
   const Plan plan = make_plan(input_shapes);
   std::vector<LayerInfo> out;
@@ -518,6 +577,10 @@ std::vector<LayerInfo> Model::layers(const std::vector<Shape>& input_shapes) con
     if (plan.fused_away[i])
       for (size_t p = 0; p < layers_.size(); ++p)
         if (plan.residual_add[p] == static_cast<int64_t>(i)) info.kernel += " (fused into '" + graph_.nodes[p].name + "')";
+    if (plan.node_u8_in[i] >= 0 || plan.node_u8_out[i] >= 0)
+      info.kernel += std::string(" [u8 ") + (plan.node_u8_in[i] >= 0 ? "in" : "") +
+                     (plan.node_u8_in[i] >= 0 && plan.node_u8_out[i] >= 0 ? ", " : "") +
+                     (plan.node_u8_out[i] >= 0 ? "out" : "") + "]";
     for (uint32_t v : node.inputs) info.input_shapes.push_back(plan.value_shapes[v]);
     for (uint32_t v : node.outputs) info.output_shapes.push_back(plan.value_shapes[v]);
     info.weights = layers_[i]->weights;

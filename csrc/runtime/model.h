@@ -53,6 +53,14 @@ struct Plan {
   // is skipped (fused_away). The add's output is then born at the producer (liveness).
   std::vector<int64_t> residual_add, residual_value;
   std::vector<bool> fused_away;
+  // u8 activation chaining: a value whose producer quantizes it in its epilogue for its
+  // only reader (both layers agree for these shapes; see Layer::takes_u8_input) is held
+  // as u8 codes of value_quant[v], followed at value_flag_offset(v) by one byte: 1 when
+  // the producer met a NaN or Inf. Its arena slot takes numel bytes instead of 4 numel.
+  std::vector<bool> value_u8;
+  std::vector<gemm_qu8::QuantParams> value_quant;
+  // Per node: the u8 value it writes as output 0 / reads as input 0, or -1.
+  std::vector<int64_t> node_u8_out, node_u8_in;
   // Micro-batching (Model::plan_slices): the batch runs as `slice_count` slices, the first
   // `slice_larger` of slice_rows + 1 samples and the rest of slice_rows, each through the
   // whole graph on the plan for its size (slice_plan[0]: slice_rows, [1]: slice_rows + 1).
@@ -139,6 +147,7 @@ class Model {
  private:
   void init(const format::File& file, const LoadOptions& options);
   void plan_residual_adds(Plan& plan) const;
+  void plan_u8_chains(Plan& plan) const;
   // One pass of the graph over plan's shapes; adds its dynamic counts into `tables`.
   void run_graph(const Plan& plan, uint8_t* arena, uint8_t* scratch, RunTables& tables,
                  const std::vector<const float*>& inputs, const std::vector<float*>& outputs,
@@ -149,6 +158,7 @@ class Model {
   std::vector<std::unique_ptr<Layer>> layers_;
   Decode decode_ = Decode::kLoad;
   bool fuse_residual_ = true;  // LoadOptions::force_kernel "unfused" turns it off (tests)
+  bool chain_u8_ = true;      // LoadOptions::force_kernel "unchained" turns it off (tests)
   std::vector<IoInfo> inputs_, outputs_;
   std::shared_ptr<ThreadPool> pool_;
   ThreadPool serial_pool_{1};  // the slices of a concurrent micro-batched run (no workers)

@@ -1,6 +1,6 @@
 // dsq-run: runs a .dsq model on .npy inputs without Python (for boards without it).
 //   dsq-run MODEL.dsq --input x.npy [--input ...] [--output y.npy ...] [--threads N] [--repeat N]
-//           [--decode load|stream]
+//           [--decode load|stream] [--force-kernel NAME]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -79,7 +79,7 @@ void write_npy(const std::string& path, const std::vector<int64_t>& shape, const
 int usage() {
   std::fprintf(stderr,
                "usage: dsq-run MODEL.dsq --input x.npy [--input ...] [--output y.npy ...]\n"
-               "               [--threads N] [--repeat N] [--decode load|stream]\n");
+               "               [--threads N] [--repeat N] [--decode load|stream] [--force-kernel NAME]\n");
   return 2;
 }
 
@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> inputs, outputs;
   size_t threads = 0, repeat = 1;
   dsq::rt::Decode decode = dsq::rt::Decode::kLoad;
+  std::string force_kernel;  // a kernel name or a path switch ("unchained", ...), as Python's load()
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -111,6 +112,8 @@ int main(int argc, char** argv) {
         const std::string d = next();
         if (d != "load" && d != "stream") throw std::runtime_error("--decode must be load or stream, got '" + d + "'");
         decode = d == "stream" ? dsq::rt::Decode::kStream : dsq::rt::Decode::kLoad;
+      } else if (a == "--force-kernel") {
+        force_kernel = next();
       } else if (a == "--repeat") {
         repeat = std::max<size_t>(1, std::stoul(next()));
       } else if (model_path.empty() && a[0] != '-') {
@@ -129,6 +132,7 @@ int main(int argc, char** argv) {
     dsq::rt::LoadOptions options;
     options.threads = threads;
     options.decode = decode;
+    options.force_kernel = force_kernel;
     auto model = dsq::rt::Model::load_file(model_path, options);
     if (inputs.size() != model->inputs().size())
       throw dsq::InputError("the model takes " + std::to_string(model->inputs().size()) + " input(s), got " +

@@ -139,9 +139,10 @@ def load(path: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = N
 
     threads: worker threads for this model (default: all hardware threads).
     force_kernel: run every conv/linear of the matching family on this kernel (tests);
-    two values are path switches instead: "im2col" (convolutions keep the im2col path:
-    no direct sparse conv, no int8 implicit GEMM) and "unfused" (residual adds run as
-    their own layer instead of inside the conv before them). Results are the same bits.
+    three values are path switches instead: "im2col" (convolutions keep the im2col path:
+    no direct sparse conv, no int8 implicit GEMM), "unfused" (residual adds run as their
+    own layer instead of inside the conv before them) and "unchained" (activations stay
+    f32 between int8 layers instead of passing as u8 codes). Results are the same bits.
     max_memory: bytes the model may use, its packed weights plus the activations and
     scratch of one run (default deepsqueeze.DEFAULT_MAX_MEMORY, 16 GiB; 1 GiB on 32-bit
     platforms). A file needing more fails to load, and a run whose input shapes need more
