@@ -400,6 +400,8 @@ class ConvLayer : public Layer {
       // Chained output (dense int8 only): u8 codes, cout bytes per row; each task slot
       // notes the NaN / Inf outputs it met in its own byte.
       uint8_t bad[kMaxSlots] = {};
+      const gemm_qu8::OutQuant out_q = env.out_u8 ? gemm_qu8::prepare_out_quant(env.out_quant, lo, hi)
+                                                  : gemm_qu8::OutQuant{};
       auto part = [&](size_t t, size_t slot) {  // task t of tasks; one task: everything
         const size_t mt = t % m_tasks, pt = t / m_tasks, m_parts = tasks <= 1 ? 1 : m_tasks;
         const size_t p_parts = tasks <= 1 ? 1 : p_tasks;
@@ -411,6 +413,7 @@ class ConvLayer : public Layer {
         eq.out_scale = env.out_quant.scale;
         eq.out_zero = env.out_quant.zero;
         eq.out_bad = bad + slot;
+        eq.out_prepared = out_q;
         gemm_qu8::run(*qu8_uk, qu8_w[0], qa, kp, reinterpret_cast<float*>(env.out_u8), static_cast<size_t>(g.cout), mb,
                       me, pb, pe, eq);
       };
@@ -521,6 +524,8 @@ class ConvLayer : public Layer {
     // Chained output: u8 codes, cout bytes per pixel; each task slot notes the NaN / Inf
     // outputs it met in its own byte.
     uint8_t bad[kMaxSlots] = {};
+    const gemm_qu8::OutQuant out_q = env.out_u8 ? gemm_qu8::prepare_out_quant(env.out_quant, ep.lo, ep.hi)
+                                                : gemm_qu8::OutQuant{};
     run_tasks(env, chunks, [&](size_t chunk, size_t slot) {
       gemm_qu8::Epilogue ept = eps;
       if (env.out_u8) {
@@ -528,6 +533,7 @@ class ConvLayer : public Layer {
         ept.out_scale = env.out_quant.scale;
         ept.out_zero = env.out_quant.zero;
         ept.out_bad = bad + slot;
+        ept.out_prepared = out_q;
       }
       const size_t r_end = std::min(out_rows, (chunk + 1) * rows_per_task);
       for (size_t r = chunk * rows_per_task; r < r_end; ++r) {
@@ -566,6 +572,7 @@ class ConvLayer : public Layer {
       dg.out_u8 = true;
       dg.out_scale = env.out_quant.scale;
       dg.out_zero = env.out_quant.zero;
+      dg.out_prepared = gemm_qu8::prepare_out_quant(env.out_quant, lo, hi);
       *env.out_bad = 0;
     }
     auto geometry = [&](size_t slot) {

@@ -422,6 +422,8 @@ class SparseLayer : public Layer {
     std::fill(finite, finite + 64, 1);
     uint8_t bad[64] = {};  // chained output: NaN / Inf outputs met, per slot or part
     if (env.in_u8 && env.in_bad) return false;
+    const gemm_qu8::OutQuant out_q = env.out_u8 ? gemm_qu8::prepare_out_quant(env.out_quant, lo, hi)
+                                                : gemm_qu8::OutQuant{};
     // One chunk: quantize + transpose its activations, then output rows [n0, n1).
     auto prepare = [&](size_t chunk, uint8_t* base, size_t slot) {
       const int64_t m0 = static_cast<int64_t>(chunk * kChunk);
@@ -461,6 +463,7 @@ class SparseLayer : public Layer {
           eq.out_scale = env.out_quant.scale;
           eq.out_zero = env.out_quant.zero;
           eq.out_bad = bad_flag;
+          eq.out_prepared = out_q;
           spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad,
                         reinterpret_cast<float*>(env.out_u8 + m0 * static_cast<size_t>(cout)), static_cast<size_t>(cout),
                         n0, n1, eq);
@@ -837,6 +840,8 @@ class SparseLayer : public Layer {
     std::fill(finite, finite + 64, 1);
     uint8_t bad[64] = {};  // chained output: NaN / Inf outputs met, per slot or part
     if (env.in_u8 && env.in_bad) return false;
+    const gemm_qu8::OutQuant out_q = env.out_u8 ? gemm_qu8::prepare_out_quant(env.out_quant, lo, hi)
+                                                : gemm_qu8::OutQuant{};
     auto build_plane = [&](int64_t n, uint8_t* xp_bytes, uint8_t* qimg, size_t slot) {
       uint32_t* xp = reinterpret_cast<uint32_t*>(xp_bytes);
       for (size_t q = 0; q < quads_in; ++q) {  // the zero-point border of each quad plane
@@ -875,6 +880,7 @@ class SparseLayer : public Layer {
                         eq.out_scale = env.out_quant.scale;
                         eq.out_zero = env.out_quant.zero;
                         eq.out_bad = bad + ws;
+                        eq.out_prepared = out_q;
                         spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1,
                                       reinterpret_cast<float*>(env.out_u8 + static_cast<size_t>(n) * img_out), c_out, 0,
                                       qw.n, eq);

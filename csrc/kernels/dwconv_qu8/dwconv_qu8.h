@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/cpu.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 #include "kernels/gemm_qu8/ukernels.h"
 
 namespace dsq::dwconv_qu8 {
@@ -33,6 +34,9 @@ struct Geometry {
   float out_scale = 1.f;
   int32_t out_zero = 0;
   uint8_t* out_bad = nullptr;
+  // gemm_qu8::prepare_out_quant({out_scale, out_zero}, lo, hi), prepared once by a caller
+  // making many row calls; a SIMD variant prepares it per call when not valid.
+  gemm_qu8::OutQuant out_prepared;
 };
 
 // Stores output element i of a row (a float, or its code under g.out_u8): the scalar

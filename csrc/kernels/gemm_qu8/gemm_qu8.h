@@ -39,6 +39,7 @@ struct QuantParams {
 // The scalars of a SIMD quantizer for values known to lie in [lo, hi] (a fused
 // activation's clamp): prepared once per call, not per tile (x86_avx512_quantize.h).
 struct OutQuant {
+  bool valid = false;  // set by prepare_out_quant
   float scale = 1.f, inv = 1.f;
   int32_t zero = 0;
   bool fast = true;        // x * inv, with near ties divided, gives x / scale's codes
@@ -46,10 +47,9 @@ struct OutQuant {
   bool clamp_low = true;   // codes below 0 possible
   bool clamp_high = true;  // codes past 255 possible
   // The scale admits the branch-free quotient: x * inv plus two exact-remainder
-  // corrections (Markstein: the correctly rounded x / scale when 2^-60 <= scale <= 2^100),
-  // on inputs clamped to +-x_max (= 2^25 scale, past which every code saturates).
+  // corrections (Markstein: the correctly rounded x / scale when 2^-60 <= scale <= 2^100
+  // and |x / scale| is far from overflow).
   bool exact_fma_ok = false;
-  float x_max = 0.f;
 };
 OutQuant prepare_out_quant(QuantParams p, float lo, float hi);
 
@@ -71,7 +71,9 @@ struct Epilogue {
   float out_scale = 1.f;
   int32_t out_zero = 0;
   uint8_t* out_bad = nullptr;
-  OutQuant out_prepared;  // filled by run() / run_segmented() from the fields above
+  // prepare_out_quant(out_scale / out_zero, lo, hi): run() / run_segmented() fill it when
+  // the caller has not (a caller making many calls prepares it once).
+  OutQuant out_prepared;
 };
 
 // m x n_valid tile (m <= mr, n_valid <= nr). a: u8 rows of k_padded bytes, a_stride in

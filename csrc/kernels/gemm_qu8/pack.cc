@@ -57,7 +57,8 @@ void run(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, size_t a_s
   if (ep_in.has_residual) throw std::invalid_argument("gemm_qu8::run: a fused residual needs run_segmented");
   if (ep_in.out_u8 && !uk.u8_out) throw std::invalid_argument(std::string("gemm_qu8::run: ") + uk.name + " has no u8 output");
   Epilogue ep = ep_in;
-  if (ep.out_u8) ep.out_prepared = prepare_out_quant(QuantParams{ep.out_scale, ep.out_zero}, ep.lo, ep.hi);
+  if (ep.out_u8 && !ep.out_prepared.valid)
+    ep.out_prepared = prepare_out_quant(QuantParams{ep.out_scale, ep.out_zero}, ep.lo, ep.hi);
   const size_t mr = uk.mr, nr = w.nr, out_bytes = ep.out_u8 ? 1 : 4;
   // Panel-outer: one panel stays in L1/L2 while every row tile of A streams past it.
   for (size_t p = p_begin; p < p_end; ++p) {
@@ -84,7 +85,8 @@ void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, 
   if (ep_in.out_u8 && (ep_in.has_residual || !uk.u8_out))
     throw std::invalid_argument("gemm_qu8::run_segmented: a u8 output needs a u8_out variant and no residual");
   Epilogue ep = ep_in;
-  if (ep.out_u8) ep.out_prepared = prepare_out_quant(QuantParams{ep.out_scale, ep.out_zero}, ep.lo, ep.hi);
+  if (ep.out_u8 && !ep.out_prepared.valid)
+    ep.out_prepared = prepare_out_quant(QuantParams{ep.out_scale, ep.out_zero}, ep.lo, ep.hi);
   const size_t mr = uk.mr, nr = w.nr, out_bytes = ep.out_u8 ? 1 : 4;
   for (size_t p = p_begin; p < p_end; ++p) {
     const size_t n0 = p * nr;
@@ -100,12 +102,12 @@ void run_segmented(const Ukernel& uk, const PackedWeights& w, const uint8_t* a, 
 
 OutQuant prepare_out_quant(QuantParams p, float lo, float hi) {
   OutQuant o;
+  o.valid = true;
   o.scale = p.scale;
   o.inv = 1.0f / p.scale;
   o.zero = p.zero;
   o.fast = fast_reciprocal_ok(p.scale);
   o.exact_fma_ok = p.scale >= 0x1p-60f && p.scale <= 0x1p100f;
-  o.x_max = 0x1p25f * p.scale;
   const bool finite = std::isfinite(lo) && std::isfinite(hi) && lo <= hi;
   o.check_bad = !finite;
   if (finite) {

@@ -419,7 +419,11 @@ const Ukernel* find_ukernel(const char* name) {
 }
 
 void run(const Ukernel& uk, const PackedWeights& w, size_t m, const uint8_t* x_t, size_t x_stride, float* y_t,
-         size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep) {
+         size_t y_stride, size_t n_begin, size_t n_end, const Epilogue& ep_in) {
+  Epilogue ep = ep_in;
+  if (ep.out_u8 && !ep.out_prepared.valid)
+    ep.out_prepared = gemm_qu8::prepare_out_quant(gemm_qu8::QuantParams{ep.out_scale, ep.out_zero},
+                                                  ep.residual ? -INFINITY : ep.lo, ep.residual ? INFINITY : ep.hi);
   if (!compatible(uk, w, m))
     throw std::invalid_argument(std::string("spmm_qu8::run: ") + uk.name +
                                 (uk.spmv && m != 1 ? " runs only m == 1, got m = " + std::to_string(m)

@@ -14,6 +14,7 @@
 
 #include "base/aligned.h"
 #include "base/cpu.h"
+#include "kernels/gemm_qu8/gemm_qu8.h"
 
 namespace dsq::spmm_qu8 {
 
@@ -118,6 +119,9 @@ struct Epilogue {
   float out_scale = 1.f;
   int32_t out_zero = 0;
   uint8_t* out_bad = nullptr;
+  // gemm_qu8::prepare_out_quant of the above and [lo, hi]; run() fills it when the caller
+  // has not.
+  gemm_qu8::OutQuant out_prepared;
 };
 
 // row_ptr u32[n + 1], col u32[nnz] (< k, sorted within rows), q int8[nnz], w_scale f32[n],

@@ -118,11 +118,9 @@ namespace {
 
 // u8 output codes (Epilogue::out_u8), quantized in registers (gemm_qu8::quantize's bytes).
 struct QuadCodes {
-  // Outputs lie in [lo, hi] (no residual with a u8 output).
+  // ep.out_prepared: filled by run().
   explicit QuadCodes(const Epilogue& ep)
-      : q(gemm_qu8::prepare_out_quant(gemm_qu8::QuantParams{ep.out_scale, ep.out_zero},
-                                      ep.residual ? -INFINITY : ep.lo, ep.residual ? INFINITY : ep.hi),
-          /*branch_free=*/false),  // after the tile transpose: short chains
+      : q(ep.out_prepared, /*branch_free=*/false),  // after the tile transpose: short chains
         bad(ep.out_bad) {}
   void store(uint8_t* p, __m512 v, __mmask16 m) { _mm_mask_storeu_epi8(p, m, q.bytes(v)); }
   void finish() {
