@@ -166,9 +166,13 @@ class Layer {
                               gemm_qu8::QuantParams* q) const {
     return false;
   }
-  // True when run() can write output 0 as u8 codes (RunEnv::out_u8) for these shapes,
-  // quantizing in its kernels' epilogue.
-  virtual bool gives_u8_output(const std::vector<Shape>& in, const std::vector<Shape>& out) const { return false; }
+  // True when run() can write output 0 as u8 codes of `reader` (its reader's input
+  // quantization; RunEnv::out_u8) for these shapes, quantizing in its kernels' epilogue,
+  // and that pays.
+  virtual bool gives_u8_output(const std::vector<Shape>& in, const std::vector<Shape>& out,
+                               const gemm_qu8::QuantParams& reader) const {
+    return false;
+  }
   // The kernel this layer runs (shown by summary/inspect).
   virtual std::string kernel() const { return "ref"; }
   // True when run() honours RunEnv::residual (a following same-shape add folded into

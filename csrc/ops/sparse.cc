@@ -287,7 +287,8 @@ class SparseLayer : public Layer {
     if (ok) *q = quant;
     return ok;
   }
-  bool gives_u8_output(const std::vector<Shape>& in, const std::vector<Shape>& out) const override {
+  bool gives_u8_output(const std::vector<Shape>& in, const std::vector<Shape>& out,
+                       const gemm_qu8::QuantParams&) const override {
     return quad_u8_path(in[0], out[0]);
   }
 

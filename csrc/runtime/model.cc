@@ -551,7 +551,7 @@ void Model::plan_u8_chains(Plan& plan) const {
     if (graph_.nodes[j].inputs.size() != 1 || graph_.nodes[j].inputs[0] != v) continue;
     gemm_qu8::QuantParams q;
     if (!layers_[j]->takes_u8_input(plan.node_in_shapes[j], plan.node_out_shapes[j], &q)) continue;
-    if (!layers_[i]->gives_u8_output(plan.node_in_shapes[i], plan.node_out_shapes[i])) continue;
+    if (!layers_[i]->gives_u8_output(plan.node_in_shapes[i], plan.node_out_shapes[i], q)) continue;
     plan.value_u8[v] = true;
     plan.value_quant[v] = q;
     plan.node_u8_out[i] = static_cast<int64_t>(v);
