@@ -17,18 +17,23 @@ from deepsqueeze.builder import GraphBuilder
 IQ = (0.05, 100.0)  # every layer's static input quantization (scale, zero point)
 
 
-def _pointwise(b, rng, x, cin, cout, name, values, act):
-    """values "int8_channel" (dense GEMM) or "csr-int8" (70% pruned in blocks of 4 input
-    channels: the sparse quad kernels)."""
-    w = (rng.standard_normal((cout, cin, 1, 1)) / np.sqrt(cin)).astype(np.float32)
+def _conv(b, rng, x, cin, cout, name, values, act, k=1, stride=1):
+    """A kxk conv; values "int8_channel" (dense GEMM) or "csr-int8" (70% pruned in blocks
+    of 4 input channels: the sparse quad kernels)."""
+    w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
     encoding = {}
     if values == "csr-int8":
-        w *= np.repeat(rng.random((cout, cin // 4, 1, 1)) >= 0.7, 4, axis=1)
+        w *= np.repeat(rng.random((cout, cin // 4, k, k)) >= 0.7, 4, axis=1)
         encoding = {"layout": "csr"}
     wi = b.add_weight(f"{name}.w", w, values="int8_channel", **encoding)
     bi = b.add_weight(f"{name}.b", rng.standard_normal(cout).astype(np.float32) * 0.1)
     return b.add_node("conv2d", [x], weights=[wi, bi], name=name,
-                      attrs={"activation": act, "input_quant": list(IQ)})
+                      attrs={"stride": [stride, stride], "padding": [k // 2, k // 2], "activation": act,
+                             "input_quant": list(IQ)})
+
+
+def _pointwise(b, rng, x, cin, cout, name, values, act):
+    return _conv(b, rng, x, cin, cout, name, values, act)
 
 
 def _depthwise(b, rng, x, c, name, stride, act, k=3, weight_scale=None):
@@ -202,27 +207,14 @@ def test_edges_that_stay_f32():
         assert _same_bits(g, r)
 
 
-def _conv3x3(b, rng, x, cin, cout, name, values, act, stride=1):
-    w = (rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
-    encoding = {}
-    if values == "csr-int8":
-        w *= np.repeat(rng.random((cout, cin // 4, 3, 3)) >= 0.7, 4, axis=1)
-        encoding = {"layout": "csr"}
-    wi = b.add_weight(f"{name}.w", w, values="int8_channel", **encoding)
-    bi = b.add_weight(f"{name}.b", rng.standard_normal(cout).astype(np.float32) * 0.1)
-    return b.add_node("conv2d", [x], weights=[wi, bi], name=name,
-                      attrs={"stride": [stride, stride], "padding": [1, 1], "activation": act,
-                             "input_quant": list(IQ)})
-
-
 def basic_block_net(values, stride, act=1):
     """ResNet's block: conv1 3x3 (act: 1 relu, 2 relu6) -> conv2 3x3, + skip, relu. The dense
     int8 convs run as implicit GEMM, the block-pruned sparse ones direct on quads (stride 1)."""
     rng = np.random.default_rng(13)
     b = GraphBuilder()
     x = b.add_input("x", (-1, 16, 10, 10))
-    c1 = _conv3x3(b, rng, x, 16, 32, "conv1", values, act=act, stride=stride)
-    c2 = _conv3x3(b, rng, c1, 32, 32, "conv2", values, act=0)
+    c1 = _conv(b, rng, x, 16, 32, "conv1", values, act=act, k=3, stride=stride)
+    c2 = _conv(b, rng, c1, 32, 32, "conv2", values, act=0, k=3)
     skip = _pointwise(b, rng, x, 16, 32, "down", "int8_channel", act=0)
     if stride == 2:
         skip = b.add_node("avg_pool2d", [skip], attrs={"kernel": [2, 2], "stride": [2, 2]}, name="pool")

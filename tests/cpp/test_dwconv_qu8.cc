@@ -81,6 +81,29 @@ std::vector<uint8_t> run_u8(const Ukernel& uk, bool packed, Geometry g, int64_t 
   return y;
 }
 
+struct Case { int64_t H, W, C, kh, kw, sh, sw, ph, pw, dh, dw; int32_t zero; float lo, hi; bool extreme; };
+
+// A case's geometry and random operands (x and w at their extremes for `extreme`).
+struct Data {
+  Geometry g;
+  int64_t OH;
+  std::vector<uint8_t> x;
+  std::vector<int8_t> w;
+  std::vector<float> s, b;
+};
+Data make_data(const Case& c) {
+  const int64_t OH = out_size(c.H, c.kh, c.sh, c.ph, c.dh), OW = out_size(c.W, c.kw, c.sw, c.pw, c.dw);
+  Data d{Geometry{c.H, c.W, c.C, OW, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw, c.zero, c.lo, c.hi}, OH,
+         std::vector<uint8_t>(static_cast<size_t>(c.H * c.W * c.C)),
+         std::vector<int8_t>(static_cast<size_t>(c.kh * c.kw * c.C)), std::vector<float>(static_cast<size_t>(c.C)),
+         std::vector<float>(static_cast<size_t>(c.C))};
+  for (auto& v : d.x) v = static_cast<uint8_t>(c.extreme ? 255 : rnd_int(0, 255));
+  for (auto& v : d.w) v = static_cast<int8_t>(c.extreme ? -127 : rnd_int(-127, 127));
+  for (auto& v : d.s) v = 1e-3f * (1.f + std::fabs(rnd()));
+  for (auto& v : d.b) v = rnd();
+  return d;
+}
+
 }  // namespace
 
 int main() {
@@ -88,7 +111,6 @@ int main() {
   const auto& list = all_ukernels();
   DSQ_CHECK(!list.empty() && list.front().isa == Isa::kScalar, "reference first");
   const Ukernel& ref = list.front();
-  struct Case { int64_t H, W, C, kh, kw, sh, sw, ph, pw, dh, dw; int32_t zero; float lo, hi; bool extreme; };
   const Case cases[] = {
       {7, 9, 16, 3, 3, 1, 1, 1, 1, 1, 1, 128, -inf, inf, false},
       {8, 8, 17, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0.f, 6.f, false},
@@ -110,15 +132,8 @@ int main() {
   };
   int tested = 0;
   for (const Case& c : cases) {
-    const int64_t OH = out_size(c.H, c.kh, c.sh, c.ph, c.dh), OW = out_size(c.W, c.kw, c.sw, c.pw, c.dw);
-    const Geometry g{c.H, c.W, c.C, OW, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw, c.zero, c.lo, c.hi};
-    std::vector<uint8_t> x(static_cast<size_t>(c.H * c.W * c.C));
-    std::vector<int8_t> w(static_cast<size_t>(c.kh * c.kw * c.C));
-    std::vector<float> s(static_cast<size_t>(c.C)), b(static_cast<size_t>(c.C));
-    for (auto& v : x) v = static_cast<uint8_t>(c.extreme ? 255 : rnd_int(0, 255));
-    for (auto& v : w) v = static_cast<int8_t>(c.extreme ? -127 : rnd_int(-127, 127));
-    for (auto& v : s) v = 1e-3f * (1.f + std::fabs(rnd()));
-    for (auto& v : b) v = rnd();
+    auto [g, OH, x, w, s, b] = make_data(c);
+    const int64_t OW = g.OW;
     const std::vector<float> want = run_all(ref, g, OH, x, w, s, b);
     size_t bad = 0;
     for (int64_t oh = 0; oh < OH; ++oh)
@@ -186,15 +201,8 @@ int main() {
   // scale makes one channel +-Inf.
   int non_finite_cases = 0;
   for (const Case& c : cases) {
-    const int64_t OH = out_size(c.H, c.kh, c.sh, c.ph, c.dh), OW = out_size(c.W, c.kw, c.sw, c.pw, c.dw);
-    const Geometry g{c.H, c.W, c.C, OW, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw, c.zero, c.lo, c.hi};
-    std::vector<uint8_t> x(static_cast<size_t>(c.H * c.W * c.C));
-    std::vector<int8_t> w(static_cast<size_t>(c.kh * c.kw * c.C));
-    std::vector<float> s(static_cast<size_t>(c.C)), b(static_cast<size_t>(c.C));
-    for (auto& v : x) v = static_cast<uint8_t>(c.extreme ? 255 : rnd_int(0, 255));
-    for (auto& v : w) v = static_cast<int8_t>(c.extreme ? -127 : rnd_int(-127, 127));
-    for (auto& v : s) v = 1e-3f * (1.f + std::fabs(rnd()));
-    for (auto& v : b) v = rnd();
+    auto [g, OH, x, w, s, b] = make_data(c);
+    const int64_t OW = g.OW;
     for (int overflow = 0; overflow < 2; ++overflow) {
       if (overflow) s[static_cast<size_t>(c.C / 2)] = 3e38f;
       const std::vector<float> want_f = run_all(ref, g, OH, x, w, s, b);

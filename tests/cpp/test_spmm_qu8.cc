@@ -119,6 +119,24 @@ void check_quad_output(const spmm_qu8::Ukernel& uk, const spmm_qu8::PackedWeight
   DSQ_CHECK(bad == 0, "%s %s: grid + residual, m=%zu: %zu outputs differ", what, uk.name, m, bad);
 }
 
+// The reference outputs of c for m lanes of x (x[col * stride + lane]) under ep, in 64-bit
+// sums: want[r * m + i], or want[i * n + r] (pixel_major).
+std::vector<float> reference(const Case& c, size_t m, const std::vector<uint8_t>& x, size_t stride,
+                             const spmm_qu8::Epilogue& ep, bool pixel_major) {
+  std::vector<float> want(c.n * m);
+  for (size_t r = 0; r < c.n; ++r) {
+    int64_t sum = 0;
+    for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) sum += c.q[p];
+    for (size_t i = 0; i < m; ++i) {
+      int64_t acc = 0;
+      for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) acc += int64_t(c.q[p]) * x[c.col[p] * stride + i];
+      const float v = std::fma(float(int32_t(acc - ep.a_zero * sum)), ep.a_scale * c.w_scale[r], c.bias[r]);
+      want[pixel_major ? i * c.n + r : r * m + i] = v > ep.lo ? (v < ep.hi ? v : ep.hi) : ep.lo;
+    }
+  }
+  return want;
+}
+
 int u8_non_finite_checks = 0;
 
 // A quad kernel's u8 output (activation chaining): the code gemm_qu8::quantize gives each
@@ -129,17 +147,7 @@ void check_quad_u8(const spmm_qu8::Ukernel& uk, const spmm_qu8::PackedWeights& w
   const float inf = std::numeric_limits<float>::infinity();
   for (int overflow = 0; overflow < 2; ++overflow) {
     spmm_qu8::Epilogue ep{37, overflow ? 1e36f : 0.0173f, overflow ? -inf : -0.75f, overflow ? inf : 2.5f};
-    std::vector<float> want(c.n * m);  // pixel-major
-    for (size_t r = 0; r < c.n; ++r) {
-      int64_t sum = 0;
-      for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) sum += c.q[p];
-      for (size_t i = 0; i < m; ++i) {
-        int64_t acc = 0;
-        for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) acc += int64_t(c.q[p]) * x[c.col[p] * stride + i];
-        const float v = std::fma(float(int32_t(acc - ep.a_zero * sum)), ep.a_scale * c.w_scale[r], c.bias[r]);
-        want[i * c.n + r] = v > ep.lo ? (v < ep.hi ? v : ep.hi) : ep.lo;
-      }
-    }
+    const std::vector<float> want = reference(c, m, x, stride, ep, /*pixel_major=*/true);
     // (0.02, 40): [lo, hi] quantizes inside 0..255 (the quantizer skips its clamps); (0.01,
     // 80): codes past 255 saturate.
     for (const gemm_qu8::QuantParams oq : {gemm_qu8::QuantParams{0.01f, 80}, gemm_qu8::QuantParams{0.02f, 40}}) {
@@ -184,17 +192,7 @@ void check_case(const Case& c, size_t m, bool extremes, const char* what) {
       quads += p == c.row_ptr[r] || c.col[p] / 4 != c.col[p - 1] / 4;
   DSQ_CHECK(w.has_quads && w.quads == quads, "%s: %zu quads, want %zu", what, w.quads, quads);
   const spmm_qu8::Epilogue ep{static_cast<int32_t>(rng() % 256), 0.0173f, -0.75f, 2.5f};
-  std::vector<float> want(c.n * m);
-  for (size_t r = 0; r < c.n; ++r) {
-    int64_t sum = 0;
-    for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) sum += c.q[p];
-    for (size_t i = 0; i < m; ++i) {
-      int64_t acc = 0;
-      for (uint32_t p = c.row_ptr[r]; p < c.row_ptr[r + 1]; ++p) acc += int64_t(c.q[p]) * x[c.col[p] * stride + i];
-      const float v = std::fma(float(int32_t(acc - ep.a_zero * sum)), ep.a_scale * c.w_scale[r], c.bias[r]);
-      want[r * m + i] = v > ep.lo ? (v < ep.hi ? v : ep.hi) : ep.lo;
-    }
-  }
+  const std::vector<float> want = reference(c, m, x, stride, ep, /*pixel_major=*/false);
   for (const auto& uk : spmm_qu8::all_ukernels()) {
     if (!isa_supported(uk.isa) || !spmm_qu8::compatible(uk, w, m)) continue;
     if (uk.layout == spmm_qu8::Layout::kQuads) {

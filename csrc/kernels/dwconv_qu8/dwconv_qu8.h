@@ -36,7 +36,7 @@ struct Geometry {
   uint8_t* out_bad = nullptr;
   // gemm_qu8::prepare_out_quant({out_scale, out_zero}, lo, hi), prepared once by a caller
   // making many row calls; a SIMD variant prepares it per call when not valid.
-  gemm_qu8::OutQuant out_prepared;
+  gemm_qu8::OutQuant out_prepared{};
 };
 
 // Stores output element i of a row (a float, or its code under g.out_u8): the scalar

@@ -73,7 +73,7 @@ struct Epilogue {
   uint8_t* out_bad = nullptr;
   // prepare_out_quant(out_scale / out_zero, lo, hi): run() / run_segmented() fill it when
   // the caller has not (a caller making many calls prepares it once).
-  OutQuant out_prepared;
+  OutQuant out_prepared{};
 };
 
 // m x n_valid tile (m <= mr, n_valid <= nr). a: u8 rows of k_padded bytes, a_stride in

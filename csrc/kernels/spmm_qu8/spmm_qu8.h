@@ -121,7 +121,7 @@ struct Epilogue {
   uint8_t* out_bad = nullptr;
   // gemm_qu8::prepare_out_quant of the above and [lo, hi]; run() fills it when the caller
   // has not.
-  gemm_qu8::OutQuant out_prepared;
+  gemm_qu8::OutQuant out_prepared{};
 };
 
 // row_ptr u32[n + 1], col u32[nnz] (< k, sorted within rows), q int8[nnz], w_scale f32[n],
