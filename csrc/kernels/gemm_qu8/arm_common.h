@@ -25,7 +25,9 @@ inline uint32_t load_u32(const uint8_t* p) {
 //   v = fma(float(acc - zc), a_scale * w_scale, bias); v = v > lo ? v : lo; v < hi ? v : hi
 // aarch64: vfmaq_f32 is a fused multiply-add (as std::fma), the clamp uses compare +
 // select so NaN behaves as the scalar ternaries. ARMv7 NEON has no fused multiply-add:
-// there the epilogue is epilogue_scalar() per column (std::fma).
+// there the epilogue is epilogue_scalar() per column (std::fma). A u8 output
+// (Epilogue::out_u8) quantizes each value with quantize_scalar, quantize()'s definition
+// (the Arm builds' quantize pass is the scalar one too).
 struct ArmEpilogue {
 #if defined(__aarch64__)
   int32x4_t zc0, zc1;
@@ -34,8 +36,8 @@ struct ArmEpilogue {
   const int32_t* colsum;
   const float* w_scale;
   const float* bias;
-  const Epilogue* ep;
 #endif
+  const Epilogue* ep;
 
   ArmEpilogue(const PackedWeights& w, size_t p, const Epilogue& e, int32_t colsum_factor) {
     constexpr size_t kNr = 8;
@@ -59,8 +61,14 @@ struct ArmEpilogue {
     colsum = cs;
     w_scale = ws;
     bias = bs;
-    ep = &e;
 #endif
+    ep = &e;
+  }
+
+  // Column j's value v as the byte of a u8 output row.
+  inline void store_code(float* cr, size_t j, float v) const {
+    if (!is_finite_bits(v)) *ep->out_bad = 1;
+    reinterpret_cast<uint8_t*>(cr)[j] = quantize_scalar(v, ep->out_scale, static_cast<float>(ep->out_zero));
   }
 
 #if defined(__aarch64__)
@@ -82,7 +90,7 @@ struct ArmEpilogue {
     (void)a_zero_eff;
     const float32x4_t v0 = apply4(acc0, zc0, scale0, bias0);
     const float32x4_t v1 = apply4(acc1, zc1, scale1, bias1);
-    if (n_valid == 8) {
+    if (n_valid == 8 && !ep->out_u8) {
       vst1q_f32(cr, v0);
       vst1q_f32(cr + 4, v1);
       return;
@@ -90,14 +98,19 @@ struct ArmEpilogue {
     float tmp[8];
     vst1q_f32(tmp, v0);
     vst1q_f32(tmp + 4, v1);
-    for (size_t j = 0; j < n_valid; ++j) cr[j] = tmp[j];
+    for (size_t j = 0; j < n_valid; ++j) {
+      if (ep->out_u8) store_code(cr, j, tmp[j]);
+      else cr[j] = tmp[j];
+    }
 #else
     int32_t s[8];
     vst1q_s32(s, acc0);
     vst1q_s32(s + 4, acc1);
     for (size_t j = 0; j < n_valid; ++j) {
       const float scale = ep->a_scale * w_scale[j];
-      cr[j] = epilogue_scalar(s[j], a_zero_eff, colsum[j], scale, bias[j], ep->lo, ep->hi);
+      const float v = epilogue_scalar(s[j], a_zero_eff, colsum[j], scale, bias[j], ep->lo, ep->hi);
+      if (ep->out_u8) store_code(cr, j, v);
+      else cr[j] = v;
     }
 #endif
   }

@@ -97,7 +97,7 @@ struct Ukernel {
   size_t nr;
   UkernelFn fn;
   SegUkernelFn seg_fn = nullptr;  // the segmented twin, where the variant has one
-  bool u8_out = false;            // writes Epilogue::out_u8 codes (the scalar and VNNI variants)
+  bool u8_out = false;            // writes Epilogue::out_u8 codes (all but the AVX2 variant)
 };
 
 const std::vector<Ukernel>& all_ukernels();

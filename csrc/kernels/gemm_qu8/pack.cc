@@ -130,7 +130,8 @@ const std::vector<Ukernel>& all_ukernels() {
 #if DSQ_X86
     for (Ukernel& uk : l) uk.seg_fn = avx512vnni_segmented(uk.fn);
 #endif
-    for (Ukernel& uk : l) uk.u8_out = uk.isa == Isa::kScalar || uk.isa == Isa::kAvx512Vnni;
+    // The AVX2 variant writes f32 only (its quantize pass is vectorized, its epilogue not).
+    for (Ukernel& uk : l) uk.u8_out = uk.isa != Isa::kAvx2;
     return l;
   }();
   return list;
