@@ -22,8 +22,8 @@ struct Avx512Quantizer {
   // branch_free: the quotient by FMA corrections (OutQuant::exact_fma_ok) instead of a
   // branch to a division on near ties, where the range needs no clamp (e.g. ReLU6 over
   // [0, 6]). For epilogues at the end of long dependency chains (a GEMM's, a depthwise
-  // row's), where that branch mispredicts dearly: MobileNetV2-CIFAR int8 at batch 1, 681 ->
-  // 659 us. Ranges that need clamps (a ReLU's open top, ResNet-CIFAR) and loops with short
+  // row's), where that branch mispredicts dearly: MobileNetV2-CIFAR int8 at batch 1, 686 ->
+  // 670 us. Ranges that need clamps (a ReLU's open top, ResNet-CIFAR) and loops with short
   // chains measured faster with the branch.
   Avx512Quantizer(const OutQuant& o, bool branch_free)
       : scale(_mm512_set1_ps(o.scale)),
