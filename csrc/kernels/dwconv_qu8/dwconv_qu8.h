@@ -46,8 +46,7 @@ inline void store_output(const Geometry& g, float* y, int64_t i, float v) {
     y[i] = v;
     return;
   }
-  if (!gemm_qu8::is_finite_bits(v)) *g.out_bad = 1;
-  reinterpret_cast<uint8_t*>(y)[i] = gemm_qu8::quantize_scalar(v, g.out_scale, static_cast<float>(g.out_zero));
+  gemm_qu8::store_code(reinterpret_cast<uint8_t*>(y) + i, v, g.out_scale, g.out_zero, g.out_bad);
 }
 
 // x: one image (H x W x C) u8; w: [kh][kw][C] int8; scale: [C] (activation scale x the

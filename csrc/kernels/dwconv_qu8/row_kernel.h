@@ -17,10 +17,8 @@ struct OutputCodes {
   void store(uint8_t* p, typename Vec::FReg v) {
     float lanes[Vec::kLanes];
     Vec::fstore(lanes, v);
-    for (int64_t i = 0; i < Vec::kLanes; ++i) {
-      if (!gemm_qu8::is_finite_bits(lanes[i])) *g_.out_bad = 1;
-      p[i] = gemm_qu8::quantize_scalar(lanes[i], g_.out_scale, static_cast<float>(g_.out_zero));
-    }
+    for (int64_t i = 0; i < Vec::kLanes; ++i)
+      gemm_qu8::store_code(p + i, lanes[i], g_.out_scale, g_.out_zero, g_.out_bad);
   }
   void finish() {}
   const Geometry& g_;

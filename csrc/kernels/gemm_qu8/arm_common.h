@@ -67,8 +67,7 @@ struct ArmEpilogue {
 
   // Column j's value v as the byte of a u8 output row.
   inline void store_code(float* cr, size_t j, float v) const {
-    if (!is_finite_bits(v)) *ep->out_bad = 1;
-    reinterpret_cast<uint8_t*>(cr)[j] = quantize_scalar(v, ep->out_scale, static_cast<float>(ep->out_zero));
+    gemm_qu8::store_code(reinterpret_cast<uint8_t*>(cr) + j, v, ep->out_scale, ep->out_zero, ep->out_bad);
   }
 
 #if defined(__aarch64__)

@@ -37,8 +37,7 @@ void gemm_qu8_1x8__scalar(size_t m, const uint8_t* a, size_t a_stride,
         reinterpret_cast<float*>(cr)[j] = v;
         continue;
       }
-      if (!is_finite_bits(v)) *ep.out_bad = 1;
-      reinterpret_cast<uint8_t*>(cr)[j] = quantize_scalar(v, ep.out_scale, static_cast<float>(ep.out_zero));
+      store_code(reinterpret_cast<uint8_t*>(cr) + j, v, ep.out_scale, ep.out_zero, ep.out_bad);
     }
   }
 }

@@ -48,6 +48,13 @@ inline uint8_t quantize_scalar(float x, float scale, float zero) {
   return static_cast<uint8_t>(static_cast<int32_t>(v));
 }
 
+// The scalar store of a u8 output epilogue (activation chaining, every int8 family): v as
+// its code under (scale, zero); a NaN or Inf value sets *bad.
+inline void store_code(uint8_t* dst, float v, float scale, int32_t zero, uint8_t* bad) {
+  if (!is_finite_bits(v)) *bad = 1;
+  *dst = quantize_scalar(v, scale, static_cast<float>(zero));
+}
+
 // The SIMD quantizers compute x / scale as x * (1 / scale). Where the result is not
 // clamped (|x / scale| < 256; beyond, both saturate alike), the two differ by less than
 // 5e-5 when the reciprocal is a normal float: a product farther than kNearTie from a

@@ -104,8 +104,7 @@ void spmm_qu8_quad_4__scalar(const PackedWeights& w, size_t m, const uint8_t* x,
         reinterpret_cast<float*>(yp)[n] = v;
         continue;
       }
-      if (!gemm_qu8::is_finite_bits(v)) *ep.out_bad = 1;
-      reinterpret_cast<uint8_t*>(yp)[n] = gemm_qu8::quantize_scalar(v, ep.out_scale, static_cast<float>(ep.out_zero));
+      gemm_qu8::store_code(reinterpret_cast<uint8_t*>(yp) + n, v, ep.out_scale, ep.out_zero, ep.out_bad);
     }
   }
 }
