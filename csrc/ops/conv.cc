@@ -416,11 +416,7 @@ class ConvLayer : public Layer {
         const size_t pb = panels * pt / p_parts, pe = panels * (pt + 1) / p_parts;
         if (!env.out_u8) return gemm(0, qa, kp, mb, me, pb, pe, y);
         gemm_qu8::Epilogue eq = ep;
-        eq.out_u8 = true;
-        eq.out_scale = env.out_quant.scale;
-        eq.out_zero = env.out_quant.zero;
-        eq.out_bad = bad + slot;
-        eq.out_prepared = out_q;
+        set_u8_output(eq, env, out_q, bad + slot);
         gemm_qu8::run(*qu8_uk, qu8_w[0], qa, kp, reinterpret_cast<float*>(env.out_u8), static_cast<size_t>(g.cout), mb,
                       me, pb, pe, eq);
       };
@@ -535,13 +531,7 @@ class ConvLayer : public Layer {
                                                 : gemm_qu8::OutQuant{};
     run_tasks(env, chunks, [&](size_t chunk, size_t slot) {
       gemm_qu8::Epilogue ept = eps;
-      if (env.out_u8) {
-        ept.out_u8 = true;
-        ept.out_scale = env.out_quant.scale;
-        ept.out_zero = env.out_quant.zero;
-        ept.out_bad = bad + slot;
-        ept.out_prepared = out_q;
-      }
+      if (env.out_u8) set_u8_output(ept, env, out_q, bad + slot);
       const size_t r_end = std::min(out_rows, (chunk + 1) * rows_per_task);
       for (size_t r = chunk * rows_per_task; r < r_end; ++r) {
         const int64_t n = static_cast<int64_t>(r) / OH, oh = static_cast<int64_t>(r) % OH;
@@ -576,10 +566,7 @@ class ConvLayer : public Layer {
     // Chained output: each task slot notes the NaN / Inf outputs it met in its own byte.
     uint8_t bad[kMaxSlots] = {};
     if (env.out_u8) {
-      dg.out_u8 = true;
-      dg.out_scale = env.out_quant.scale;
-      dg.out_zero = env.out_quant.zero;
-      dg.out_prepared = gemm_qu8::prepare_out_quant(env.out_quant, lo, hi);
+      set_u8_output(dg, env, gemm_qu8::prepare_out_quant(env.out_quant, lo, hi), nullptr);  // bad: per slot
       *env.out_bad = 0;
     }
     auto geometry = [&](size_t slot) {

@@ -247,6 +247,17 @@ bool quantize_parallel(const RunEnv& env, const float* x, size_t m, size_t k, si
 void add_residual(float* out, const float* residual, size_t n, float lo, float hi, const RunEnv& env);
 // Fused activation as a clamp range.
 void activation_range(int64_t activation, float* lo, float* hi);
+// Points a kernel's epilogue (gemm_qu8 / spmm_qu8 Epilogue, dwconv_qu8 Geometry) at the
+// run's u8 output (RunEnv::out_u8): the reader's quantization, prepared once per layer
+// call (q), and the NaN / Inf flag of the calling task (bad).
+template <typename Epilogue>
+void set_u8_output(Epilogue& e, const RunEnv& env, const gemm_qu8::OutQuant& q, uint8_t* bad) {
+  e.out_u8 = true;
+  e.out_scale = env.out_quant.scale;
+  e.out_zero = env.out_quant.zero;
+  e.out_prepared = q;
+  e.out_bad = bad;
+}
 // A layer's all-NaN output (the NaN-output rule of the int8 layers, docs/HARDENING.md):
 // n NaNs at y, or under u8 chaining the poison flag its reader turns into NaNs again.
 void nan_output(float* y, size_t n, const RunEnv& env);

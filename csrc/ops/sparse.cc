@@ -460,11 +460,7 @@ class SparseLayer : public Layer {
         eq.res_lo = env.residual_lo;
         eq.res_hi = env.residual_hi;
         if (env.out_u8) {  // chained: u8 codes, cout bytes per pixel
-          eq.out_u8 = true;
-          eq.out_scale = env.out_quant.scale;
-          eq.out_zero = env.out_quant.zero;
-          eq.out_bad = bad_flag;
-          eq.out_prepared = out_q;
+          set_u8_output(eq, env, out_q, bad_flag);
           spmm_qu8::run(*q_quad_uk, qw, rows, qa_t, kChunk * spmm_qu8::kQuad,
                         reinterpret_cast<float*>(env.out_u8 + m0 * static_cast<size_t>(cout)), static_cast<size_t>(cout),
                         n0, n1, eq);
@@ -877,11 +873,7 @@ class SparseLayer : public Layer {
                       eq.res_lo = env.residual_lo;
                       eq.res_hi = env.residual_hi;
                       if (env.out_u8) {  // chained: u8 codes, c_out bytes per pixel
-                        eq.out_u8 = true;
-                        eq.out_scale = env.out_quant.scale;
-                        eq.out_zero = env.out_quant.zero;
-                        eq.out_bad = bad + ws;
-                        eq.out_prepared = out_q;
+                        set_u8_output(eq, env, out_q, bad + ws);
                         spmm_qu8::run(*q_quad_uk, dq, g1 - g0, plane_of(ps) + 4 * g0, 1,
                                       reinterpret_cast<float*>(env.out_u8 + static_cast<size_t>(n) * img_out), c_out, 0,
                                       qw.n, eq);

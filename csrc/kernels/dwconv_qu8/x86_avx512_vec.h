@@ -11,18 +11,12 @@
 namespace dsq::dwconv_qu8 {
 
 // u8 output codes of 16 results, quantized in registers (gemm_qu8::quantize's bytes).
-struct Avx512Codes {
+struct Avx512Codes : gemm_qu8::Avx512CodeStore {
   explicit Avx512Codes(const Geometry& g)
-      : q(g.out_prepared.valid ? g.out_prepared
-                               : gemm_qu8::prepare_out_quant(gemm_qu8::QuantParams{g.out_scale, g.out_zero}, g.lo, g.hi),
-          /*branch_free=*/true),
-        bad(g.out_bad) {}
-  void store(uint8_t* p, __m512 v, __mmask16 m = 0xFFFF) { _mm_mask_storeu_epi8(p, m, q.bytes(v)); }
-  void finish() {
-    if (q.bad) *bad = 1;
-  }
-  gemm_qu8::Avx512Quantizer q;
-  uint8_t* bad;
+      : Avx512CodeStore(g.out_prepared.valid
+                            ? g.out_prepared
+                            : gemm_qu8::prepare_out_quant(gemm_qu8::QuantParams{g.out_scale, g.out_zero}, g.lo, g.hi),
+                        /*branch_free=*/true, g.out_bad) {}
 };
 
 template <bool kVnni>

@@ -79,4 +79,16 @@ struct Avx512Quantizer {
   bool check_bad, clamp_low, clamp_high, exact_fma;
 };
 
+// A u8 output epilogue's stores (every int8 family's AVX-512 kernels): 16 codes at a
+// time under a lane mask, and the NaN / Inf flag written once, by finish().
+struct Avx512CodeStore {
+  Avx512CodeStore(const OutQuant& o, bool branch_free, uint8_t* bad) : q(o, branch_free), bad_flag(bad) {}
+  void store(uint8_t* p, __m512 v, __mmask16 m = 0xFFFF) { _mm_mask_storeu_epi8(p, m, q.bytes(v)); }
+  void finish() {
+    if (q.bad) *bad_flag = 1;
+  }
+  Avx512Quantizer q;
+  uint8_t* bad_flag;
+};
+
 }  // namespace dsq::gemm_qu8

@@ -102,7 +102,7 @@ void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, size_t segs, 
     mask[v] = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
   }
   if (ep.out_u8) {  // u8 codes of the reader's quantization (activation chaining)
-    Avx512Quantizer q(ep.out_prepared, /*branch_free=*/true);  // outputs lie in [lo, hi]
+    Avx512CodeStore codes(ep.out_prepared, /*branch_free=*/true, ep.out_bad);  // outputs lie in [lo, hi]
 #pragma GCC unroll 16
     for (size_t i = 0; i < M; ++i) {
       uint8_t* cr = reinterpret_cast<uint8_t*>(c) + i * c_stride;
@@ -110,10 +110,10 @@ void ukernel(size_t /*m == M*/, const uint8_t* a, size_t a_stride, size_t segs, 
       for (size_t v = 0; v < V; ++v) {
         __m512 r = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[0][i][v], zc[v])), scale[v], bs[v]);
         r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
-        _mm_mask_storeu_epi8(cr + v * 16, mask[v], q.bytes(r));
+        codes.store(cr + v * 16, r, mask[v]);
       }
     }
-    if (q.bad) *ep.out_bad = 1;
+    codes.finish();
     return;
   }
 #pragma GCC unroll 16

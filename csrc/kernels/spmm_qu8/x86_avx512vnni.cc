@@ -116,20 +116,6 @@ inline void transpose16(__m512 r[16]) {
 
 namespace {
 
-// u8 output codes (Epilogue::out_u8), quantized in registers (gemm_qu8::quantize's bytes).
-struct QuadCodes {
-  // ep.out_prepared: filled by run().
-  explicit QuadCodes(const Epilogue& ep)
-      : q(ep.out_prepared, /*branch_free=*/false),  // after the tile transpose: short chains
-        bad(ep.out_bad) {}
-  void store(uint8_t* p, __m512 v, __mmask16 m) { _mm_mask_storeu_epi8(p, m, q.bytes(v)); }
-  void finish() {
-    if (q.bad) *bad = 1;
-  }
-  gemm_qu8::Avx512Quantizer q;
-  uint8_t* bad;
-};
-
 // Lanes m0 .. m0 + 16 NB - 1 (the last block under `last`) of rows [n_begin, n_end), in
 // groups of 16 rows: each row's quads accumulate into NB zmm (NB independent vpdpbusd
 // chains), its epilogued outputs go to a 16 x 16 NB tile on the stack (L1), and then each
@@ -158,7 +144,9 @@ void quad_tile(const PackedWeights& w, const uint8_t* xm, size_t xs, float* y, s
     }
   }
   alignas(64) float tile[16][16 * NB];
-  QuadCodes codes(ep);
+  // u8 output (Epilogue::out_u8; ep.out_prepared filled by run()). After the tile
+  // transpose the chains are short: the near-tie branch is cheaper than the FMA form.
+  gemm_qu8::Avx512CodeStore codes(ep.out_prepared, /*branch_free=*/false, ep.out_bad);
   for (size_t n0 = n_begin; n0 < n_end; n0 += 16) {
     const size_t rows = std::min<size_t>(16, n_end - n0);
     for (size_t j = 0; j < rows; ++j) {
